@@ -1,0 +1,251 @@
+"""Prompts, models and the entity catalog: the named operations the CLI and console call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from db.engine import read_tx, retry_locked, write_tx
+from db.errors import InvalidInput, NotFound
+from db.models import Entity, EntityAlias, Model, Prompt, utcnow
+from db.queue import _audit
+from db.types import Provider
+
+MAX_PROMPT_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    id: int
+    text: str
+    category: str | None
+    runs: int
+    is_active: bool
+    last_run_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    id: int
+    provider: str
+    name: str
+    label: str
+    base_url: str | None
+    is_active: bool
+    max_concurrency: int | None
+    supports_json_schema: bool | None
+    input_usd_per_mtok: float | None
+    output_usd_per_mtok: float | None
+
+
+@dataclass(frozen=True)
+class NewPrompt:
+    """A prompt to import: text 1..4000 chars, runs >= 1 per day."""
+
+    text: str
+    category: str | None
+    runs: int
+
+
+# --- prompts -----------------------------------------------------------------------------------
+
+def import_prompts(engine: Engine, prompts: Sequence[NewPrompt], *, actor: str = "cli") -> int:
+    """Insert prompts, all or nothing; an already-active identical text is left alone.
+
+    Returns how many were created. Raises InvalidInput (nothing written) for a bad row.
+    """
+    for i, p in enumerate(prompts, start=1):
+        _check_prompt(p, f"row {i}")
+
+    def run() -> int:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            active = set(conn.scalars(select(Prompt.text).where(Prompt.is_active)))
+            rows = [{"text": p.text, "category": p.category, "runs": p.runs, "is_active": True,
+                     "created_at": now, "updated_at": now} for p in prompts if p.text not in active]
+            if rows:
+                conn.execute(Prompt.__table__.insert(), rows)
+            _audit(conn, actor, "prompts_import", {"rows": len(prompts)}, len(rows), now)
+            return len(rows)
+    return retry_locked(engine, run)
+
+
+def _check_prompt(p: NewPrompt, where: str) -> None:
+    if not p.text.strip():
+        raise InvalidInput(f"{where}: prompt text is empty")
+    if len(p.text) > MAX_PROMPT_CHARS:
+        raise InvalidInput(f"{where}: prompt text is {len(p.text)} characters "
+                           f"(at most {MAX_PROMPT_CHARS})")
+    if p.runs < 1:
+        raise InvalidInput(f"{where}: runs must be a whole number >= 1, got {p.runs}")
+
+
+def list_prompts(engine: Engine, *, active_only: bool = False) -> list[PromptRow]:
+    """All prompts (or the active ones), oldest first."""
+    query = select(Prompt.id, Prompt.text, Prompt.category, Prompt.runs, Prompt.is_active,
+                   Prompt.last_run_at).order_by(Prompt.id)
+    if active_only:
+        query = query.where(Prompt.is_active)
+    with read_tx(engine) as conn:
+        return [PromptRow(*row) for row in conn.execute(query)]
+
+
+def update_prompt(engine: Engine, prompt_id: int, *, text: str | None = None,
+                  category: str | None = None, runs: int | None = None,
+                  is_active: bool | None = None, actor: str = "console") -> None:
+    """Edit a prompt. Raises NotFound, or InvalidInput for a bad value or a duplicate active text."""
+    values = {k: v for k, v in {"text": text, "category": category, "runs": runs,
+                                "is_active": is_active}.items() if v is not None}
+    if text is not None or runs is not None:
+        _check_prompt(NewPrompt(text if text is not None else "x", None,
+                                runs if runs is not None else 1), f"prompt {prompt_id}")
+    _update_row(engine, Prompt, prompt_id, values, actor, "prompt_update")
+
+
+# --- models ------------------------------------------------------------------------------------
+
+def add_model(engine: Engine, *, provider: str, name: str, label: str | None = None,
+              base_url: str | None = None, max_concurrency: int | None = None,
+              input_usd_per_mtok: float | None = None, output_usd_per_mtok: float | None = None,
+              actor: str = "cli") -> int:
+    """Add a model (or update the existing one with the same provider and name); returns its id.
+
+    Raises InvalidInput for an unknown provider, a compatible model without base_url, or a bad cap.
+    """
+    _check_model(provider, name, base_url, max_concurrency)
+    values = {"label": label or name, "base_url": base_url, "max_concurrency": max_concurrency,
+              "input_usd_per_mtok": input_usd_per_mtok, "output_usd_per_mtok": output_usd_per_mtok,
+              "is_active": True}
+
+    def run() -> int:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            existing = conn.scalar(select(Model.id).where(Model.provider == provider,
+                                                          Model.name == name))
+            if existing is not None:
+                conn.execute(update(Model).where(Model.id == existing)
+                             .values(**values, updated_at=now))
+                return int(existing)
+            new_id = conn.execute(Model.__table__.insert().values(
+                provider=provider, name=name, created_at=now, updated_at=now, **values)
+                .returning(Model.id)).scalar_one()
+            _audit(conn, actor, "model_add", {"provider": provider, "name": name}, 1, now)
+            return int(new_id)
+    return retry_locked(engine, run)
+
+
+def _check_model(provider: str, name: str, base_url: str | None,
+                 max_concurrency: int | None) -> None:
+    if provider not in {p.value for p in Provider}:
+        raise InvalidInput(f"unknown provider {provider!r}: use openai, openrouter or compatible")
+    if not name.strip():
+        raise InvalidInput("model name is empty")
+    if provider == Provider.COMPATIBLE and not base_url:
+        raise InvalidInput("a compatible model needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+    if base_url and not base_url.startswith(("http://", "https://")):
+        raise InvalidInput(f"base URL must start with http:// or https://, got {base_url!r}")
+    if max_concurrency is not None and max_concurrency < 1:
+        raise InvalidInput(f"max concurrency must be >= 1, got {max_concurrency}")
+
+
+def list_models(engine: Engine, *, active_only: bool = False) -> list[ModelRow]:
+    """All models (or the active ones), oldest first."""
+    query = select(Model.id, Model.provider, Model.name, Model.label, Model.base_url,
+                   Model.is_active, Model.max_concurrency, Model.supports_json_schema,
+                   Model.input_usd_per_mtok, Model.output_usd_per_mtok).order_by(Model.id)
+    if active_only:
+        query = query.where(Model.is_active)
+    with read_tx(engine) as conn:
+        return [ModelRow(*row) for row in conn.execute(query)]
+
+
+def update_model(engine: Engine, model_id: int, *, label: str | None = None,
+                 base_url: str | None = None, is_active: bool | None = None,
+                 max_concurrency: int | None = None, clear_max_concurrency: bool = False,
+                 actor: str = "console") -> None:
+    """Edit a model. Raises NotFound, or InvalidInput for a bad value."""
+    if max_concurrency is not None and max_concurrency < 1:
+        raise InvalidInput(f"max concurrency must be >= 1, got {max_concurrency}")
+    values: dict[str, object] = {k: v for k, v in {
+        "label": label, "base_url": base_url, "is_active": is_active,
+        "max_concurrency": max_concurrency}.items() if v is not None}
+    if clear_max_concurrency:
+        values["max_concurrency"] = None
+    _update_row(engine, Model, model_id, values, actor, "model_update")
+
+
+def _update_row(engine: Engine, table: type[Prompt] | type[Model], row_id: int,
+                values: dict[str, object], actor: str, action: str) -> None:
+    if not values:
+        return
+
+    def run() -> None:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            try:
+                done = conn.execute(update(table).where(table.id == row_id)
+                                    .values(**values, updated_at=now))
+            except IntegrityError as exc:
+                raise InvalidInput(f"{table.__tablename__} {row_id}: {values} conflicts with "
+                                   "an existing row") from exc
+            if done.rowcount != 1:
+                raise NotFound(f"no {table.__tablename__[:-1]} with id {row_id}")
+            _audit(conn, actor, action, {"id": row_id, **values}, 1, now)
+    retry_locked(engine, run)
+
+
+def resolve_model(engine: Engine, ref: str) -> ModelRow:
+    """A model by id or by name. Raises NotFound naming the known models."""
+    models = list_models(engine)
+    for m in models:
+        if ref in (str(m.id), m.name, m.label):
+            return m
+    known = ", ".join(m.name for m in models) or "none"
+    raise NotFound(f"unknown model {ref!r} (known: {known})")
+
+
+# --- entity catalog ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EntityRow:
+    id: int
+    name: str
+    key: str
+    aliases: tuple[str, ...]
+
+
+def load_entities(engine: Engine) -> list[EntityRow]:
+    """The whole entity catalog with aliases (for mention extraction)."""
+    with read_tx(engine) as conn:
+        entities = conn.execute(select(Entity.id, Entity.name, Entity.key)).all()
+        aliases: dict[int, list[str]] = {}
+        for entity_id, alias in conn.execute(select(EntityAlias.entity_id, EntityAlias.alias)):
+            aliases.setdefault(entity_id, []).append(alias)
+    return [EntityRow(e.id, e.name, e.key, tuple(aliases.get(e.id, ()))) for e in entities]
+
+
+def add_entity(engine: Engine, name: str, key: str, aliases: dict[str, str] | None = None) -> int:
+    """Add a canonical entity with aliases ({alias: alias_key}); returns its id (existing kept)."""
+    def run() -> int:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            entity_id = conn.scalar(select(Entity.id).where(Entity.key == key))
+            if entity_id is None:
+                entity_id = conn.execute(Entity.__table__.insert().values(
+                    name=name, key=key, created_at=now).returning(Entity.id)).scalar_one()
+            known = set(conn.scalars(select(EntityAlias.key)))
+            rows = [{"entity_id": entity_id, "alias": a, "key": k}
+                    for a, k in (aliases or {}).items() if k not in known]
+            if rows:
+                conn.execute(EntityAlias.__table__.insert(), rows)
+            return int(entity_id)
+    return retry_locked(engine, run)
+
+
+def count_rows(engine: Engine, table: type[Prompt] | type[Model] | type[Entity]) -> int:
+    with read_tx(engine) as conn:
+        return int(conn.scalar(select(func.count()).select_from(table)) or 0)

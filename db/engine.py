@@ -1,0 +1,139 @@
+"""Engines and transactions for both backends.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout on every connection, and every
+write transaction begins IMMEDIATE so two writers queue on the lock instead of failing halfway
+(case C14). PostgreSQL engines ping before use so a restarted server is survived (case C22).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+
+from db.errors import ConfigError, DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+SQLITE_MIN_VERSION = (3, 35, 0)  # UPDATE ... RETURNING
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+LOCK_RETRIES = 8  # 'database is locked' past busy_timeout is retried this often, with backoff
+
+T = TypeVar("T")
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """Build the engine for `url` (``sqlite:///path`` or ``postgresql+psycopg://...``).
+
+    Raises ConfigError for a malformed URL or unsupported driver. Nothing connects yet.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"DATABASE_URL is not a valid database URL: {url!r}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, parsed.database)
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigError(f"DATABASE_URL must be sqlite:/// or postgresql+psycopg://, got {url!r}")
+    if parsed.drivername == "postgresql":  # plain postgresql:// means psycopg 3 here
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    try:
+        return create_engine(parsed, pool_pre_ping=True, pool_size=pool_size,
+                             max_overflow=pool_size, pool_recycle=1800)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ConfigError(f"DATABASE_URL cannot be used: {exc}") from exc
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    if sqlite3.sqlite_version_info < SQLITE_MIN_VERSION:
+        raise ConfigError(f"SQLite {sqlite3.sqlite_version} is too old: promptbatch needs 3.35+")
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Take transaction control from pysqlite so BEGIN IMMEDIATE can be issued (SQLAlchemy docs,
+    # "Serializable isolation / Savepoints / Transactional DDL").
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get("promptbatch_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def is_sqlite(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+@contextmanager
+def write_tx(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: BEGIN IMMEDIATE on SQLite, a plain transaction on PostgreSQL.
+
+    Raises DatabaseUnavailable when the database cannot be reached.
+    """
+    with translate_errors(engine), engine.connect() as conn:
+        conn = conn.execution_options(promptbatch_write=True)
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def read_tx(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction. Raises DatabaseUnavailable when the database cannot be reached."""
+    with translate_errors(engine), engine.connect() as conn, conn.begin():
+        yield conn
+
+
+def retry_locked(engine: Engine, operation: Callable[[], T]) -> T:
+    """Run `operation`, retrying when SQLite's lock wait ran past busy_timeout (case C14).
+
+    Lock waits are the database's business, never a job attempt. PostgreSQL runs it once.
+    """
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return operation()
+        except DatabaseUnavailable as exc:
+            if not is_sqlite(engine) or "locked" not in str(exc) or attempt == LOCK_RETRIES - 1:
+                raise
+            log.warning("sqlite lock wait retried", extra={"action": "db_lock_retry",
+                                                            "attempt": attempt + 1})
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def translate_errors(engine: Engine) -> Iterator[None]:
+    """Translate driver errors that mean 'the database is not there' into DatabaseUnavailable."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise DatabaseUnavailable(_describe(engine, exc)) from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise DatabaseUnavailable(_describe(engine, exc)) from exc
+        raise
+
+
+def _describe(engine: Engine, exc: DBAPIError) -> str:
+    where = engine.url.render_as_string(hide_password=True)
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    return f"database {where}: {reason}"

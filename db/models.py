@@ -1,0 +1,242 @@
+"""The schema as SQLAlchemy 2 typed models (DESIGN.md, "Tables").
+
+Alembic migrations in `db/migrations` are the only way the schema is created; these models are what
+the migrations were written from and what the named operations in `db/` query.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import DateTime, TypeDecorator
+
+# SQLite has no BIGINT autoincrement; PostgreSQL ids should not run out at 2^31.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both backends (SQLite stores them naive, in UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where a UTC datetime is required")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Prompt(Base):
+    __tablename__ = "prompts"
+    __table_args__ = (
+        CheckConstraint("runs >= 1", name="ck_prompts_runs"),
+        CheckConstraint("length(text) BETWEEN 1 AND 4000", name="ck_prompts_text_length"),
+        Index("uq_prompts_active_text", "text", unique=True,
+              sqlite_where=text("is_active"), postgresql_where=text("is_active")),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(String(100))
+    runs: Mapped[int] = mapped_column(Integer, default=1)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Model(Base):
+    __tablename__ = "models"
+    __table_args__ = (
+        CheckConstraint("provider IN ('openai', 'openrouter', 'compatible')",
+                        name="ck_models_provider"),
+        CheckConstraint("max_concurrency IS NULL OR max_concurrency >= 1",
+                        name="ck_models_max_concurrency"),
+        UniqueConstraint("provider", "name", name="uq_models_provider_name"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str] = mapped_column(String(200))
+    base_url: Mapped[str | None] = mapped_column(String(500))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer)
+    # None = not known yet; False once the provider rejected json_schema (case C16).
+    supports_json_schema: Mapped[bool | None] = mapped_column(Boolean)
+    input_usd_per_mtok: Mapped[float | None] = mapped_column(Float)
+    output_usd_per_mtok: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PromptJob(Base):
+    __tablename__ = "prompt_jobs"
+    __table_args__ = (
+        UniqueConstraint("prompt_id", "model_id", "run_index", "batch_key",
+                         name="uq_prompt_jobs_key"),
+        CheckConstraint(
+            "status IN ('queued', 'processing', 'succeeded', 'failed', 'skipped', 'cancelled')",
+            name="ck_prompt_jobs_status"),
+        CheckConstraint("run_index >= 0", name="ck_prompt_jobs_run_index"),
+        Index("ix_prompt_jobs_status", "status"),
+        Index("ix_prompt_jobs_scheduled_for", "scheduled_for"),
+        Index("ix_prompt_jobs_prompt_id", "prompt_id"),
+        Index("ix_prompt_jobs_model_id", "model_id"),
+        Index("ix_prompt_jobs_batch_key_status", "batch_key", "status"),
+        Index("ix_prompt_jobs_batch_key_finished_at", "batch_key", "finished_at"),
+        # The claim reads only queued rows in claim order: a small partial index stays hot.
+        Index("ix_prompt_jobs_claim", "priority", "scheduled_for", "id",
+              sqlite_where=text("status = 'queued'"), postgresql_where=text("status = 'queued'")),
+        # The reaper reads only processing rows by lease expiry.
+        Index("ix_prompt_jobs_lease", "lease_expires_at",
+              sqlite_where=text("status = 'processing'"),
+              postgresql_where=text("status = 'processing'")),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    run_index: Mapped[int] = mapped_column(Integer)
+    batch_key: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    error_kind: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    locked_by: Mapped[str | None] = mapped_column(String(100))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class JobAttempt(Base):
+    __tablename__ = "job_attempts"
+    __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_job_attempts_job_attempt"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("prompt_jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str | None] = mapped_column(String(100))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(20))  # succeeded | retry | failed | released
+    error_kind: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class Response(Base):
+    __tablename__ = "responses"
+    __table_args__ = (
+        CheckConstraint("output_mode IN ('structured', 'json', 'text_fallback', 'refusal')",
+                        name="ck_responses_output_mode"),
+        Index("ix_responses_batch_key", "batch_key"),
+        Index("ix_responses_model_id", "model_id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("prompt_jobs.id", ondelete="CASCADE"),
+                                        unique=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    batch_key: Mapped[str] = mapped_column(String(10))
+    run_index: Mapped[int] = mapped_column(Integer)
+    answer: Mapped[str | None] = mapped_column(Text)
+    raw_body: Mapped[str] = mapped_column(Text)
+    output_mode: Mapped[str] = mapped_column(String(20))
+    finish_reason: Mapped[str | None] = mapped_column(String(40))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost: Mapped[float | None] = mapped_column(Float)  # USD
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Entity(Base):
+    __tablename__ = "entities"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    key: Mapped[str] = mapped_column(String(300), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EntityAlias(Base):
+    __tablename__ = "entity_aliases"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    entity_id: Mapped[int] = mapped_column(ForeignKey("entities.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(300))
+    key: Mapped[str] = mapped_column(String(300), unique=True)
+
+
+class Mention(Base):
+    __tablename__ = "mentions"
+    __table_args__ = (
+        UniqueConstraint("response_id", "entity_id", name="uq_mentions_response_entity"),
+        Index("ix_mentions_entity_id", "entity_id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    response_id: Mapped[int] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"))
+    entity_id: Mapped[int] = mapped_column(ForeignKey("entities.id", ondelete="CASCADE"))
+    raw_name: Mapped[str] = mapped_column(String(300))
+    position: Mapped[int] = mapped_column(Integer)  # 1 = first mentioned in the answer
+    char_offset: Mapped[int] = mapped_column(Integer)
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    runner_id: Mapped[str] = mapped_column(String(100))
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    processes: Mapped[int] = mapped_column(Integer)
+    threads: Mapped[int] = mapped_column(Integer)
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(40))
+    target: Mapped[str] = mapped_column(Text)  # the filter or the job ids, as JSON
+    count: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,302 @@
+"""The queue protocol: enqueue, claim, heartbeat, release and reap (DESIGN.md, "Job lifecycle").
+
+Every function is one named operation in one transaction. Writes for a claimed job are fenced on
+(id, status='processing', locked_by, attempt_count): a worker that lost its lease, or whose job was
+cancelled, matches nothing and writes nothing. Clocks: timestamps come from the caller's UTC clock;
+runners sharing a PostgreSQL must keep their clocks NTP-synced (leases are tens of seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    CTE,
+    Connection,
+    Engine,
+    Select,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from db.engine import is_sqlite, retry_locked, write_tx
+from db.models import AuditLog, JobAttempt, Model, Prompt, PromptJob, utcnow
+from db.types import ClaimedJob, EnqueueResult, ErrorKind, JobStatus
+
+log = logging.getLogger(__name__)
+
+J = PromptJob
+_KEY_COLUMNS = ("prompt_id", "model_id", "run_index", "batch_key")
+
+
+# --- enqueue ---------------------------------------------------------------------------------
+
+def enqueue_batch(engine: Engine, batch_key: str, *, max_attempts: int,
+                  actor: str = "runner") -> EnqueueResult:
+    """Create the batch's jobs: every active prompt x active model x run, in one statement.
+
+    Idempotent through the unique key (prompt_id, model_id, run_index, batch_key): existing jobs are
+    left alone (cases C9, C10). Concurrent enqueues of the same batch are serialized by an advisory
+    lock on PostgreSQL and BEGIN IMMEDIATE on SQLite, so neither deadlocks (case C11).
+    """
+    def run() -> EnqueueResult:
+        with write_tx(engine) as conn:
+            _lock_batch(conn, batch_key)
+            now = utcnow()
+            created = _inserted(conn, conn.execute(
+                _enqueue_statement(conn, batch_key, max_attempts, now),
+                execution_options={"preserve_rowcount": True}).rowcount)
+            expected = _expected_jobs(conn)
+            conn.execute(update(Prompt).where(Prompt.is_active).values(last_run_at=now))
+            _audit(conn, actor, "enqueue", {"batch_key": batch_key}, created, now)
+            return EnqueueResult(batch_key, created, max(expected - created, 0))
+    return retry_locked(engine, run)
+
+
+def _lock_batch(conn: Connection, batch_key: str) -> None:
+    if not is_sqlite(conn):
+        conn.execute(select(func.pg_advisory_xact_lock(zlib.crc32(f"enqueue:{batch_key}".encode()))))
+
+
+def _inserted(conn: Connection, rowcount: int) -> int:
+    # pysqlite reports -1 for a statement that starts with WITH; ask SQLite itself.
+    return int(conn.scalar(select(func.changes())) or 0) if is_sqlite(conn) else rowcount
+
+
+def _run_numbers() -> CTE:
+    """0 .. max(runs)-1 as a recursive CTE (portable: no generate_series on SQLite)."""
+    top = select(func.coalesce(func.max(Prompt.runs), 0)).where(Prompt.is_active).scalar_subquery()
+    runs = select(literal(0).label("n")).cte("run_numbers", recursive=True)
+    return runs.union_all(select(runs.c.n + 1).where(runs.c.n + 1 < top))
+
+
+def _enqueue_statement(conn: Connection, batch_key: str, max_attempts: int, now: datetime) -> Any:
+    runs = _run_numbers()
+    source = (
+        select(Prompt.id, Model.id, runs.c.n, literal(batch_key), literal(JobStatus.QUEUED.value),
+               literal(0), literal(0), literal(max_attempts), literal(now, J.scheduled_for.type),
+               literal(now, J.created_at.type), literal(now, J.updated_at.type))
+        .select_from(Prompt)
+        .join(Model, true())
+        .join(runs, runs.c.n < Prompt.runs)
+        .where(Prompt.is_active, Model.is_active)
+        .order_by(Prompt.id, Model.id, runs.c.n)
+    )
+    columns = [*_KEY_COLUMNS, "status", "priority", "attempt_count", "max_attempts",
+               "scheduled_for", "created_at", "updated_at"]
+    dialect_insert = sqlite.insert if is_sqlite(conn) else postgresql.insert
+    return (dialect_insert(J).from_select(columns, source)
+            .on_conflict_do_nothing(index_elements=list(_KEY_COLUMNS)))
+
+
+def _expected_jobs(conn: Connection) -> int:
+    runs = conn.scalar(select(func.coalesce(func.sum(Prompt.runs), 0)).where(Prompt.is_active))
+    models = conn.scalar(select(func.count()).select_from(Model).where(Model.is_active))
+    return int(runs or 0) * int(models or 0)
+
+
+# --- claim -----------------------------------------------------------------------------------
+
+def claim_jobs(engine: Engine, worker_id: str, limit: int, *, lease_seconds: float,
+               now: datetime | None = None) -> list[ClaimedJob]:
+    """Move up to `limit` due queued jobs to 'processing' for `worker_id` and return them.
+
+    One transaction; order (priority, scheduled_for, id); jobs of inactive prompts or models are not
+    claimed (the reaper skips them); models.max_concurrency is honoured across all runners by
+    locking a capped model's row while its free slots are counted. PostgreSQL claims with FOR UPDATE
+    SKIP LOCKED in a MATERIALIZED CTE so the LIMIT holds under concurrency (case C7); SQLite runs
+    the same UPDATE inside BEGIN IMMEDIATE (case C13).
+    """
+    if limit < 1:
+        return []
+
+    def run() -> list[ClaimedJob]:
+        with write_tx(engine) as conn:
+            at = now or utcnow()
+            ids = _claim_ids(conn, worker_id, limit, at, at + timedelta(seconds=lease_seconds))
+            return _load_claimed(conn, ids, worker_id) if ids else []
+    return retry_locked(engine, run)
+
+
+def _claim_ids(conn: Connection, worker_id: str, limit: int, now: datetime,
+               lease_until: datetime) -> list[int]:
+    models = conn.execute(select(Model.id, Model.max_concurrency).where(Model.is_active)).all()
+    uncapped = [m.id for m in models if m.max_concurrency is None]
+    ids = _claim_for(conn, uncapped, limit, worker_id, now, lease_until) if uncapped else []
+    for model_id, cap in ((m.id, m.max_concurrency) for m in models if m.max_concurrency):
+        if len(ids) >= limit:
+            break
+        free = _free_slots(conn, model_id, cap)
+        if free > 0:
+            ids += _claim_for(conn, [model_id], min(free, limit - len(ids)), worker_id, now,
+                              lease_until)
+    return ids
+
+
+def _free_slots(conn: Connection, model_id: int, cap: int) -> int:
+    """Slots left under a model's max_concurrency; locks the model row until the claim commits."""
+    if not is_sqlite(conn):  # SQLite's IMMEDIATE transaction already serializes claimers
+        conn.execute(select(Model.id).where(Model.id == model_id).with_for_update())
+    busy = conn.scalar(select(func.count()).select_from(J).where(
+        J.model_id == model_id, J.status == JobStatus.PROCESSING.value))
+    return cap - int(busy or 0)
+
+
+def _claimable(conn: Connection, model_ids: Sequence[int], limit: int, now: datetime) -> Select[Any]:
+    prompt_active = exists().where(Prompt.id == J.prompt_id, Prompt.is_active)
+    query = (select(J.id)
+             .where(J.status == JobStatus.QUEUED.value, J.scheduled_for <= now,
+                    J.model_id.in_(model_ids), prompt_active)
+             .order_by(J.priority, J.scheduled_for, J.id)
+             .limit(limit))
+    return query if is_sqlite(conn) else query.with_for_update(skip_locked=True, of=J)
+
+
+def _claim_for(conn: Connection, model_ids: Sequence[int], limit: int, worker_id: str,
+               now: datetime, lease_until: datetime) -> list[int]:
+    claimable = _claimable(conn, model_ids, limit, now).cte("claimable").prefix_with("MATERIALIZED")
+    stmt = (update(J).where(J.id == claimable.c.id)
+            .values(status=JobStatus.PROCESSING.value, locked_by=worker_id,
+                    lease_expires_at=lease_until, started_at=now, updated_at=now,
+                    attempt_count=J.attempt_count + 1)
+            .returning(J.id))
+    return list(conn.scalars(stmt))
+
+
+def _load_claimed(conn: Connection, ids: list[int], worker_id: str) -> list[ClaimedJob]:
+    rows = conn.execute(
+        select(J.id, J.prompt_id, J.model_id, J.run_index, J.batch_key, J.attempt_count,
+               J.max_attempts, J.started_at, Prompt.text, Model.provider, Model.name,
+               Model.base_url, Model.supports_json_schema, Model.input_usd_per_mtok,
+               Model.output_usd_per_mtok)
+        .join(Prompt, Prompt.id == J.prompt_id).join(Model, Model.id == J.model_id)
+        .where(J.id.in_(ids)).order_by(J.priority, J.scheduled_for, J.id))
+    return [ClaimedJob(id=r.id, prompt_id=r.prompt_id, model_id=r.model_id,
+                       run_index=r.run_index, batch_key=r.batch_key, attempt=r.attempt_count,
+                       max_attempts=r.max_attempts, worker_id=worker_id, prompt_text=r.text,
+                       provider=r.provider, model_name=r.name, base_url=r.base_url,
+                       supports_json_schema=r.supports_json_schema,
+                       input_usd_per_mtok=r.input_usd_per_mtok,
+                       output_usd_per_mtok=r.output_usd_per_mtok, started_at=r.started_at)
+            for r in rows]
+
+
+# --- lease upkeep ----------------------------------------------------------------------------
+
+def heartbeat(engine: Engine, worker_id: str, job_ids: Sequence[int], *,
+              lease_seconds: float) -> set[int]:
+    """Extend the leases of a worker's in-flight jobs in one statement; returns the ids still held.
+
+    An id missing from the result was cancelled or taken over: its result will be dropped.
+    """
+    if not job_ids:
+        return set()
+
+    def run() -> set[int]:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            stmt = (update(J)
+                    .where(J.id.in_(job_ids), J.locked_by == worker_id,
+                           J.status == JobStatus.PROCESSING.value)
+                    .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+                    .returning(J.id))
+            return set(conn.scalars(stmt))
+    return retry_locked(engine, run)
+
+
+def release_jobs(engine: Engine, worker_id: str, job_ids: Sequence[int]) -> int:
+    """Hand in-flight jobs back to 'queued' without spending their attempt (graceful shutdown)."""
+    if not job_ids:
+        return 0
+
+    def run() -> int:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            stmt = (update(J)
+                    .where(J.id.in_(job_ids), J.locked_by == worker_id,
+                           J.status == JobStatus.PROCESSING.value)
+                    .values(status=JobStatus.QUEUED.value, attempt_count=J.attempt_count - 1,
+                            locked_by=None, lease_expires_at=None, started_at=None,
+                            scheduled_for=now, updated_at=now))
+            return conn.execute(stmt).rowcount
+    return retry_locked(engine, run)
+
+
+def reap_expired(engine: Engine) -> list[tuple[int, str]]:
+    """Return jobs whose lease expired to 'queued', or 'failed' when attempts are spent (case C8).
+
+    Idempotent and safe to run from every runner at once. Each reaped attempt is recorded in
+    job_attempts with error_kind 'lease_expired'. Returns (job_id, new status) pairs.
+    """
+    def run() -> list[tuple[int, str]]:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            spent = J.attempt_count >= J.max_attempts
+            stmt = (update(J)
+                    .where(J.status == JobStatus.PROCESSING.value, J.lease_expires_at < now)
+                    .values(status=case((spent, JobStatus.FAILED.value),
+                                        else_=JobStatus.QUEUED.value),
+                            finished_at=case((spent, now), else_=None),
+                            error_kind=ErrorKind.LEASE_EXPIRED.value,
+                            error_message=literal("lease expired: worker ")
+                            + func.coalesce(J.locked_by, "?") + literal(" stopped heartbeating"),
+                            locked_by=None, lease_expires_at=None, scheduled_for=now,
+                            updated_at=now)
+                    .returning(J.id, J.status, J.attempt_count, J.started_at, J.error_message))
+            rows = conn.execute(stmt).all()
+            for r in rows:
+                _record_attempt(conn, r.id, r.attempt_count, None, r.started_at, now, "lost",
+                                ErrorKind.LEASE_EXPIRED.value, r.error_message, None, None)
+            return [(r.id, r.status) for r in rows]
+    return retry_locked(engine, run)
+
+
+def skip_inactive(engine: Engine) -> int:
+    """Mark queued jobs of deactivated prompts or models as 'skipped'; returns how many."""
+    def run() -> int:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            inactive = (~exists().where(Prompt.id == J.prompt_id, Prompt.is_active)
+                        | ~exists().where(Model.id == J.model_id, Model.is_active))
+            stmt = (update(J).where(J.status == JobStatus.QUEUED.value, inactive)
+                    .values(status=JobStatus.SKIPPED.value, finished_at=now, updated_at=now,
+                            error_kind=None, error_message="prompt or model deactivated"))
+            return conn.execute(stmt).rowcount
+    return retry_locked(engine, run)
+
+
+# --- shared writers --------------------------------------------------------------------------
+
+def _record_attempt(conn: Connection, job_id: int, attempt: int, worker_id: str | None,
+                    started_at: datetime | None, finished_at: datetime, outcome: str,
+                    error_kind: str | None, error_message: str | None, latency_ms: int | None,
+                    request_id: str | None) -> None:
+    conn.execute(JobAttempt.__table__.insert().values(
+        job_id=job_id, attempt=attempt, worker_id=worker_id, started_at=started_at,
+        finished_at=finished_at, outcome=outcome, error_kind=error_kind,
+        error_message=error_message, latency_ms=latency_ms, request_id=request_id))
+
+
+def _audit(conn: Connection, actor: str, action: str, target: dict[str, Any], count: int,
+           at: datetime) -> None:
+    conn.execute(AuditLog.__table__.insert().values(
+        at=at, actor=actor, action=action, target=json.dumps(target, sort_keys=True, default=str),
+        count=count))
+
+
+def fence(job_id: int, worker_id: str, attempt: int) -> Any:
+    """The WHERE clause every write for a claimed job carries (DESIGN.md, "Fencing")."""
+    return and_(J.id == job_id, J.status == JobStatus.PROCESSING.value,
+                J.locked_by == worker_id, J.attempt_count == attempt)

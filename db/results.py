@@ -1,0 +1,130 @@
+"""Recording a claimed job's outcome: success with its response and mentions, retry, or failure.
+
+Each function is ONE transaction that first runs the fenced status update; when the fence matches
+nothing (lease lost, job cancelled) the transaction writes nothing and the caller is told.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from enum import StrEnum
+
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from db.engine import is_sqlite, retry_locked, write_tx
+from db.models import Entity, Mention, Model, PromptJob, Response, utcnow
+from db.queue import _record_attempt, fence
+from db.types import AnswerRecord, ClaimedJob, FailureRecord, JobStatus, MentionRecord
+
+log = logging.getLogger(__name__)
+
+J = PromptJob
+
+
+class FailureOutcome(StrEnum):
+    """What record_failure did with the job."""
+
+    RETRY = "retry"  # queued again after the backoff
+    FAILED = "failed"  # permanent error or attempts spent
+    DROPPED = "dropped"  # the fence matched nothing: the worker no longer holds the job
+
+
+def complete_job(engine: Engine, job: ClaimedJob, answer: AnswerRecord, cost_usd: float | None
+                 ) -> bool:
+    """Save the answer, its mentions, the attempt and status 'succeeded' in one transaction.
+
+    Returns False (and writes nothing) when the worker no longer holds the job.
+    """
+    def run() -> bool:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            done = conn.execute(update(J).where(fence(job.id, job.worker_id, job.attempt)).values(
+                status=JobStatus.SUCCEEDED.value, finished_at=now, updated_at=now,
+                error_kind=None, error_message=None, locked_by=None, lease_expires_at=None))
+            if done.rowcount != 1:
+                return False
+            response_id = _insert_response(conn, job, answer, cost_usd, now)
+            _insert_mentions(conn, response_id, answer.mentions, now)
+            _record_attempt(conn, job.id, job.attempt, job.worker_id, job.started_at, now,
+                            "succeeded", None, None, answer.latency_ms, answer.request_id)
+            return True
+    return retry_locked(engine, run)
+
+
+def record_failure(engine: Engine, job: ClaimedJob, failure: FailureRecord,
+                   backoff_seconds: float) -> FailureOutcome:
+    """Record a failed attempt: back to 'queued' after `backoff_seconds` when the error is transient
+    and attempts are left, else 'failed'. Fenced like every write for a claimed job.
+    """
+    retry = failure.kind.transient and job.attempt < job.max_attempts
+    outcome = FailureOutcome.RETRY if retry else FailureOutcome.FAILED
+
+    def run() -> FailureOutcome:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            values = {"status": JobStatus.QUEUED.value if retry else JobStatus.FAILED.value,
+                      "error_kind": failure.kind.value, "error_message": failure.message[:4000],
+                      "locked_by": None, "lease_expires_at": None, "updated_at": now,
+                      "scheduled_for": now + timedelta(seconds=backoff_seconds) if retry else now,
+                      "finished_at": None if retry else now}
+            done = conn.execute(update(J).where(fence(job.id, job.worker_id, job.attempt))
+                                .values(**values))
+            if done.rowcount != 1:
+                return FailureOutcome.DROPPED
+            _record_attempt(conn, job.id, job.attempt, job.worker_id, job.started_at, now,
+                            outcome.value, failure.kind.value, failure.message[:4000],
+                            failure.latency_ms, failure.request_id)
+            return outcome
+    return retry_locked(engine, run)
+
+
+def mark_json_schema_unsupported(engine: Engine, model_id: int) -> None:
+    """Remember that a model's provider rejects json_schema, so later calls go straight to the
+    fallback (case C16)."""
+    def run() -> None:
+        with write_tx(engine) as conn:
+            conn.execute(update(Model).where(Model.id == model_id)
+                         .values(supports_json_schema=False, updated_at=utcnow()))
+    retry_locked(engine, run)
+
+
+def _insert_response(conn: Connection, job: ClaimedJob, answer: AnswerRecord,
+                     cost_usd: float | None, now: object) -> int:
+    stmt = Response.__table__.insert().values(
+        job_id=job.id, prompt_id=job.prompt_id, model_id=job.model_id, batch_key=job.batch_key,
+        run_index=job.run_index, answer=answer.answer, raw_body=answer.raw_body,
+        output_mode=answer.output_mode.value, finish_reason=answer.finish_reason,
+        prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+        cost=cost_usd, latency_ms=answer.latency_ms, request_id=answer.request_id,
+        created_at=now).returning(Response.id)
+    return int(conn.execute(stmt).scalar_one())
+
+
+def _insert_mentions(conn: Connection, response_id: int, mentions: Sequence[MentionRecord],
+                     now: object) -> None:
+    if not mentions:
+        return
+    entity_ids = ensure_entities(conn, {m.key: m.display for m in mentions}, now)
+    conn.execute(Mention.__table__.insert(), [
+        {"response_id": response_id, "entity_id": entity_ids[m.key], "raw_name": m.raw_name[:300],
+         "position": m.position, "char_offset": m.char_offset} for m in mentions])
+
+
+def ensure_entities(conn: Connection, names_by_key: dict[str, str], now: object) -> dict[str, int]:
+    """Entity ids for matching keys, creating the missing ones (sorted keys: no deadlock)."""
+    found = _entity_ids(conn, list(names_by_key))
+    missing = sorted(set(names_by_key) - set(found))
+    if missing:
+        dialect_insert = sqlite.insert if is_sqlite(conn) else postgresql.insert
+        rows = [{"key": k, "name": names_by_key[k][:300], "created_at": now} for k in missing]
+        conn.execute(dialect_insert(Entity).on_conflict_do_nothing(index_elements=["key"]), rows)
+        found |= _entity_ids(conn, missing)
+    return found
+
+
+def _entity_ids(conn: Connection, keys: list[str]) -> dict[str, int]:
+    rows = conn.execute(select(Entity.key, Entity.id).where(Entity.key.in_(keys))).all()
+    return {row.key: row.id for row in rows}

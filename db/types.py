@@ -1,0 +1,158 @@
+"""Typed values that cross the `db` boundary (and process boundaries): enums and frozen dataclasses.
+
+Only plain data lives here: a worker process receives a `ClaimedJob`, sends back nothing but the
+outcome dataclasses, and never holds an SDK or SQLAlchemy object across a process boundary (case C5).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its lifecycle (DESIGN.md, "Job lifecycle")."""
+
+    QUEUED = "queued"  # waiting to be claimed once scheduled_for has passed
+    PROCESSING = "processing"  # claimed by a worker that holds the lease
+    SUCCEEDED = "succeeded"  # the answer (or a refusal) and its mentions are saved
+    FAILED = "failed"  # permanent error, or attempts spent
+    SKIPPED = "skipped"  # its prompt or model was deactivated before it ran
+    CANCELLED = "cancelled"  # an operator cancelled it; a late result is dropped
+
+
+ENDED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SKIPPED,
+                            JobStatus.CANCELLED})
+REQUEUEABLE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SKIPPED})
+CANCELLABLE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.PROCESSING})
+
+
+class ErrorKind(enum.StrEnum):
+    """Why an attempt failed; decides retry (transient) vs fail (permanent). DESIGN.md, "Model calls"."""
+
+    RATE_LIMITED = "rate_limited"  # HTTP 429, or OpenRouter's 200-with-error code 429
+    TIMEOUT = "timeout"  # no answer within the request timeout (HTTP 408 too)
+    CONNECTION = "connection"  # connect refused / reset / DNS
+    SERVER_ERROR = "server_error"  # HTTP 5xx (and 409, which OpenAI documents as retryable)
+    BAD_REQUEST = "bad_request"  # HTTP 400/422 not explained by json_schema support
+    AUTH = "auth"  # HTTP 401/403: a missing or wrong API key
+    NOT_FOUND = "not_found"  # HTTP 404: the model id does not exist at the provider
+    PAYMENT_REQUIRED = "payment_required"  # HTTP 402: OpenRouter credits exhausted
+    INVALID_OUTPUT = "invalid_output"  # blank or unparseable answer even after the fallback
+    TRUNCATED = "truncated"  # finish_reason 'length': the answer was cut off
+    LEASE_EXPIRED = "lease_expired"  # the worker holding the job vanished (reaper)
+    CONFIG = "config"  # the job cannot run with this configuration (e.g. missing API key)
+
+    @property
+    def transient(self) -> bool:
+        """True when another attempt may succeed."""
+        return self in _TRANSIENT
+
+
+_TRANSIENT = frozenset({ErrorKind.RATE_LIMITED, ErrorKind.TIMEOUT, ErrorKind.CONNECTION,
+                        ErrorKind.SERVER_ERROR, ErrorKind.LEASE_EXPIRED})
+
+
+class OutputMode(enum.StrEnum):
+    """How the saved answer was obtained."""
+
+    STRUCTURED = "structured"  # json_schema response validated by pydantic
+    JSON = "json"  # JSON recovered from plain content (code fences stripped)
+    TEXT_FALLBACK = "text_fallback"  # plain text; mentions found from the entity catalog
+    REFUSAL = "refusal"  # the model refused; saved with no mentions
+
+
+class Provider(enum.StrEnum):
+    """Where a model is served."""
+
+    OPENAI = "openai"
+    OPENROUTER = "openrouter"
+    COMPATIBLE = "compatible"  # any OpenAI-compatible base_url (vLLM, Ollama, the simulator)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job a worker holds: everything needed to run it, as plain data.
+
+    `attempt` is the job's attempt_count after the claim (1 = first try); together with `worker_id` it
+    fences every later write for the job.
+    """
+
+    id: int
+    prompt_id: int
+    model_id: int
+    run_index: int
+    batch_key: str
+    attempt: int
+    max_attempts: int
+    worker_id: str
+    prompt_text: str
+    provider: str
+    model_name: str
+    base_url: str | None
+    supports_json_schema: bool | None
+    input_usd_per_mtok: float | None
+    output_usd_per_mtok: float | None
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class MentionRecord:
+    """One brand mentioned in an answer; positions come from the answer text (1 = first)."""
+
+    raw_name: str
+    display: str
+    key: str
+    position: int
+    char_offset: int
+
+
+@dataclass(frozen=True)
+class AnswerRecord:
+    """A model answer to save with its job's success."""
+
+    answer: str | None
+    raw_body: str
+    output_mode: OutputMode
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: int
+    request_id: str | None
+    mentions: tuple[MentionRecord, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """Why an attempt failed; `retry_after` (seconds) is the provider's Retry-After, if any."""
+
+    kind: ErrorKind
+    message: str
+    latency_ms: int | None = None
+    retry_after: float | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    """What an enqueue did: jobs `created` now and `existing` from an earlier enqueue."""
+
+    batch_key: str
+    created: int
+    existing: int
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """Jobs per status for one batch."""
+
+    batch_key: str
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def get(self, status: JobStatus) -> int:
+        return self.counts.get(status.value, 0)

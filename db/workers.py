@@ -1,0 +1,80 @@
+"""The workers registry: one row per worker process, refreshed by its heartbeat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, select, update
+
+from db.engine import read_tx, retry_locked, write_tx
+from db.models import Worker, utcnow
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Identity of a worker process, as registered."""
+
+    id: str
+    runner_id: str
+    hostname: str
+    pid: int
+    processes: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    id: str
+    runner_id: str
+    hostname: str
+    pid: int
+    processes: int
+    threads: int
+    in_flight: int
+    started_at: datetime
+    last_seen_at: datetime
+    stopped_at: datetime | None
+
+
+def register_worker(engine: Engine, info: WorkerInfo) -> None:
+    """Insert the worker's registry row."""
+    def run() -> None:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            conn.execute(Worker.__table__.insert().values(
+                id=info.id, runner_id=info.runner_id, hostname=info.hostname, pid=info.pid,
+                processes=info.processes, threads=info.threads, in_flight=0, started_at=now,
+                last_seen_at=now))
+    retry_locked(engine, run)
+
+
+def touch_worker(engine: Engine, worker_id: str, in_flight: int) -> None:
+    """Refresh last_seen_at and the in-flight count."""
+    def run() -> None:
+        with write_tx(engine) as conn:
+            conn.execute(update(Worker).where(Worker.id == worker_id)
+                         .values(last_seen_at=utcnow(), in_flight=in_flight))
+    retry_locked(engine, run)
+
+
+def stop_worker(engine: Engine, worker_id: str) -> None:
+    """Mark the worker stopped."""
+    def run() -> None:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            conn.execute(update(Worker).where(Worker.id == worker_id)
+                         .values(stopped_at=now, last_seen_at=now, in_flight=0))
+    retry_locked(engine, run)
+
+
+def list_workers(engine: Engine, *, include_stopped: bool = False,
+                 limit: int = 500) -> list[WorkerRow]:
+    """Registered workers, most recently seen first."""
+    query = select(Worker.id, Worker.runner_id, Worker.hostname, Worker.pid, Worker.processes,
+                   Worker.threads, Worker.in_flight, Worker.started_at, Worker.last_seen_at,
+                   Worker.stopped_at).order_by(Worker.last_seen_at.desc()).limit(limit)
+    if not include_stopped:
+        query = query.where(Worker.stopped_at.is_(None))
+    with read_tx(engine) as conn:
+        return [WorkerRow(*row) for row in conn.execute(query)]
