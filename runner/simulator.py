@@ -1,0 +1,339 @@
+"""An OpenAI-compatible chat-completions server on loopback: the demo's and the tests' model.
+
+This module is the HTTP layer and the public API; answers come from `runner.simulator_model`,
+faults (chosen per request by the model name ``sim-gpt-4o-mini@rate_limit=2`` or a header) from
+`runner.simulator_faults`. Clients reach it with the real openai SDK:
+``openai.OpenAI(base_url=server.base_url, api_key="sim")``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any, assert_never
+from uuid import uuid4
+
+from db.errors import InvalidInput
+from runner.simulator_faults import (
+    FAULTS_HEADER,
+    Faults,
+    Reply,
+    build_faults,
+    counted_fault,
+    error_reply,
+    or_error_reply,
+    rate_limit_reply,
+    server_error_reply,
+    split_model,
+    status_reply,
+    unsupported_schema_reply,
+)
+from runner.simulator_model import ChatRequest, answer_reply, load_answer_bank, parse_chat_request
+
+logger = logging.getLogger(__name__)
+
+SIMULATED_MODELS = ("sim-gpt-4o-mini", "sim-claude-3.5-sonnet", "sim-llama-3.1-70b")
+KEY_HEADER = "X-Simulator-Key"  # extra part of the call key, to keep tests' counters apart
+HANG_LIMIT_S = 600.0  # a `hang` request gives up after this many seconds
+HANG_POLL_S = 0.05  # how often a `hang` request checks for shutdown or a gone client
+SERVE_POLL_S = 0.05  # serve_forever's poll interval: bounds how long shutdown() waits
+
+CallKey = tuple[str, str, str]  # (model name without faults, last user message, X-Simulator-Key)
+
+
+def models_body() -> dict[str, Any]:
+    """The ``GET /v1/models`` list."""
+    data = [
+        {"id": model, "object": "model", "created": 0, "owned_by": "promptbatch-simulator"}
+        for model in SIMULATED_MODELS
+    ]
+    return {"object": "list", "data": data}
+
+
+def rejection_reply(request: ChatRequest, faults: Faults) -> Reply | None:
+    """The 400 for a request the simulated model refuses to take, if any."""
+    if request.stream:
+        message = "Streaming is not supported by the simulator."
+        return error_reply(400, message, "invalid_request_error", param="stream")
+    if request.response_format == "json_schema" and faults.rejects_json_schema:
+        return unsupported_schema_reply()
+    return None
+
+
+def counted_reply(request: ChatRequest, faults: Faults, call_number: int) -> Reply | None:
+    """The 429, 500 or 200-with-error the ``call_number``-th call of a call key gets, if any."""
+    match counted_fault(faults, call_number):
+        case None:
+            return None
+        case "rate_limit":
+            return rate_limit_reply(faults)
+        case "error500":
+            return server_error_reply()
+        case "or_error":
+            code = faults.or_error or 0  # counted_fault only says "or_error" when it is set
+            return or_error_reply(code, request.model, f"gen-sim-{uuid4().hex}", int(time.time()))
+        case unreachable:
+            assert_never(unreachable)
+
+
+def not_found_reply(method: str, path: str) -> Reply:
+    """HTTP 404 for a path the simulator does not serve."""
+    message = f"Unknown request URL: {method} {path}. (simulator)"
+    return error_reply(404, message, "invalid_request_error")
+
+
+@dataclass(frozen=True)
+class SimulatorAddress:
+    """Where a simulator listens."""
+
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        """The openai client's ``base_url``, e.g. ``http://127.0.0.1:8765/v1``."""
+        return f"http://{self.host}:{self.port}/v1"
+
+
+class SimulatorServer(ThreadingHTTPServer):
+    """The HTTP server; holds the per-call-key counters shared by its handler threads."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], api_key: str | None = None) -> None:
+        super().__init__(address, SimulatorHandler)
+        self.api_key = api_key
+        self.bank = load_answer_bank()
+        self.stopping = threading.Event()  # set on shutdown: `hang` handlers return
+        self._lock = threading.Lock()
+        self._calls: dict[CallKey, int] = {}
+        self._request_count = 0
+
+    @property
+    def address(self) -> SimulatorAddress:
+        """The bound host and port (the real port when asked for port 0)."""
+        host, port = self.server_address[:2]
+        return SimulatorAddress(str(host), int(port))
+
+    @property
+    def base_url(self) -> str:
+        """The openai client's ``base_url``."""
+        return self.address.base_url
+
+    @property
+    def request_count(self) -> int:
+        """HTTP requests received since start or the last `reset_counters`."""
+        with self._lock:
+            return self._request_count
+
+    def count_request(self) -> None:
+        """Count one received HTTP request."""
+        with self._lock:
+            self._request_count += 1
+
+    def next_call_number(self, key: CallKey) -> int:
+        """Count a call for ``key`` and return its number, starting at 1."""
+        with self._lock:
+            self._calls[key] = self._calls.get(key, 0) + 1
+            return self._calls[key]
+
+    def reset_counters(self) -> None:
+        """Forget all call counts and the request count."""
+        with self._lock:
+            self._calls.clear()
+            self._request_count = 0
+
+    def shutdown(self) -> None:
+        """Stop serve_forever and release `hang` handlers."""
+        self.stopping.set()
+        super().shutdown()
+
+    def server_close(self) -> None:
+        """Close the socket and release `hang` handlers."""
+        self.stopping.set()
+        super().server_close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log a handler crash instead of printing it to stderr."""
+        logger.warning(
+            "Simulator handler failed for %s",
+            client_address,
+            exc_info=True,
+            extra={"action": "simulator_handler_failed"},
+        )
+
+
+class SimulatorHandler(BaseHTTPRequestHandler):
+    """One HTTP/1.0 exchange per connection, so shutdown never waits on idle keep-alives."""
+
+    server: SimulatorServer
+    server_version = "PromptBatchSimulator/0.1"
+
+    def do_GET(self) -> None:
+        """``GET /v1/models``."""
+        self.server.count_request()
+        if self.path.rstrip("/") != "/v1/models":
+            self._send(not_found_reply("GET", self.path))
+        elif not self._authorized():
+            self._send(status_reply(401, ""))
+        else:
+            self._send(Reply(200, models_body()))
+
+    def do_POST(self) -> None:
+        """``POST /v1/chat/completions``."""
+        self.server.count_request()
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self._send(not_found_reply("POST", self.path))
+            return
+        try:
+            request = parse_chat_request(self._read_body())
+            faults = build_faults(split_model(request.model)[1], self.headers[FAULTS_HEADER] or "")
+        except InvalidInput as exc:
+            self._send(error_reply(400, str(exc), "invalid_request_error"))
+            return
+        self._answer(request, faults)
+
+    def _answer(self, request: ChatRequest, faults: Faults) -> None:
+        time.sleep(faults.latency_ms / 1000)
+        if faults.hang:
+            self._hang()
+        else:
+            self._send(self._reply(request, faults))
+
+    def _reply(self, request: ChatRequest, faults: Faults) -> Reply:
+        if not self._authorized():
+            return status_reply(401, request.model)
+        if faults.status is not None:
+            return status_reply(faults.status, request.model)
+        rejection = rejection_reply(request, faults)
+        if rejection is not None:
+            return rejection
+        key = (request.model_name, request.last_user_text, self.headers[KEY_HEADER] or "")
+        counted = counted_reply(request, faults, self.server.next_call_number(key))
+        return counted or answer_reply(request, faults, self.server.bank)
+
+    def _authorized(self) -> bool:
+        expected = self.server.api_key
+        if expected is None:
+            return True
+        given = self.headers["Authorization"] or ""
+        return hmac.compare_digest(given.encode(), f"Bearer {expected}".encode())
+
+    def _read_body(self) -> bytes:
+        try:
+            length = int(self.headers["Content-Length"] or 0)
+        except ValueError as exc:
+            raise InvalidInput("Invalid Content-Length header.") from exc
+        return self.rfile.read(length)
+
+    def _hang(self) -> None:
+        """Answer nothing until shutdown, client disconnect or HANG_LIMIT_S."""
+        logger.debug("Simulator hanging", extra={"action": "simulator_hang"})
+        deadline = time.monotonic() + HANG_LIMIT_S
+        while time.monotonic() < deadline and not self._client_gone():
+            if self.server.stopping.wait(HANG_POLL_S):
+                break
+        self.close_connection = True
+
+    def _client_gone(self) -> bool:
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _send(self, reply: Reply) -> None:
+        data = json.dumps(reply.body).encode()
+        request_id = f"sim-{uuid4().hex}"
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-request-id", request_id)
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+        logger.debug(
+            "Simulator answered %s with HTTP %s",
+            request_id,
+            reply.status,
+            extra={"action": "simulator_replied", "request_id": request_id},
+        )
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Send the access log to DEBUG instead of stderr."""
+        logger.debug(
+            "%s %s", self.address_string(), format % args, extra={"action": "simulator_http"}
+        )
+
+
+def make_server(
+    host: str = "127.0.0.1", port: int = 0, api_key: str | None = None
+) -> SimulatorServer:
+    """A bound, not yet serving simulator; port 0 picks a free port; ``api_key`` enables auth."""
+    return SimulatorServer((host, port), api_key)
+
+
+@contextmanager
+def _shutdown_on_sigterm(server: SimulatorServer) -> Iterator[None]:
+    """Make SIGTERM stop ``server.serve_forever`` (only the main thread can take signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle_sigterm(signum: int, frame: FrameType | None) -> None:
+        # shutdown() waits for serve_forever, which runs in this very thread: call it elsewhere.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = signal.signal(signal.SIGTERM, handle_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def serve(host: str, port: int, api_key: str | None = None) -> None:
+    """Serve until KeyboardInterrupt or SIGTERM (blocking; for `promptbatch simulator`)."""
+    with make_server(host, port, api_key) as server, _shutdown_on_sigterm(server):
+        logger.info(
+            "Simulator serving at %s",
+            server.base_url,
+            extra={"action": "simulator_started", "base_url": server.base_url},
+        )
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            logger.info("Simulator interrupted", extra={"action": "simulator_interrupted"})
+    logger.info("Simulator stopped", extra={"action": "simulator_stopped"})
+
+
+@contextmanager
+def running_simulator(
+    host: str = "127.0.0.1", port: int = 0, api_key: str | None = None
+) -> Iterator[SimulatorServer]:
+    """Serve in a daemon thread for the duration of the block; yields the server."""
+    with make_server(host, port, api_key) as server:
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": SERVE_POLL_S},
+            name="simulator",
+            daemon=True,
+        )
+        thread.start()
+        try:
+            yield server
+        finally:
+            server.shutdown()
+            thread.join(timeout=5)

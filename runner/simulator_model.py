@@ -1,0 +1,146 @@
+"""The simulated model: its answer bank, the chat request it reads and the completion it writes.
+
+The bank is package data (``runner/data/answers.jsonl``: id, prompt, model, answer markdown,
+mentions); a request is answered from the entry matching its last user message.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from uuid import uuid4
+
+from db.errors import InvalidInput
+from runner.simulator_faults import Faults, Message, Reply, shape_message, split_model
+
+
+@dataclass(frozen=True)
+class BankEntry:
+    """One canned answer: markdown text plus the brands it mentions, in order of first mention."""
+
+    id: str
+    prompt: str
+    model: str
+    answer: str
+    mentions: tuple[str, ...]
+
+
+@functools.cache
+def load_answer_bank() -> tuple[BankEntry, ...]:
+    """The answer bank shipped as package data ``runner/data/answers.jsonl``."""
+    text = resources.files("runner").joinpath("data", "answers.jsonl").read_text(encoding="utf-8")
+    rows = (json.loads(line) for line in text.splitlines() if line.strip())
+    return tuple(
+        BankEntry(row["id"], row["prompt"], row["model"], row["answer"], tuple(row["mentions"]))
+        for row in rows
+    )
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"\w+", text.casefold()))
+
+
+def pick_answer(prompt: str, bank: Sequence[BankEntry]) -> BankEntry:
+    """The entry whose prompt equals ``prompt``, else the one sharing the most words with it.
+
+    Ties go to the lowest id; entries without mentions (refusals) only answer an exact match.
+    """
+    for entry in bank:
+        if entry.prompt.strip() == prompt.strip():
+            return entry
+    words = _words(prompt)
+    candidates = [entry for entry in bank if entry.mentions]
+    return min(candidates, key=lambda entry: (-len(words & _words(entry.prompt)), entry.id))
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a chat message whose content is a string or a list of content parts."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """The parts of a chat-completions body the simulator looks at."""
+
+    model: str  # as requested, faults included
+    messages: tuple[dict[str, Any], ...]
+    response_format: str | None  # response_format.type, None when absent
+    stream: bool
+
+    @property
+    def model_name(self) -> str:
+        """The model name without its ``@faults`` suffix."""
+        return split_model(self.model)[0]
+
+    @property
+    def last_user_text(self) -> str:
+        """The text of the last ``user`` message ("" when there is none)."""
+        users = [message for message in self.messages if message.get("role") == "user"]
+        return message_text(users[-1]) if users else ""
+
+    @property
+    def prompt_chars(self) -> int:
+        """Characters over all message texts, for the token estimate."""
+        return sum(len(message_text(message)) for message in self.messages)
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """Parse a chat-completions body; raises InvalidInput when it is not usable."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"We could not parse the JSON body of your request: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    model, messages = body.get("model"), body.get("messages")
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("You must provide a model parameter.")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise InvalidInput("'messages' must be a list of message objects.")
+    response_format = body.get("response_format")
+    format_type = response_format.get("type") if isinstance(response_format, dict) else None
+    return ChatRequest(model, tuple(messages), format_type, bool(body.get("stream")))
+
+
+def _tokens(chars: int) -> int:
+    return math.ceil(chars / 4)
+
+
+def completion_body(request: ChatRequest, message: Message) -> dict[str, Any]:
+    """A ChatCompletion JSON object; token counts are estimated as ceil(characters / 4)."""
+    prompt_tokens = _tokens(request.prompt_chars)
+    completion_tokens = _tokens(len(message.content or message.refusal or ""))
+    assistant = {"role": "assistant", "content": message.content, "refusal": message.refusal}
+    choice = {"index": 0, "message": assistant, "finish_reason": message.finish_reason}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    return {
+        "id": f"chatcmpl-sim-{uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.model,
+        "choices": [{**choice, "logprobs": None}],
+        "usage": usage,
+    }
+
+
+def answer_reply(request: ChatRequest, faults: Faults, bank: Sequence[BankEntry]) -> Reply:
+    """HTTP 200 with the bank's answer to the last user message, shaped by content faults."""
+    entry = pick_answer(request.last_user_text, bank)
+    message = shape_message(entry.answer, entry.mentions, faults, request.response_format)
+    return Reply(200, completion_body(request, message))

@@ -1,0 +1,431 @@
+"""The simulator, driven over HTTP by the real openai client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+from runner.simulator import SimulatorServer, running_simulator
+from runner.simulator_faults import REFUSAL_TEXT
+
+CORPUS = [
+    json.loads(line)
+    for line in (Path(__file__).parent / "fixtures" / "answers.jsonl").read_text().splitlines()
+]
+ENTRIES = {entry["id"]: entry for entry in CORPUS}
+CRM = ENTRIES["crm-1"]
+MODEL = "sim-gpt-4o-mini"
+SCHEMA_FORMAT: Any = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "ModelAnswer",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {
+                "answer": {"type": "string"},
+                "mentions": {"type": "array", "items": {"type": "string"}},
+            },
+            "required": ["answer", "mentions"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+class ModelAnswer(BaseModel):
+    """The client's structured-output contract."""
+
+    answer: str
+    mentions: list[str]
+
+
+@pytest.fixture(scope="module")
+def shared_sim() -> Iterator[SimulatorServer]:
+    with running_simulator() as server:
+        yield server
+
+
+@pytest.fixture
+def sim(shared_sim: SimulatorServer) -> SimulatorServer:
+    """The module's simulator with fresh call counters (so tests share no fault state)."""
+    shared_sim.reset_counters()
+    return shared_sim
+
+
+@pytest.fixture(scope="module")
+def shared_client(shared_sim: SimulatorServer) -> Iterator[openai.OpenAI]:
+    # One client per module: building one loads the TLS trust store (~35 ms).
+    url = shared_sim.base_url
+    with openai.OpenAI(base_url=url, api_key="sim", max_retries=0, timeout=5) as client:
+        yield client
+
+
+@pytest.fixture
+def client(sim: SimulatorServer, shared_client: openai.OpenAI) -> openai.OpenAI:
+    return shared_client
+
+
+def ask(client: openai.OpenAI, model: str, prompt: str = CRM["prompt"], **kwargs: Any) -> Any:
+    """One chat completion for ``prompt``."""
+    messages: Any = [{"role": "user", "content": prompt}]
+    return client.chat.completions.create(model=model, messages=messages, **kwargs)
+
+
+def full_json(entry: dict[str, Any]) -> str:
+    """The structured answer the simulator sends for ``entry``."""
+    payload = {"answer": entry["answer"], "mentions": entry["mentions"]}
+    return json.dumps(payload, ensure_ascii=False)
+
+
+def test_models_lists_the_simulated_models(client: openai.OpenAI) -> None:
+    models = client.models.list()
+
+    assert [model.id for model in models] == [
+        "sim-gpt-4o-mini",
+        "sim-claude-3.5-sonnet",
+        "sim-llama-3.1-70b",
+    ]
+    assert {model.owned_by for model in models} == {"promptbatch-simulator"}
+
+
+@pytest.mark.parametrize("entry", CORPUS, ids=[entry["id"] for entry in CORPUS])
+def test_exact_prompt_gets_its_bank_answer(client: openai.OpenAI, entry: dict[str, Any]) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": entry["prompt"]}]
+    )
+    completion = raw.parse()
+
+    assert completion.choices[0].message.content == entry["answer"]
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.model == MODEL
+    assert completion.id.startswith("chatcmpl-sim-")
+    assert raw.headers["x-request-id"].startswith("sim-")
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == math.ceil(len(entry["prompt"]) / 4)
+    assert completion.usage.completion_tokens == math.ceil(len(entry["answer"]) / 4)
+
+
+def test_other_prompt_gets_the_closest_answer_never_the_refusal(client: openai.OpenAI) -> None:
+    crm = ask(client, MODEL, "Which CRM suits a B2B startup?")
+    # Shares most words with refusal-1's prompt, but refusals only answer their exact prompt.
+    airline = ask(client, MODEL, "What is the most reliable budget airline in Asia?")
+
+    assert crm.choices[0].message.content == CRM["answer"]
+    assert airline.choices[0].message.content != ENTRIES["refusal-1"]["answer"]
+
+
+def test_last_user_message_with_content_parts_picks_the_answer(client: openai.OpenAI) -> None:
+    messages: Any = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Hello"},
+        {"role": "user", "content": [{"type": "text", "text": ENTRIES["vpn-1"]["prompt"]}]},
+    ]
+
+    completion = client.chat.completions.create(model=MODEL, messages=messages)
+
+    assert completion.choices[0].message.content == ENTRIES["vpn-1"]["answer"]
+
+
+@pytest.mark.parametrize("entry", CORPUS, ids=[entry["id"] for entry in CORPUS])
+def test_json_schema_answer_validates(client: openai.OpenAI, entry: dict[str, Any]) -> None:
+    completion = client.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": entry["prompt"]}],
+        response_format=ModelAnswer,
+    )
+
+    parsed = completion.choices[0].message.parsed
+    assert parsed == ModelAnswer(answer=entry["answer"], mentions=entry["mentions"])
+
+
+def test_json_object_format_answers_plain_markdown(client: openai.OpenAI) -> None:
+    completion = ask(client, MODEL, response_format={"type": "json_object"})
+
+    assert completion.choices[0].message.content == CRM["answer"]
+
+
+def test_latency_delays_the_answer(client: openai.OpenAI) -> None:
+    started = time.monotonic()
+    completion = ask(client, f"{MODEL}@latency=150")
+
+    assert time.monotonic() - started >= 0.15
+    assert completion.choices[0].message.content == CRM["answer"]
+
+
+def test_rate_limit_answers_429_then_succeeds(client: openai.OpenAI) -> None:
+    model = f"{MODEL}@rate_limit=2,retry_after=0.2"
+    for _ in range(2):
+        with pytest.raises(openai.RateLimitError) as caught:
+            ask(client, model)
+        assert caught.value.response.headers["retry-after"] == "0.2"
+        assert caught.value.response.headers["retry-after-ms"] == "200"
+        assert caught.value.code == "rate_limit_exceeded"
+
+    assert ask(client, model).choices[0].message.content == CRM["answer"]
+
+
+def test_rate_limit_counts_per_call_key(client: openai.OpenAI) -> None:
+    model = f"{MODEL}@rate_limit=1"
+    for key in ("a", "b"):
+        with pytest.raises(openai.RateLimitError):
+            ask(client, model, extra_headers={"X-Simulator-Key": key})
+
+    assert ask(client, model, extra_headers={"X-Simulator-Key": "a"}).choices
+    with pytest.raises(openai.RateLimitError):
+        ask(client, model, prompt="another prompt", extra_headers={"X-Simulator-Key": "a"})
+
+
+def test_error500_answers_500_then_succeeds(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        ask(client, f"{MODEL}@error500=1")
+
+    assert caught.value.status_code == 500
+    assert caught.value.request_id is not None
+    assert caught.value.request_id.startswith("sim-")
+    assert ask(client, f"{MODEL}@error500=1").choices[0].message.content == CRM["answer"]
+
+
+def test_hang_times_out_the_client(client: openai.OpenAI) -> None:
+    started = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        ask(client.with_options(timeout=1), f"{MODEL}@hang")
+
+    assert 1 <= time.monotonic() - started < 3
+
+
+def test_invalid_json_breaks_only_structured_answers(client: openai.OpenAI) -> None:
+    broken = ask(client, f"{MODEL}@invalid_json", response_format=SCHEMA_FORMAT)
+    plain = ask(client, f"{MODEL}@invalid_json")
+
+    content = broken.choices[0].message.content
+    assert content is not None
+    assert content.startswith('{"answer": "For a 10-person')
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(content)
+    assert broken.choices[0].finish_reason == "stop"
+    assert plain.choices[0].message.content == CRM["answer"]
+
+
+def test_fenced_rejects_json_schema_and_fences_plain_answers(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, f"{MODEL}@fenced", response_format=SCHEMA_FORMAT)
+    fenced = ask(client, f"{MODEL}@fenced").choices[0].message.content
+
+    assert caught.value.param == "response_format"
+    assert "json_schema" in caught.value.message
+    assert fenced is not None
+    assert fenced.startswith("```json\n")
+    assert fenced.endswith("\n```")
+    inner = ModelAnswer.model_validate_json(fenced.removeprefix("```json\n").removesuffix("\n```"))
+    assert inner == ModelAnswer(answer=CRM["answer"], mentions=CRM["mentions"])
+
+
+def test_no_schema_rejects_json_schema_and_answers_plain_markdown(
+    client: openai.OpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, f"{MODEL}@no_schema", response_format=SCHEMA_FORMAT)
+
+    assert caught.value.param == "response_format"
+    assert ask(client, f"{MODEL}@no_schema").choices[0].message.content == CRM["answer"]
+
+
+def test_refusal_sets_message_refusal(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.parse(
+        model=f"{MODEL}@refusal",
+        messages=[{"role": "user", "content": CRM["prompt"]}],
+        response_format=ModelAnswer,
+    )
+
+    message = completion.choices[0].message
+    assert message.content is None
+    assert message.parsed is None
+    assert message.refusal == REFUSAL_TEXT
+    assert completion.choices[0].finish_reason == "stop"
+
+
+def test_length_truncates_content(client: openai.OpenAI) -> None:
+    structured = ask(client, f"{MODEL}@length", response_format=SCHEMA_FORMAT).choices[0]
+    plain = ask(client, f"{MODEL}@length").choices[0]
+
+    assert structured.finish_reason == plain.finish_reason == "length"
+    assert structured.message.content == full_json(CRM)[:30]
+    assert plain.message.content == CRM["answer"][:200]
+
+
+def test_length_makes_the_sdk_parse_helper_raise(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.LengthFinishReasonError):
+        client.chat.completions.parse(
+            model=f"{MODEL}@length",
+            messages=[{"role": "user", "content": CRM["prompt"]}],
+            response_format=ModelAnswer,
+        )
+
+
+def test_blank_answers_empty_content(client: openai.OpenAI) -> None:
+    completion = ask(client, f"{MODEL}@blank", response_format=SCHEMA_FORMAT)
+
+    assert completion.choices[0].message.content == ""
+    assert completion.choices[0].finish_reason == "stop"
+
+
+def test_or_error_is_http_200_with_an_error_body(client: openai.OpenAI) -> None:
+    model = f"{MODEL}@or_error=429,or_error_times=2"
+    for _ in range(2):
+        completion = ask(client, model)
+        # The SDK raises nothing: ChatCompletion allows extra fields and is built without
+        # validation, so `choices` stays None and the body's "error" lands in model_extra.
+        assert completion.choices is None
+        assert completion.model_extra is not None
+        assert completion.model_extra["error"]["code"] == 429
+        assert completion.model_extra["error"]["metadata"]["provider_name"] == "SimProvider"
+
+    assert ask(client, model).choices[0].message.content == CRM["answer"]
+
+
+def test_or_error_400_names_json_schema(client: openai.OpenAI) -> None:
+    completion = ask(client, f"{MODEL}@or_error=400", response_format=SCHEMA_FORMAT)
+
+    assert completion.model_extra is not None
+    error = completion.model_extra["error"]
+    assert error["code"] == 400
+    assert "json_schema" in error["message"]
+
+
+def test_status_faults_map_to_sdk_errors(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.AuthenticationError) as unauthorized:
+        ask(client, f"{MODEL}@status=401")
+    with pytest.raises(openai.NotFoundError) as missing:
+        ask(client, f"{MODEL}@status=404")
+    with pytest.raises(openai.APIStatusError) as unpaid:
+        ask(client, f"{MODEL}@status=402")
+
+    assert unauthorized.value.code == "invalid_api_key"
+    assert missing.value.code == "model_not_found"
+    assert unpaid.value.status_code == 402
+    assert "Insufficient credits" in unpaid.value.message
+
+
+def test_api_key_is_checked_when_configured() -> None:
+    with running_simulator(api_key="right") as sim:
+        url = sim.base_url
+        with openai.OpenAI(base_url=url, api_key="wrong", max_retries=0) as wrong:
+            with pytest.raises(openai.AuthenticationError):
+                ask(wrong, MODEL)
+            with pytest.raises(openai.AuthenticationError):
+                wrong.models.list()
+        with openai.OpenAI(base_url=url, api_key="right", max_retries=0) as right:
+            assert ask(right, MODEL).choices[0].message.content == CRM["answer"]
+
+
+def test_header_faults_add_to_and_override_the_model_name(client: openai.OpenAI) -> None:
+    started = time.monotonic()
+    completion = ask(
+        client, f"{MODEL}@latency=5000", extra_headers={"X-Simulator-Faults": "latency=0,blank"}
+    )
+
+    assert time.monotonic() - started < 2
+    assert completion.choices[0].message.content == ""
+    assert completion.model == f"{MODEL}@latency=5000"
+
+
+@pytest.mark.parametrize(
+    ("model", "headers", "named"),
+    [
+        (f"{MODEL}@explode", {}, "explode"),
+        (MODEL, {"X-Simulator-Faults": "blank,melt=3"}, "melt"),
+        (f"{MODEL}@latency=soon", {}, "latency"),
+    ],
+)
+def test_bad_faults_answer_400(
+    client: openai.OpenAI, model: str, headers: dict[str, str], named: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, model, extra_headers=headers)
+
+    assert named in caught.value.message
+
+
+def test_stream_is_rejected(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, MODEL, stream=True)
+
+    assert caught.value.param == "stream"
+
+
+def raw_post(sim: SimulatorServer, path: str, body: bytes) -> tuple[int, dict[str, Any], str]:
+    """POST ``body`` without the SDK; returns status, JSON body and x-request-id."""
+    connection = http.client.HTTPConnection(sim.address.host, sim.address.port, timeout=5)
+    try:
+        connection.request("POST", path, body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), response.headers["x-request-id"]
+    finally:
+        connection.close()
+
+
+def test_unknown_path_and_bad_json_get_openai_error_bodies(sim: SimulatorServer) -> None:
+    missing = raw_post(sim, "/v1/embeddings", b"{}")
+    broken = raw_post(sim, "/v1/chat/completions", b"{not json")
+
+    assert missing[0] == 404
+    assert broken[0] == 400
+    for _, body, request_id in (missing, broken):
+        assert body["error"]["type"] == "invalid_request_error"
+        assert body["error"]["code"] is None
+        assert request_id.startswith("sim-")
+
+
+def test_request_count_and_reset_counters(sim: SimulatorServer, client: openai.OpenAI) -> None:
+    model = f"{MODEL}@rate_limit=1"
+    with pytest.raises(openai.RateLimitError):
+        ask(client, model)
+    assert sim.request_count == 1
+
+    sim.reset_counters()
+
+    assert sim.request_count == 0
+    with pytest.raises(openai.RateLimitError):
+        ask(client, model)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_serve_logs_its_url_and_stops_on_sigterm() -> None:
+    port = free_port()
+    script = (
+        "import logging; from runner.simulator import serve; "
+        "logging.basicConfig(level=logging.INFO, format='%(action)s %(message)s'); "
+        f"serve('127.0.0.1', {port})"
+    )
+    root = Path(__file__).parent.parent
+    with subprocess.Popen(
+        [sys.executable, "-c", script], cwd=root, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stderr is not None
+        first_line = process.stderr.readline()
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sim") as client:
+            assert len(client.models.list().data) == 3
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+
+    assert first_line.startswith("simulator_started ")
+    assert f"http://127.0.0.1:{port}/v1" in first_line
