@@ -91,3 +91,35 @@ def record_missed_batches(engine: Engine, batch_keys: list[str]) -> None:
     with write_tx(engine) as conn:
         for key in batch_keys:
             _audit(conn, "scheduler", "batch_missed", {"batch_key": key}, 0, utcnow())
+
+
+@dataclass(frozen=True)
+class BrandCount:
+    """A brand's visibility in a batch: answers mentioning it, their share of answers, and its
+    share of all mentions (share of voice), with its average position (1 = first)."""
+
+    name: str
+    answers: int
+    mention_rate: float
+    share_of_voice: float
+    avg_position: float
+
+
+def top_brands(engine: Engine, batch_key: str, *, limit: int = 10) -> list[BrandCount]:
+    """The most mentioned brands of a batch. Refusals are excluded from the answer count (C17)."""
+    from db.models import Entity, Mention, Response
+    with read_tx(engine) as conn:
+        answered = int(conn.scalar(select(func.count()).select_from(Response).where(
+            Response.batch_key == batch_key, Response.output_mode != "refusal")) or 0)
+        rows = conn.execute(
+            select(Entity.name, func.count(), func.avg(Mention.position))
+            .join(Mention, Mention.entity_id == Entity.id)
+            .join(Response, Response.id == Mention.response_id)
+            .where(Response.batch_key == batch_key)
+            .group_by(Entity.id, Entity.name).order_by(func.count().desc(), Entity.name)
+            .limit(limit)).all()
+        total = int(conn.scalar(select(func.count()).select_from(Mention)
+                                .join(Response, Response.id == Mention.response_id)
+                                .where(Response.batch_key == batch_key)) or 0)
+    return [BrandCount(name, int(n), n / answered if answered else 0.0,
+                       n / total if total else 0.0, float(pos)) for name, n, pos in rows]

@@ -43,6 +43,7 @@ class ErrorKind(enum.StrEnum):
     TRUNCATED = "truncated"  # finish_reason 'length': the answer was cut off
     LEASE_EXPIRED = "lease_expired"  # the worker holding the job vanished (reaper)
     CONFIG = "config"  # the job cannot run with this configuration (e.g. missing API key)
+    INTERNAL = "internal"  # a bug in promptbatch while handling the job (logged with traceback)
 
     @property
     def transient(self) -> bool:

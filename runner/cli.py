@@ -1,0 +1,320 @@
+"""`promptbatch`: the command line (typer). Every user error is one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from pydantic import ValidationError
+from sqlalchemy import Engine
+
+from db import catalog, migrate, operations, queue, stats
+from db.engine import make_engine
+from db.errors import ConfigError, InvalidInput, PromptBatchError
+from db.operations import JobFilter
+from db.types import JobStatus
+from runner import inputs
+from runner.extraction import matching_key
+from runner.logs import configure_logging
+from runner.scheduler import utc_batch_key
+from runner.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="promptbatch: ask every tracked prompt of every model, daily, and count "
+                       "the brands the answers mention.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+prompts_app = typer.Typer(no_args_is_help=True, help="Tracked prompts.")
+models_app = typer.Typer(no_args_is_help=True, help="Models to ask.")
+entities_app = typer.Typer(no_args_is_help=True, help="The brand catalog.")
+app.add_typer(db_app, name="db")
+app.add_typer(prompts_app, name="prompts")
+app.add_typer(models_app, name="models")
+app.add_typer(entities_app, name="entities")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+BatchOpt = Annotated[str | None, typer.Option("--batch-key", help="YYYY-MM-DD (UTC date).")]
+
+# --- shared plumbing ------------------------------------------------------------------------------
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment plus CLI overrides; a bad value is a one-line ConfigError."""
+    try:
+        base = Settings()
+        return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {field.upper()}: {err['msg']}") from exc
+
+
+def open_engine(settings: Settings, *, require_schema: bool = True) -> Engine:
+    engine = make_engine(settings.database_url)
+    if require_schema:
+        migrate.require_current(engine)
+    return engine
+
+
+def batch_key_or_today(value: str | None) -> str:
+    """A validated batch key (a real YYYY-MM-DD date), or today's UTC date."""
+    if value is None:
+        return utc_batch_key()
+    try:
+        if len(value) != 10:
+            raise ValueError(value)
+        return date.fromisoformat(value).isoformat()
+    except ValueError as exc:
+        raise InvalidInput(f"batch key must be a date YYYY-MM-DD, got {value!r}") from exc
+
+
+def echo_json(data: object) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# --- db ---------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema to the newest revision (Alembic)."""
+    settings = load_settings()
+    revision = migrate.upgrade(open_engine(settings, require_schema=False))
+    typer.echo(f"database at revision {revision}")
+
+
+# --- prompts, models, entities ----------------------------------------------------------------
+
+
+@prompts_app.command("import")
+def prompts_import(path: Path) -> None:
+    """Import prompts from a CSV with header text,category,runs (all or nothing)."""
+    rows = inputs.read_prompts_csv(path)
+    created = catalog.import_prompts(open_engine(load_settings()), rows)
+    typer.echo(f"{created} prompts created, {len(rows) - created} already present")
+
+
+@prompts_app.command("list")
+def prompts_list(json_out: JsonOpt = False) -> None:
+    """List prompts."""
+    rows = catalog.list_prompts(open_engine(load_settings()))
+    if json_out:
+        echo_json([r.__dict__ for r in rows])
+        return
+    for r in rows:
+        state = "active" if r.is_active else "inactive"
+        typer.echo(f"{r.id:>5}  {state:<8} runs={r.runs}  [{r.category or '-'}]  {r.text[:90]}")
+
+
+@models_app.command("add")
+def models_add(
+    provider: Annotated[str, typer.Option(help="openai | openrouter | compatible")],
+    name: Annotated[str, typer.Option(help="The API model id, e.g. gpt-4o-mini.")],
+    label: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="For compatible providers.")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(
+        help="Jobs of this model in flight across all runners.")] = None,
+    input_price: Annotated[float | None, typer.Option(help="USD per 1M prompt tokens.")] = None,
+    output_price: Annotated[float | None, typer.Option(
+        help="USD per 1M completion tokens.")] = None,
+) -> None:
+    """Add a model (or update the one with the same provider and name)."""
+    model_id = catalog.add_model(open_engine(load_settings()), provider=provider, name=name,
+                                 label=label, base_url=base_url, max_concurrency=max_concurrency,
+                                 input_usd_per_mtok=input_price, output_usd_per_mtok=output_price)
+    typer.echo(f"model {model_id}: {provider} {name}")
+
+
+@models_app.command("list")
+def models_list(json_out: JsonOpt = False) -> None:
+    """List models."""
+    rows = catalog.list_models(open_engine(load_settings()))
+    if json_out:
+        echo_json([r.__dict__ for r in rows])
+        return
+    for r in rows:
+        cap = r.max_concurrency or "-"
+        state = "active" if r.is_active else "inactive"
+        typer.echo(f"{r.id:>4}  {state:<8} {r.provider:<10} {r.name:<32} max_concurrency={cap} "
+                   f"{r.base_url or ''}")
+
+
+@entities_app.command("import")
+def entities_import(path: Path) -> None:
+    """Import brands from a TSV with header name<TAB>aliases (aliases comma-separated)."""
+    engine = open_engine(load_settings())
+    rows = inputs.read_entities_tsv(path)
+    import_entities(engine, rows)
+    typer.echo(f"{len(rows)} brands in the catalog file imported")
+
+
+def import_entities(engine: Engine, rows: list[tuple[str, list[str]]]) -> None:
+    for name, aliases in rows:
+        catalog.add_entity(engine, name, matching_key(name),
+                           {a: matching_key(a) for a in aliases})
+
+
+# --- the batch --------------------------------------------------------------------------------
+
+
+@app.command()
+def enqueue(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
+    """Create today's (or --batch-key's) jobs: active prompts x active models x runs. Idempotent."""
+    settings = load_settings()
+    key = batch_key_or_today(batch_key)
+    result = queue.enqueue_batch(open_engine(settings), key, max_attempts=settings.max_attempts,
+                                 actor="cli")
+    data = {"batch_key": result.batch_key, "created": result.created, "existing": result.existing}
+    if json_out:
+        echo_json(data)
+    else:
+        typer.echo(f"batch {key}: {result.created} jobs created, {result.existing} existing")
+
+
+@app.command()
+def run(
+    drain: Annotated[bool, typer.Option(help="Exit when nothing is due (cron mode).")] = False,
+    processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Jobs in flight per process.")] = None,
+) -> None:
+    """Run the scheduler and workers (long-lived), or drain what is due and exit (--drain).
+
+    Exit code with --drain: 0 when every job of today's batch ended, 1 when some failed.
+    """
+    from runner.supervisor import Supervisor
+    settings = load_settings(processes=processes, threads=threads)
+    engine = open_engine(settings)
+    check_api_keys(engine, settings)
+    configure_logging(settings)
+    code = Supervisor(settings, engine, drain=drain).run()
+    raise typer.Exit(code)
+
+
+def check_api_keys(engine: Engine, settings: Settings) -> None:
+    """Refuse to start when an active model's provider has no API key configured."""
+    for model in catalog.list_models(engine, active_only=True):
+        if model.provider != "compatible" and settings.api_key(model.provider) is None:
+            env = "OPENAI_API_KEY" if model.provider == "openai" else "OPENROUTER_API_KEY"
+            raise ConfigError(f"{env} is not set but active model {model.name!r} "
+                              f"(provider {model.provider}) needs it")
+
+
+@app.command()
+def status(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
+    """Jobs per status for a batch (default: today's UTC batch)."""
+    engine = open_engine(load_settings())
+    counts = stats.batch_counts(engine, batch_key_or_today(batch_key))
+    missed = stats.missed_batches(engine)
+    if json_out:
+        echo_json({"batch_key": counts.batch_key, "counts": counts.counts, "total": counts.total,
+                   "missed_batches": missed})
+        return
+    typer.echo(f"batch {counts.batch_key}: {counts.total} jobs")
+    for name, n in counts.counts.items():
+        typer.echo(f"  {name:<11} {n}")
+    if missed:
+        typer.echo(f"missed batches (runner was down): {', '.join(missed)}")
+
+
+def _job_filter(status_: str | None, batch_key: str | None, model_id: int | None,
+                prompt_id: int | None) -> JobFilter:
+    if status_ is not None and status_ not in {s.value for s in JobStatus}:
+        raise InvalidInput(f"unknown status {status_!r}: use one of "
+                           f"{', '.join(s.value for s in JobStatus)}")
+    key = batch_key_or_today(batch_key) if batch_key is not None else None
+    return JobFilter(status=status_, batch_key=key, model_id=model_id, prompt_id=prompt_id)
+
+
+StatusOpt = Annotated[str | None, typer.Option("--status", help="queued, failed, ...")]
+ModelOpt = Annotated[int | None, typer.Option("--model-id")]
+PromptOpt = Annotated[int | None, typer.Option("--prompt-id")]
+JobIdsOpt = Annotated[list[int] | None, typer.Option("--job-id", help="Repeatable.")]
+
+
+@app.command()
+def jobs(status_: StatusOpt = None, batch_key: BatchOpt = None, model_id: ModelOpt = None,
+         prompt_id: PromptOpt = None,
+         limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+         json_out: JsonOpt = False) -> None:
+    """List jobs, newest first."""
+    where = _job_filter(status_, batch_key, model_id, prompt_id)
+    rows = stats.list_jobs(open_engine(load_settings()), where, limit=limit)
+    if json_out:
+        echo_json([r.__dict__ for r in rows])
+        return
+    for r in rows:
+        error = f" {r.error_kind}: {(r.error_message or '')[:60]}" if r.error_kind else ""
+        typer.echo(f"{r.id:>7} {r.batch_key} {r.status:<10} {r.model_name:<24} run={r.run_index} "
+                   f"attempt {r.attempt_count}/{r.max_attempts}{error}  {r.prompt_text[:50]}")
+
+
+def _targets(job_id: list[int] | None, where: JobFilter) -> dict[str, object]:
+    if job_id:
+        return {"job_ids": job_id}
+    if not where.describe():
+        raise InvalidInput("give --job-id or at least one filter (--status, --batch-key, "
+                           "--model-id, --prompt-id)")
+    return {"where": where}
+
+
+@app.command()
+def requeue(job_id: JobIdsOpt = None, status_: StatusOpt = None, batch_key: BatchOpt = None,
+            model_id: ModelOpt = None, prompt_id: PromptOpt = None) -> None:
+    """Re-queue failed, cancelled or skipped jobs with a fresh attempt budget."""
+    settings = load_settings()
+    targets = _targets(job_id, _job_filter(status_, batch_key, model_id, prompt_id))
+    changed = operations.requeue_jobs(open_engine(settings), fresh_attempts=settings.max_attempts,
+                                      actor="cli", **targets)  # type: ignore[arg-type]
+    typer.echo(f"{len(changed)} re-queued")
+
+
+@app.command()
+def cancel(job_id: JobIdsOpt = None, status_: StatusOpt = None, batch_key: BatchOpt = None,
+           model_id: ModelOpt = None, prompt_id: PromptOpt = None) -> None:
+    """Cancel queued or processing jobs (a late result of a processing job is dropped)."""
+    targets = _targets(job_id, _job_filter(status_, batch_key, model_id, prompt_id))
+    changed = operations.cancel_jobs(open_engine(load_settings()), actor="cli",
+                                     **targets)  # type: ignore[arg-type]
+    typer.echo(f"{len(changed)} cancelled")
+
+
+@app.command()
+def simulator(host: Annotated[str, typer.Option()] = "127.0.0.1",
+              port: Annotated[int, typer.Option(min=0, max=65535)] = 8787) -> None:
+    """Serve the OpenAI-compatible model simulator (realistic answers, fault injection)."""
+    from runner.simulator import serve
+    configure_logging(load_settings())
+    serve(host, port)
+
+
+@app.command()
+def demo(
+    processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Jobs in flight per process.")] = None,
+) -> None:
+    """Migrate, load demo prompts and brands, start the simulator, run today's batch, summarize."""
+    from runner.demo import run_demo
+    # Job-by-job INFO lines would bury the progress line and the summary: warnings only.
+    settings = load_settings(processes=processes, threads=threads, log_level="WARNING")
+    configure_logging(settings)
+    raise typer.Exit(run_demo(settings))
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except PromptBatchError as exc:
+        typer.echo(f"promptbatch: error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,126 @@
+"""Running one claimed job: ask the model, extract mentions, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import Engine
+
+from db import results
+from db.types import (
+    AnswerRecord,
+    ClaimedJob,
+    ErrorKind,
+    FailureRecord,
+    MentionRecord,
+    OutputMode,
+)
+from runner.backoff import backoff_seconds
+from runner.catalog_cache import CatalogCache
+from runner.extraction import Catalog, extract_from_text, order_mentions
+from runner.model_client import CallFailed, ModelClient, ModelReply
+from runner.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class JobOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"
+    FAILED = "failed"
+    DROPPED = "dropped"  # the worker no longer held the job: nothing was written
+
+
+@dataclass
+class JobContext:
+    """What a worker thread needs to run jobs; one per worker process."""
+
+    settings: Settings
+    engine: Engine
+    client: ModelClient
+    catalog: CatalogCache
+
+
+def run_job(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
+    """Run `job` to a recorded outcome. Never raises for a job's own failure."""
+    started = time.monotonic()
+    try:
+        reply = ctx.client.ask(job)
+    except CallFailed as exc:
+        failure = FailureRecord(exc.kind, str(exc), _ms_since(started), exc.retry_after,
+                                exc.request_id)
+        return _record_failure(ctx, job, failure)
+    except Exception as exc:  # a bug of ours: the job fails visibly, the worker lives on
+        log.exception("job crashed", extra={"action": "job_crashed", "job_id": job.id})
+        failure = FailureRecord(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}",
+                                _ms_since(started))
+        return _record_failure(ctx, job, failure)
+    return _record_success(ctx, job, reply, _ms_since(started))
+
+
+def _record_success(ctx: JobContext, job: ClaimedJob, reply: ModelReply,
+                    latency_ms: int) -> JobOutcome:
+    if reply.schema_rejected:
+        results.mark_json_schema_unsupported(ctx.engine, job.model_id)
+        log.info("model rejects json_schema; using the fallback from now on",
+                 extra={"action": "json_schema_unsupported", "model": job.model_name})
+    answer = AnswerRecord(
+        answer=reply.answer, raw_body=reply.raw_body, output_mode=reply.output_mode,
+        finish_reason=reply.finish_reason, prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens, latency_ms=latency_ms,
+        request_id=reply.request_id, mentions=find_mentions(reply, ctx.catalog.get()))
+    if not results.complete_job(ctx.engine, job, answer, cost_usd(job, reply)):
+        _log_dropped(job)
+        return JobOutcome.DROPPED
+    log.info("job succeeded", extra={"action": "job_succeeded", "job_id": job.id,
+                                     "model": job.model_name, "attempt": job.attempt,
+                                     "latency_ms": latency_ms})
+    return JobOutcome.SUCCEEDED
+
+
+def _record_failure(ctx: JobContext, job: ClaimedJob, failure: FailureRecord) -> JobOutcome:
+    s = ctx.settings
+    delay = backoff_seconds(job.attempt, base=s.backoff_base, cap=s.backoff_cap,
+                            retry_after=failure.retry_after)
+    outcome = results.record_failure(ctx.engine, job, failure, delay)
+    extra = {"job_id": job.id, "model": job.model_name, "attempt": job.attempt,
+             "error_kind": failure.kind.value}
+    if outcome is results.FailureOutcome.DROPPED:
+        _log_dropped(job)
+        return JobOutcome.DROPPED
+    if outcome is results.FailureOutcome.RETRY:
+        log.warning("job will be retried in %.1fs: %s", delay, failure.message,
+                    extra={"action": "job_retry", **extra})
+        return JobOutcome.RETRY
+    log.error("job failed: %s", failure.message, extra={"action": "job_failed", **extra})
+    return JobOutcome.FAILED
+
+
+def _log_dropped(job: ClaimedJob) -> None:
+    log.warning("result dropped: job was cancelled or its lease was taken over",
+                extra={"action": "job_result_dropped", "job_id": job.id, "attempt": job.attempt})
+
+
+def find_mentions(reply: ModelReply, catalog: Catalog) -> tuple[MentionRecord, ...]:
+    """Mentions with positions from the answer text; none for a refusal (case C17)."""
+    if reply.output_mode is OutputMode.REFUSAL or not reply.answer:
+        return ()
+    found = (order_mentions(reply.answer, reply.mention_names, catalog)
+             if reply.mention_names is not None else extract_from_text(reply.answer, catalog))
+    return tuple(MentionRecord(m.raw_name, m.display, m.key, m.position, m.char_offset)
+                 for m in found)
+
+
+def cost_usd(job: ClaimedJob, reply: ModelReply) -> float | None:
+    """USD for the call from the model's per-million-token prices, or None when unpriced."""
+    if job.input_usd_per_mtok is None or job.output_usd_per_mtok is None:
+        return None
+    return ((reply.prompt_tokens or 0) * job.input_usd_per_mtok
+            + (reply.completion_tokens or 0) * job.output_usd_per_mtok) / 1_000_000
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)

@@ -1,0 +1,46 @@
+"""The progress line a draining runner prints: jobs ended of the batch, by status, and jobs/s."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from sqlalchemy import Engine
+
+from db import stats
+from db.errors import DatabaseUnavailable
+from db.types import ENDED_STATUSES, JobStatus
+
+INTERVAL_TTY, INTERVAL_PIPE = 1.0, 10.0
+
+
+class ProgressReporter:
+    """Prints `batch K: ended/total ...` to stderr; redraws in place on a terminal."""
+
+    def __init__(self, engine: Engine, batch_key: str) -> None:
+        self._engine = engine
+        self._batch_key = batch_key
+        self._tty = sys.stderr.isatty()
+        self._interval = INTERVAL_TTY if self._tty else INTERVAL_PIPE
+        self._next = 0.0
+        self._first: tuple[float, int] | None = None
+
+    def maybe_report(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self._interval
+        try:
+            counts = stats.batch_counts(self._engine, self._batch_key)
+        except DatabaseUnavailable:
+            return
+        ended = sum(counts.get(s) for s in ENDED_STATUSES)
+        self._first = self._first or (now, ended)
+        elapsed = now - self._first[0]
+        rate = (ended - self._first[1]) / elapsed if elapsed > 0 else 0.0
+        line = (f"batch {self._batch_key}: {ended}/{counts.total} ended | "
+                f"{counts.get(JobStatus.SUCCEEDED)} succeeded, {counts.get(JobStatus.FAILED)} "
+                f"failed, {counts.get(JobStatus.PROCESSING)} processing, "
+                f"{counts.get(JobStatus.QUEUED)} queued | {rate:.1f} jobs/s")
+        sys.stderr.write(f"\r{line}\033[K" if self._tty else f"{line}\n")
+        sys.stderr.flush()

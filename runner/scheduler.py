@@ -1,0 +1,96 @@
+"""The daily enqueue on a `schedule` timer, in UTC whatever the host's time zone (case C1).
+
+`schedule.every().day.at(BATCH_TIME, "UTC")` fires once per UTC day. At start-up, today's batch is
+enqueued if it is due and missing (catch-up after downtime, case C2) and the days the runner missed
+are reported. A failed enqueue is logged and retried until it succeeds; it never stops the timer
+(case C3).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+
+import schedule
+
+from db.types import EnqueueResult
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = (5, 15, 30, 60)  # waits between attempts of a failed enqueue, then every 60 s
+
+
+def utc_batch_key(now: datetime | None = None) -> str:
+    """The batch key of a moment: its UTC date, YYYY-MM-DD."""
+    return (now or datetime.now(UTC)).astimezone(UTC).date().isoformat()
+
+
+def missed_days(latest: str | None, today: str) -> list[str]:
+    """Batch keys strictly between the latest enqueued batch and today (days the runner was down)."""
+    if latest is None or latest >= today:
+        return []
+    first, last = date.fromisoformat(latest) + timedelta(days=1), date.fromisoformat(today)
+    return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days)]
+
+
+class BatchScheduler:
+    """Enqueues each UTC day's batch at `batch_time` (HH:MM UTC).
+
+    `enqueue(batch_key)` does the work and may raise; `clock()` returns the aware UTC now.
+    """
+
+    def __init__(self, enqueue: Callable[[str], EnqueueResult], batch_time: str,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._enqueue = enqueue
+        self._clock = clock
+        self._batch_time = batch_time
+        self._schedule = schedule.Scheduler()
+        self._schedule.every().day.at(batch_time, "UTC").do(self._fire)
+        self._pending: str | None = None
+        self._failures = 0
+        self._retry_at: datetime | None = None
+        self.enqueued: list[str] = []
+
+    def catch_up(self, latest_batch: str | None) -> list[str]:
+        """At start-up: report missed days and enqueue today's batch if due and missing."""
+        now = self._clock()
+        today = utc_batch_key(now)
+        missed = missed_days(latest_batch, today)
+        if missed:
+            log.warning("runner was down: batches %s were never enqueued", ", ".join(missed),
+                        extra={"action": "batch_missed", "batches": missed})
+        due = now.strftime("%H:%M") >= self._batch_time
+        if due and (latest_batch is None or latest_batch < today):
+            self._try(today)
+        return missed
+
+    def tick(self) -> None:
+        """Run what is due: the daily timer and any enqueue retry."""
+        self._schedule.run_pending()
+        if self._pending and self._retry_at and self._clock() >= self._retry_at:
+            self._try(self._pending)
+
+    def _fire(self) -> None:
+        self._try(utc_batch_key(self._clock()))
+
+    def _try(self, batch_key: str) -> None:
+        try:
+            result = self._enqueue(batch_key)
+        except Exception as exc:  # the timer must outlive any enqueue failure (case C3)
+            self._schedule_retry(batch_key, exc)
+            return
+        self._pending, self._failures, self._retry_at = None, 0, None
+        self.enqueued.append(batch_key)
+        log.info("batch %s enqueued: %d created, %d existing", batch_key, result.created,
+                 result.existing, extra={"action": "batch_enqueued", "batch_key": batch_key,
+                                         "created": result.created})
+
+    def _schedule_retry(self, batch_key: str, exc: Exception) -> None:
+        wait = RETRY_SECONDS[min(self._failures, len(RETRY_SECONDS) - 1)]
+        self._failures += 1
+        self._pending = batch_key
+        self._retry_at = self._clock() + timedelta(seconds=wait)
+        log.error("enqueue of batch %s failed (attempt %d), retrying in %ds: %s", batch_key,
+                  self._failures, wait, exc, exc_info=exc,
+                  extra={"action": "enqueue_failed", "batch_key": batch_key})

@@ -1,0 +1,79 @@
+"""All configuration, from the environment, in one place (STYLE.md 5).
+
+Built once at an entry point (`Settings()`) and passed down; nothing else reads os.environ.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from db.types import Provider
+
+DEFAULT_DATABASE_URL = "sqlite:///./data/promptbatch.db"
+OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+
+
+class Settings(BaseSettings):
+    """promptbatch settings. Every field reads PROMPTBATCH_<NAME>; the three standard names
+    DATABASE_URL, OPENAI_API_KEY and OPENROUTER_API_KEY are read as they are too."""
+
+    model_config = SettingsConfigDict(env_prefix="PROMPTBATCH_", extra="ignore",
+                                      populate_by_name=True)
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias=AliasChoices(
+        "DATABASE_URL", "PROMPTBATCH_DATABASE_URL"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices(
+        "OPENAI_API_KEY", "PROMPTBATCH_OPENAI_API_KEY"))
+    openrouter_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices(
+        "OPENROUTER_API_KEY", "PROMPTBATCH_OPENROUTER_API_KEY"))
+    compatible_api_key: SecretStr | None = None  # for `compatible` servers that want one
+    openrouter_referer: str = "https://github.com/promptbatch/promptbatch"  # HTTP-Referer
+    openrouter_title: str = "promptbatch"  # X-Title (OpenRouter app attribution)
+
+    batch_time: str = "00:00"  # HH:MM, UTC: when the daily batch is enqueued
+    processes: int = Field(2, ge=1, le=64)  # worker processes per runner
+    threads: int = Field(4, ge=1, le=256)  # jobs in flight per worker process
+    max_attempts: int = Field(3, ge=1, le=50)  # attempts per job before it fails
+    lease_seconds: float = Field(60.0, ge=2, le=3600)  # a claim's lease; heartbeats every 1/3
+    request_timeout: float = Field(60.0, gt=0, le=600)  # seconds per model call, whole request
+    connect_timeout: float = Field(10.0, gt=0, le=120)  # seconds to connect to the provider
+    backoff_base: float = Field(2.0, gt=0, le=600)  # seconds; retry n waits up to base * 2^(n-1)
+    backoff_cap: float = Field(300.0, gt=0, le=86_400)  # seconds; the longest backoff
+    poll_interval: float = Field(1.0, gt=0, le=60)  # seconds between claims when idle
+    grace_seconds: float = Field(30.0, ge=0, le=3600)  # SIGTERM: time in-flight jobs get to end
+    reap_interval: float = Field(10.0, gt=0, le=3600)  # seconds between reaper runs
+    log_level: str = "INFO"
+    log_json: bool = False  # one JSON object per log line
+
+    console_password: SecretStr | None = None
+    console_read_only: bool = False
+
+    @field_validator("batch_time")
+    @classmethod
+    def _check_batch_time(cls, value: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f"must be HH:MM (24h, UTC), got {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
+        return value.upper()
+
+    @cached_property
+    def heartbeat_interval(self) -> float:
+        """Seconds between lease extensions: a third of the lease."""
+        return self.lease_seconds / 3
+
+    def api_key(self, provider: str) -> str | None:
+        """The API key for a provider, or None when it is not set."""
+        secret = {Provider.OPENAI.value: self.openai_api_key,
+                  Provider.OPENROUTER.value: self.openrouter_api_key,
+                  Provider.COMPATIBLE.value: self.compatible_api_key}.get(provider)
+        return secret.get_secret_value() if secret else None

@@ -1,0 +1,188 @@
+"""`promptbatch run`: the supervisor process (DESIGN.md, "Runner process model").
+
+It owns a table of worker processes (spawned, restarted when they die), the scheduler thread, the
+reaper, and shutdown: the first SIGTERM/SIGINT stops claiming and lets in-flight jobs finish within
+the grace period; a second one exits at once (leases then expire and the reaper hands jobs back).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from sqlalchemy import Engine
+
+from db import queue, stats
+from db.errors import DatabaseUnavailable
+from db.types import BatchCounts, EnqueueResult, JobStatus
+from runner.progress import ProgressReporter
+from runner.scheduler import BatchScheduler, utc_batch_key
+from runner.settings import Settings
+from runner.worker import WorkerSpec, worker_main
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.5
+EXIT_OK, EXIT_FAILED_JOBS, EXIT_SCHEDULER_DIED, EXIT_INTERRUPTED = 0, 1, 3, 130
+
+
+@dataclass
+class Child:
+    index: int
+    process: BaseProcess
+    restarts: int = 0
+
+
+@dataclass
+class Supervisor:
+    """Runs P worker processes x T threads until stopped (or, with drain, until nothing is due)."""
+
+    settings: Settings
+    engine: Engine
+    drain: bool = False
+    progress: bool = True
+    runner_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}")
+
+    def __post_init__(self) -> None:
+        self._ctx = mp.get_context("spawn")
+        self._stop = self._ctx.Event()
+        self._signals = 0
+        self._children: list[Child] = []
+        self._scheduler = BatchScheduler(self._enqueue, self.settings.batch_time)
+        self._sched_thread: threading.Thread | None = None
+        self._next_reap = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self._catch_up()
+        if not self.drain:
+            self._sched_thread = threading.Thread(target=self._scheduler_loop, name="scheduler",
+                                                  daemon=True)
+            self._sched_thread.start()
+        self._children = [self._spawn(i) for i in range(self.settings.processes)]
+        log.info("runner started: %d processes x %d threads", self.settings.processes,
+                 self.settings.threads, extra={"action": "runner_started",
+                                               "runner_id": self.runner_id})
+        code = self._loop()
+        self._shutdown()
+        return code
+
+    def _loop(self) -> int:
+        reporter = ProgressReporter(self.engine, utc_batch_key()) if self.progress else None
+        while not self._stop.is_set():
+            if self._sched_thread and not self._sched_thread.is_alive():
+                log.error("scheduler thread died; exiting", extra={"action": "scheduler_died"})
+                return EXIT_SCHEDULER_DIED
+            self._respawn_dead()
+            self._maintain()
+            if reporter:
+                reporter.maybe_report()
+            if self.drain and self._drained():
+                return self._drain_exit_code()
+            self._stop.wait(TICK_SECONDS)
+        return EXIT_INTERRUPTED if self._signals else EXIT_OK
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: exiting now", extra={"action": "runner_killed"})
+            for child in self._children:
+                if child.process.is_alive():
+                    child.process.kill()
+            sys.exit(EXIT_INTERRUPTED)
+        log.info("signal %d: finishing in-flight jobs (grace %.0fs)", signum,
+                 self.settings.grace_seconds, extra={"action": "runner_stopping"})
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + self.settings.grace_seconds + 15
+        for child in self._children:
+            child.process.join(max(deadline - time.monotonic(), 0.1))
+            if child.process.is_alive():
+                log.error("worker %d did not stop; killing it", child.index,
+                          extra={"action": "worker_killed"})
+                child.process.kill()
+                child.process.join(5)
+        log.info("runner stopped", extra={"action": "runner_stopped", "runner_id": self.runner_id})
+
+    # --- children ----------------------------------------------------------------------------
+
+    def _spawn(self, index: int) -> Child:
+        spec = WorkerSpec(self.settings.model_dump(), self.runner_id, index)
+        process = self._ctx.Process(target=worker_main, args=(spec, self._stop),
+                                    name=f"promptbatch-worker-{index}", daemon=False)
+        process.start()
+        return Child(index, process)
+
+    def _respawn_dead(self) -> None:
+        for slot, child in enumerate(self._children):
+            if child.process.is_alive() or self._stop.is_set():
+                continue
+            log.error("worker %d (pid %s) died with exit code %s; starting a new one",
+                      child.index, child.process.pid, child.process.exitcode,
+                      extra={"action": "worker_died", "exitcode": child.process.exitcode})
+            child.process.join(0)
+            fresh = self._spawn(child.index)
+            fresh.restarts = child.restarts + 1
+            self._children[slot] = fresh
+
+    # --- periodic work -----------------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        """Reap expired leases and skip jobs of deactivated prompts/models, every reap_interval."""
+        if time.monotonic() < self._next_reap:
+            return
+        self._next_reap = time.monotonic() + self.settings.reap_interval
+        try:
+            for job_id, status in queue.reap_expired(self.engine):
+                log.warning("lease expired: job %d is %s", job_id, status,
+                            extra={"action": "job_reaped", "job_id": job_id, "status": status})
+            if skipped := queue.skip_inactive(self.engine):
+                log.info("skipped %d jobs of deactivated prompts or models", skipped,
+                         extra={"action": "jobs_skipped", "count": skipped})
+        except DatabaseUnavailable as exc:
+            log.warning("maintenance failed, will retry: %s", exc,
+                        extra={"action": "maintenance_failed"})
+
+    def _enqueue(self, batch_key: str) -> EnqueueResult:
+        return queue.enqueue_batch(self.engine, batch_key, max_attempts=self.settings.max_attempts,
+                                   actor=f"runner {self.runner_id}")
+
+    def _catch_up(self) -> None:
+        missed = self._scheduler.catch_up(stats.latest_batch_key(self.engine))
+        if missed:
+            stats.record_missed_batches(self.engine, missed)
+
+    def _scheduler_loop(self) -> None:
+        while not self._stop.wait(1.0):
+            self._scheduler.tick()
+
+    # --- drain -------------------------------------------------------------------------------
+
+    def _drained(self) -> bool:
+        horizon = self.settings.backoff_cap + 1
+        try:
+            return stats.pending_count(self.engine, due_within_seconds=horizon) == 0
+        except DatabaseUnavailable as exc:
+            log.warning("drain check failed: %s", exc, extra={"action": "drain_check_failed"})
+            return False
+
+    def _drain_exit_code(self) -> int:
+        counts: BatchCounts = stats.batch_counts(self.engine, utc_batch_key())
+        log.info("drained: %s", counts.counts, extra={"action": "runner_drained"})
+        unfinished = counts.get(JobStatus.FAILED) + counts.get(JobStatus.QUEUED)
+        return EXIT_FAILED_JOBS if unfinished else EXIT_OK

@@ -1,0 +1,151 @@
+"""A worker process: claims jobs in batches and runs them on T threads (DESIGN.md, "Runner").
+
+Started by the supervisor with the `spawn` method; it builds its own engine and SDK clients after
+start (case C4) and receives only plain data: a settings dict and ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from db import queue, workers
+from db.engine import make_engine
+from db.errors import DatabaseUnavailable
+from db.types import ClaimedJob
+from runner.catalog_cache import CatalogCache
+from runner.jobs import JobContext, run_job
+from runner.logs import configure_logging
+from runner.model_client import ModelClient
+from runner.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What the supervisor hands a worker process (plain, picklable data)."""
+
+    settings: dict[str, Any]
+    runner_id: str
+    index: int
+
+
+def worker_main(spec: WorkerSpec, stop: Any) -> None:
+    """Entry point of a worker process; `stop` is the supervisor's multiprocessing Event."""
+    settings = Settings.model_validate(spec.settings)
+    configure_logging(settings)
+    worker = Worker(settings, spec, stop)
+    signal.signal(signal.SIGTERM, worker.on_signal)
+    signal.signal(signal.SIGINT, worker.on_signal)
+    worker.run()
+
+
+class Worker:
+    """Claim -> run -> record loop of one process, with a heartbeat thread for its leases."""
+
+    def __init__(self, settings: Settings, spec: WorkerSpec, shared_stop: Any) -> None:
+        self.settings = settings
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.spec = spec
+        self._shared_stop = shared_stop
+        self._stop = threading.Event()
+        self._parent = os.getppid()
+        self._signals = 0
+        self.engine = make_engine(settings.database_url, pool_size=settings.threads + 2)
+        self.ctx = JobContext(settings, self.engine, ModelClient(settings),
+                              CatalogCache(self.engine))
+        self.in_flight: dict[Future[Any], ClaimedJob] = {}
+        self._lock = threading.Lock()
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        """First SIGTERM/SIGINT: stop claiming and drain; second: exit at once (leases expire)."""
+        self._signals += 1
+        if self._signals > 1:
+            os._exit(1)
+        self._stop.set()
+
+    def stopping(self) -> bool:
+        return (self._stop.is_set() or self._shared_stop.is_set()
+                or os.getppid() != self._parent)  # the supervisor died: do not run orphaned
+
+    def run(self) -> None:
+        workers.register_worker(self.engine, workers.WorkerInfo(
+            self.id, self.spec.runner_id, socket.gethostname(), os.getpid(),
+            self.settings.processes, self.settings.threads))
+        log.info("worker started", extra={"action": "worker_started", "worker_id": self.id})
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        with ThreadPoolExecutor(self.settings.threads, thread_name_prefix="job") as pool:
+            self._claim_loop(pool)
+            self._drain()
+        self._stop.set()
+        beat.join(timeout=5)
+        workers.stop_worker(self.engine, self.id)
+        self.ctx.client.close()
+        self.engine.dispose()
+        log.info("worker stopped", extra={"action": "worker_stopped", "worker_id": self.id})
+
+    def _claim_loop(self, pool: ThreadPoolExecutor) -> None:
+        while not self.stopping():
+            free = self.settings.threads - len(self.in_flight)
+            claimed = self._claim(free) if free > 0 else []
+            for job in claimed:
+                with self._lock:
+                    self.in_flight[pool.submit(run_job, self.ctx, job)] = job
+            if len(claimed) < free:  # nothing more is due right now
+                self._shared_stop.wait(self.settings.poll_interval)
+            self._reap_done(timeout=0 if len(claimed) < free else self.settings.poll_interval)
+
+    def _claim(self, limit: int) -> list[ClaimedJob]:
+        try:
+            return queue.claim_jobs(self.engine, self.id, limit,
+                                    lease_seconds=self.settings.lease_seconds)
+        except DatabaseUnavailable as exc:
+            log.warning("claim failed, will retry: %s", exc, extra={"action": "claim_failed"})
+            return []
+
+    def _reap_done(self, timeout: float) -> None:
+        if not self.in_flight:
+            return
+        done, _ = wait(list(self.in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
+        with self._lock:
+            for future in done:
+                self.in_flight.pop(future)
+                if (exc := future.exception()) is not None:
+                    log.error("job thread raised", exc_info=exc, extra={"action": "job_crashed"})
+
+    def _drain(self) -> None:
+        """Let in-flight jobs finish within the grace period, then hand the rest back."""
+        if self.in_flight:
+            wait(list(self.in_flight), timeout=self.settings.grace_seconds)
+        with self._lock:
+            left = [job.id for future, job in self.in_flight.items() if not future.done()]
+        released = queue.release_jobs(self.engine, self.id, left) if left else 0
+        if left:
+            log.warning("handed %d unfinished jobs back to the queue", released,
+                        extra={"action": "jobs_released", "worker_id": self.id})
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval):
+            try:
+                self._heartbeat()
+            except DatabaseUnavailable as exc:
+                log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
+
+    def _heartbeat(self) -> None:
+        with self._lock:
+            ids = [job.id for job in self.in_flight.values()]
+        held = queue.heartbeat(self.engine, self.id, ids, lease_seconds=self.settings.lease_seconds)
+        for job_id in set(ids) - held:
+            log.warning("lease lost (cancelled or taken over)",
+                        extra={"action": "lease_lost", "job_id": job_id})
+        workers.touch_worker(self.engine, self.id, len(ids))
