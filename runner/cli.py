@@ -304,6 +304,25 @@ def demo(
     raise typer.Exit(run_demo(settings))
 
 
+@app.command()
+def console(host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+            port: Annotated[int, typer.Option(min=1, max=65535)] = 8501) -> None:
+    """Serve the operations console (Streamlit) at http://HOST:PORT."""
+    import subprocess
+    from importlib import resources
+    settings = load_settings()
+    open_engine(settings)  # fail here, in one line, rather than on the first page
+    if host not in ("127.0.0.1", "localhost", "::1") and settings.console_password is None:
+        typer.echo(f"warning: the console listens on {host} without CONSOLE_PASSWORD; anyone who "
+                   "can reach it can re-queue and cancel jobs", err=True)
+    app_path = str(resources.files("console") / "app.py")
+    typer.echo(f"console: http://{host}:{port}")
+    cmd = [sys.executable, "-m", "streamlit", "run", app_path, "--server.address", host,
+           "--server.port", str(port), "--server.headless", "true",
+           "--browser.gatherUsageStats", "false"]
+    raise typer.Exit(subprocess.call(cmd))
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:

@@ -18,8 +18,8 @@ OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 
 
 class Settings(BaseSettings):
-    """promptbatch settings. Every field reads PROMPTBATCH_<NAME>; the three standard names
-    DATABASE_URL, OPENAI_API_KEY and OPENROUTER_API_KEY are read as they are too."""
+    """promptbatch settings. Every field reads PROMPTBATCH_<NAME>; DATABASE_URL, OPENAI_API_KEY,
+    OPENROUTER_API_KEY, CONSOLE_PASSWORD and CONSOLE_READ_ONLY are read without the prefix too."""
 
     model_config = SettingsConfigDict(env_prefix="PROMPTBATCH_", extra="ignore",
                                       populate_by_name=True)
@@ -49,8 +49,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False  # one JSON object per log line
 
-    console_password: SecretStr | None = None
-    console_read_only: bool = False
+    console_password: SecretStr | None = Field(None, validation_alias=AliasChoices(
+        "CONSOLE_PASSWORD", "PROMPTBATCH_CONSOLE_PASSWORD"))  # set: every console page needs it
+    console_read_only: bool = Field(False, validation_alias=AliasChoices(
+        "CONSOLE_READ_ONLY", "PROMPTBATCH_CONSOLE_READ_ONLY"))  # true: no action is offered
 
     @field_validator("batch_time")
     @classmethod
