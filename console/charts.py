@@ -1,0 +1,93 @@
+"""Charts as pure functions: a DataFrame in, a plotly Figure out (STYLE.md 8). No I/O, no state."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+STATUS_COLORS = {"queued": "#9aa5b1", "processing": "#3b82f6", "succeeded": "#16a34a",
+                 "failed": "#dc2626", "skipped": "#a855f7", "cancelled": "#f59e0b"}
+STATUS_ORDER = list(STATUS_COLORS)
+_LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "legend_title_text": ""}
+
+
+def _empty(title: str, message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=title, xaxis_visible=False, yaxis_visible=False, **_LAYOUT)
+    return fig
+
+
+def progress_by_model(df: pd.DataFrame) -> go.Figure:
+    """Stacked horizontal bars: jobs per status for each model. Columns: model, status, jobs."""
+    title = "Progress by model"
+    if df.empty:
+        return _empty(title, "No jobs in this batch")
+    fig = px.bar(df, x="jobs", y="model", color="status", orientation="h", title=title,
+                 color_discrete_map=STATUS_COLORS, category_orders={"status": STATUS_ORDER})
+    fig.update_layout(barmode="stack", yaxis_title="", xaxis_title="jobs", **_LAYOUT)
+    return fig
+
+
+def completions_per_minute(df: pd.DataFrame) -> go.Figure:
+    """Area chart of jobs succeeded and failed per minute. Columns: minute, succeeded, failed."""
+    title = "Completions per minute"
+    if df.empty:
+        return _empty(title, "No job has finished yet")
+    long = df.melt(id_vars="minute", value_vars=["succeeded", "failed"], var_name="outcome",
+                   value_name="jobs")
+    fig = px.area(long, x="minute", y="jobs", color="outcome", title=title,
+                  color_discrete_map=STATUS_COLORS)
+    fig.update_layout(xaxis_title="minute (UTC)", yaxis_title="jobs / minute", **_LAYOUT)
+    return fig
+
+
+def batch_history(df: pd.DataFrame) -> go.Figure:
+    """Bars of jobs per batch, success rate as a line. Columns: batch, jobs, success_rate."""
+    title = "Last batches"
+    if df.empty:
+        return _empty(title, "No batch yet")
+    fig = go.Figure()
+    fig.add_bar(x=df["batch"], y=df["jobs"], name="jobs", marker_color="#9aa5b1")
+    fig.add_scatter(x=df["batch"], y=df["success_rate"] * 100, name="success %", yaxis="y2",
+                    mode="lines+markers", line_color=STATUS_COLORS["succeeded"])
+    fig.update_layout(title=title, yaxis={"title": "jobs"},
+                      yaxis2={"title": "success %", "overlaying": "y", "side": "right",
+                              "range": [0, 105]},
+                      xaxis={"type": "category"}, **_LAYOUT)
+    return fig
+
+
+def share_of_voice(df: pd.DataFrame) -> go.Figure:
+    """Horizontal bars of each brand's share of voice. Columns: brand, share_of_voice."""
+    title = "Share of voice (all models)"
+    if df.empty:
+        return _empty(title, "No mentions in these batches")
+    ordered = df.sort_values("share_of_voice")
+    fig = px.bar(ordered, x="share_of_voice", y="brand", orientation="h", title=title)
+    fig.update_layout(xaxis_tickformat=".0%", xaxis_title="share of all mentions", yaxis_title="",
+                      **_LAYOUT)
+    return fig
+
+
+def mention_rate_by_model(df: pd.DataFrame) -> go.Figure:
+    """Grouped bars: each brand's mention rate per model. Columns: brand, model, mention_rate."""
+    title = "Mention rate by model"
+    if df.empty:
+        return _empty(title, "No mentions in these batches")
+    fig = px.bar(df, x="brand", y="mention_rate", color="model", barmode="group", title=title)
+    fig.update_layout(yaxis_tickformat=".0%", yaxis_title="answers mentioning", xaxis_title="",
+                      **_LAYOUT)
+    return fig
+
+
+def mention_trend(df: pd.DataFrame) -> go.Figure:
+    """Lines of each brand's mention rate per day. Columns: batch, brand, mention_rate."""
+    title = "Mention rate per day"
+    if df.empty:
+        return _empty(title, "No mentions in these batches")
+    fig = px.line(df, x="batch", y="mention_rate", color="brand", markers=True, title=title)
+    fig.update_layout(yaxis_tickformat=".0%", yaxis_title="answers mentioning", xaxis_title="",
+                      xaxis={"type": "category"}, **_LAYOUT)
+    return fig

@@ -1,0 +1,152 @@
+"""Shared by the console tests: a realistic small database, and an AppTest on console/app.py.
+
+The data is made through db's named operations (enqueue, claim, complete, fail, cancel) exactly as
+the runner makes it; only a stale worker's clock is set directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from sqlalchemy import Engine, select, update
+from streamlit.testing.v1 import AppTest
+
+from db import catalog, operations, queue, results, workers
+from db.catalog import NewPrompt
+from db.engine import read_tx, write_tx
+from db.models import AuditLog, PromptJob, Worker
+from db.types import AnswerRecord, ClaimedJob, ErrorKind, FailureRecord, MentionRecord, OutputMode
+
+APP = Path(__file__).resolve().parents[1] / "console" / "app.py"
+HOSTILE_PROMPT = "Best CRM? <script>alert('x')</script> **bold** [link](http://evil.test)"
+HOSTILE_ANSWER = "<img src=x onerror=alert(1)> **HubSpot** leads; then Salesforce and Pipedrive."
+BRANDS = ("HubSpot", "Salesforce", "Pipedrive", "Zoho CRM", "Attio")
+
+
+def today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+@dataclass
+class Seeded:
+    batch: str
+    previous: str
+    model_ids: list[int]
+    succeeded: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    queued: list[int] = field(default_factory=list)
+    processing: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+
+
+def answer(brands: tuple[str, ...], body: str | None = None) -> AnswerRecord:
+    text = body or "For a small team: " + ", ".join(brands) + "."
+    mentions = tuple(MentionRecord(raw_name=b, display=b, key=b.casefold().replace(" ", ""),
+                                   position=i, char_offset=text.index(b))
+                     for i, b in enumerate(brands, start=1))
+    return AnswerRecord(answer=text, raw_body="{}", output_mode=OutputMode.STRUCTURED,
+                        finish_reason="stop", prompt_tokens=100, completion_tokens=250,
+                        latency_ms=900, request_id="req-1", mentions=mentions)
+
+
+def seed(engine: Engine, *, batch: str | None = None) -> Seeded:
+    """Yesterday's batch all done; today's: 6 succeeded, 3 failed, 1 queued (retry), 1
+    processing, 1 cancelled, out of 6 prompts x 2 models."""
+    key = batch or today()
+    previous = (datetime.fromisoformat(key) - timedelta(days=1)).date().isoformat()
+    texts = [HOSTILE_PROMPT] + [f"Which CRM suits a team of {n}?" for n in range(2, 7)]
+    catalog.import_prompts(engine, [NewPrompt(t, "crm", 1) for t in texts], actor="test")
+    model_ids = [catalog.add_model(engine, provider="compatible", name=name, label=label,
+                                   base_url="http://127.0.0.1:9/v1", actor="test",
+                                   input_usd_per_mtok=0.15, output_usd_per_mtok=0.6)
+                 for name, label in (("sim-a", "Sim A"), ("sim-b", "Sim B"))]
+    out = Seeded(key, previous, model_ids)
+    queue.enqueue_batch(engine, previous, max_attempts=3, actor="test")
+    for i, job in enumerate(claim_all(engine)):
+        results.complete_job(engine, job, answer(BRANDS[i % 3: i % 3 + 3]), 0.0004)
+    queue.enqueue_batch(engine, key, max_attempts=3, actor="test")
+    jobs = claim_all(engine)
+    for i, job in enumerate(jobs[:6]):
+        body = HOSTILE_ANSWER if i == 0 else None
+        brands = ("HubSpot", "Salesforce", "Pipedrive") if i == 0 else BRANDS[i % 4: i % 4 + 2]
+        results.complete_job(engine, job, answer(brands, body), 0.0005)
+        out.succeeded.append(job.id)
+    for job, kind, message in zip(jobs[6:9], (ErrorKind.BAD_REQUEST, ErrorKind.BAD_REQUEST,
+                                              ErrorKind.AUTH),
+                                  ("Invalid schema for response_format <b>x</b>",
+                                   "Invalid schema for response_format <b>x</b>",
+                                   "401 Incorrect API key provided"), strict=True):
+        results.record_failure(engine, job, FailureRecord(kind, message, latency_ms=50), 0)
+        out.failed.append(job.id)
+    results.record_failure(engine, jobs[9], FailureRecord(ErrorKind.RATE_LIMITED, "429 slow down"),
+                           60)
+    out.queued.append(jobs[9].id)
+    out.processing.append(jobs[10].id)
+    operations.cancel_jobs(engine, job_ids=[jobs[11].id], actor="test")
+    out.cancelled.append(jobs[11].id)
+    register_workers(engine)
+    return out
+
+
+def claim_all(engine: Engine) -> list[ClaimedJob]:
+    return sorted(queue.claim_jobs(engine, "host-1:101:0", 1000, lease_seconds=600),
+                  key=lambda j: j.id)
+
+
+def register_workers(engine: Engine) -> None:
+    for wid, pid in (("host-1:101:0", 101), ("host-2:202:0", 202)):
+        workers.register_worker(engine, workers.WorkerInfo(wid, f"runner-{pid}",
+                                                           wid.split(":")[0], pid, 2, 4))
+    workers.touch_worker(engine, "host-1:101:0", 1)
+    with write_tx(engine) as conn:  # host-2 went silent ten minutes ago
+        conn.execute(update(Worker).where(Worker.id == "host-2:202:0")
+                     .values(last_seen_at=datetime.now(UTC) - timedelta(minutes=10)))
+
+
+def fail_one_more(engine: Engine) -> int:
+    """A new failure arrives (case C20): the queued job is claimed and fails permanently."""
+    (job,) = queue.claim_jobs(engine, "host-1:101:0", 1, lease_seconds=600,
+                              now=datetime.now(UTC) + timedelta(minutes=5))
+    results.record_failure(engine, job, FailureRecord(ErrorKind.AUTH, "401 new failure"), 0)
+    return job.id
+
+
+def statuses(engine: Engine) -> dict[int, str]:
+    with read_tx(engine) as conn:
+        return dict(conn.execute(select(PromptJob.id, PromptJob.status)).tuples().all())
+
+
+def job_row(engine: Engine, job_id: int) -> PromptJob:
+    with read_tx(engine) as conn:
+        return conn.execute(select(PromptJob).where(PromptJob.id == job_id)).scalar_one()
+
+
+def audit_rows(engine: Engine, action: str) -> list[tuple[str, int]]:
+    with read_tx(engine) as conn:
+        return list(conn.execute(select(AuditLog.target, AuditLog.count)
+                                 .where(AuditLog.action == action, AuditLog.actor == "console")
+                                 .order_by(AuditLog.id)).tuples())
+
+
+def app(monkeypatch: pytest.MonkeyPatch, url: str, **env: str) -> AppTest:
+    """An AppTest on console/app.py against `url`, with extra environment (e.g. passwords)."""
+    monkeypatch.setenv("DATABASE_URL", url)
+    for name in ("CONSOLE_PASSWORD", "CONSOLE_READ_ONLY", "PROMPTBATCH_CONSOLE_PASSWORD",
+                 "PROMPTBATCH_CONSOLE_READ_ONLY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    st.cache_data.clear()
+    return AppTest.from_file(str(APP), default_timeout=60)
+
+
+def texts(at: AppTest) -> str:
+    """Everything the page shows as text, joined (for assertions)."""
+    parts = [str(getattr(e, "value", "")) for kind in ("markdown", "text", "code", "caption",
+                                                        "success", "error", "info", "warning")
+             for e in at.get(kind)]
+    return "\n".join(parts)
