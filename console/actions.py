@@ -41,19 +41,18 @@ class PendingAction:
 
 
 def propose(kind: Kind, job_ids: list[int], what: str, page: str) -> None:
-    """Ask for confirmation of `kind` on `job_ids` (shown by `confirmation(page)`)."""
+    """Ask for confirmation of `kind` on `job_ids` (shown by `confirmation(page)`); reruns."""
     if not context.current().can_act:
         st.session_state[_FLASH] = ("error", "Actions are disabled in this console session.")
-        return
-    if not job_ids:
+    elif not job_ids:
         st.session_state[_FLASH] = ("info", f"No job to {VERBS[kind][0].lower()}: {what}.")
-        return
-    if len(job_ids) > insights.MAX_ACTION_JOBS:
+    elif len(job_ids) > insights.MAX_ACTION_JOBS:
         st.session_state[_FLASH] = ("error", f"More than {insights.MAX_ACTION_JOBS:,} jobs match "
                                     f"({what}); narrow the filter (e.g. by model) and retry.")
-        return
-    st.session_state[_PENDING] = PendingAction(uuid.uuid4().hex, kind, tuple(sorted(job_ids)),
-                                               what, page)
+    else:
+        st.session_state[_PENDING] = PendingAction(uuid.uuid4().hex, kind,
+                                                   tuple(sorted(job_ids)), what, page)
+    st.rerun()  # show the confirmation at the top of the page now
 
 
 def confirmation(page: str) -> None:

@@ -498,7 +498,7 @@ def brand_visibility(engine: Engine, first_key: str, last_key: str, *,
         rows = conn.execute(per_model).all()
         answers = {int(m): int(n) for m, n in conn.execute(answers_q)}
         mentions = {int(m): int(n) for m, n in conn.execute(mentions_q)}
-        labels = dict(conn.execute(select(Model.id, Model.label)).tuples().all())
+        labels = {int(i): str(label) for i, label in conn.execute(select(Model.id, Model.label))}
     return _visibility_rows(rows, answers, mentions, labels)
 
 

@@ -6,9 +6,11 @@ the runner makes it; only a stale worker's clock is set directly.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import streamlit as st
@@ -117,19 +119,21 @@ def fail_one_more(engine: Engine) -> int:
 
 def statuses(engine: Engine) -> dict[int, str]:
     with read_tx(engine) as conn:
-        return dict(conn.execute(select(PromptJob.id, PromptJob.status)).tuples().all())
+        return {int(i): str(s) for i, s in conn.execute(select(PromptJob.id, PromptJob.status))}
 
 
-def job_row(engine: Engine, job_id: int) -> PromptJob:
+def job_row(engine: Engine, job_id: int) -> Any:
+    """The job's row: every column of prompt_jobs."""
     with read_tx(engine) as conn:
-        return conn.execute(select(PromptJob).where(PromptJob.id == job_id)).scalar_one()
+        return conn.execute(select(PromptJob).where(PromptJob.id == job_id)).one()
 
 
 def audit_rows(engine: Engine, action: str) -> list[tuple[str, int]]:
     with read_tx(engine) as conn:
-        return list(conn.execute(select(AuditLog.target, AuditLog.count)
-                                 .where(AuditLog.action == action, AuditLog.actor == "console")
-                                 .order_by(AuditLog.id)).tuples())
+        rows = conn.execute(select(AuditLog.target, AuditLog.count)
+                            .where(AuditLog.action == action, AuditLog.actor == "console")
+                            .order_by(AuditLog.id))
+        return [(str(target), int(n)) for target, n in rows]
 
 
 def app(monkeypatch: pytest.MonkeyPatch, url: str, **env: str) -> AppTest:
@@ -145,8 +149,8 @@ def app(monkeypatch: pytest.MonkeyPatch, url: str, **env: str) -> AppTest:
 
 
 def texts(at: AppTest) -> str:
-    """Everything the page shows as text, joined (for assertions)."""
+    """Everything the page shows as text, joined, Markdown escapes removed (for assertions)."""
     parts = [str(getattr(e, "value", "")) for kind in ("markdown", "text", "code", "caption",
                                                         "success", "error", "info", "warning")
              for e in at.get(kind)]
-    return "\n".join(parts)
+    return re.sub(r"\\(.)", r"\1", "\n".join(parts))

@@ -23,14 +23,15 @@ def attempt(action: str, run: Callable[[], str]) -> None:
     """Run a catalog write; its message (or the refusal) shows as this page's flash."""
     if not context.current().can_act:
         st.session_state[_FLASH] = ("error", "Actions are disabled in this console session.")
-        return
+        st.rerun()
     try:
         message = run()
     except (InvalidInput, NotFound, DatabaseUnavailable) as exc:
         st.session_state[_FLASH] = ("error", f"{action} failed: {exc}")
-        return
+        st.rerun()
     data.clear()
     st.session_state[_FLASH] = ("success", message)
+    st.rerun()  # show the outcome and the changed tables
 
 
 def flash() -> None:
