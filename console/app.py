@@ -22,6 +22,10 @@ def signed_in(settings: Settings) -> bool:
     secret = settings.console_password
     if secret is None or st.session_state.get(context.AUTH_KEY):
         return True
+    if not secret.get_secret_value():
+        # An empty password would let anyone in: refuse to serve rather than guess.
+        st.error("CONSOLE_PASSWORD is set but empty: set a password or unset it.")
+        return False
     st.title("promptbatch console")
     with st.form("sign_in"):
         given = st.text_input("Password", type="password")

@@ -31,14 +31,15 @@ def progress_by_model(df: pd.DataFrame) -> go.Figure:
 
 
 def completions_per_minute(df: pd.DataFrame) -> go.Figure:
-    """Area chart of jobs succeeded and failed per minute. Columns: minute, succeeded, failed."""
+    """Stacked bars of jobs succeeded and failed per minute. Columns: minute, succeeded, failed."""
     title = "Completions per minute"
     if df.empty:
         return _empty(title, "No job has finished yet")
     long = df.melt(id_vars="minute", value_vars=["succeeded", "failed"], var_name="outcome",
                    value_name="jobs")
-    fig = px.area(long, x="minute", y="jobs", color="outcome", title=title,
-                  color_discrete_map=STATUS_COLORS)
+    fig = px.bar(long, x="minute", y="jobs", color="outcome", title=title,
+                 color_discrete_map=STATUS_COLORS)
+    fig.update_xaxes(tickformat="%H:%M")
     fig.update_layout(xaxis_title="minute (UTC)", yaxis_title="jobs / minute", **_LAYOUT)
     return fig
 

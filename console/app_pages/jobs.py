@@ -125,6 +125,7 @@ def show_job(job: insights.JobDetail) -> None:
     cols[1].metric("Model", job.model_label)
     cols[2].metric("Provider", job.provider)
     cols[3].metric("Prompt id", job.prompt_id)
+    job_actions(job)
     st.caption("Prompt")
     st.code(job.prompt_text, language=None, wrap_lines=True)
     if job.error_kind or job.error_message:
@@ -136,6 +137,18 @@ def show_job(job: insights.JobDetail) -> None:
                                        "outcome", "error_kind", "error_message", "latency_ms"]),
                  hide_index=True, key=f"attempts_{job.id}")
     response_part(job)
+
+
+def job_actions(job: insights.JobDetail) -> None:
+    if not context.current().can_act:
+        return
+    left, right = st.columns(2)
+    if left.button(f"Re-queue job #{job.id}",
+                   disabled=job.status not in {s.value for s in REQUEUEABLE_STATUSES}):
+        actions.propose("requeue", [job.id], f"job #{job.id}", PAGE)
+    if right.button(f"Cancel job #{job.id}",
+                    disabled=job.status not in {s.value for s in CANCELLABLE_STATUSES}):
+        actions.propose("cancel", [job.id], f"job #{job.id}", PAGE)
 
 
 def response_part(job: insights.JobDetail) -> None:

@@ -1,0 +1,129 @@
+"""The console in a real browser: `promptbatch console` as a subprocess, headless Chromium driven
+by Playwright (Debian's /usr/bin/chromium). Saves a screenshot of every page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from db.engine import make_engine
+from db.migrate import upgrade
+from tests.test_console_helpers import seed, statuses
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("PROMPTBATCH_CHROMIUM", "/usr/bin/chromium")
+REQUIRE = os.environ.get("PROMPTBATCH_TEST_REQUIRE_BROWSER") == "1"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+PAGES = {"overview": "", "jobs": "jobs", "failures": "failures",
+         "prompts_models": "prompts_models", "mentions": "mentions", "workers": "workers"}
+
+
+def _missing() -> str | None:
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the console exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"the console did not answer at {url} within {timeout} s")
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A seeded SQLite database and `promptbatch console` serving it; yields (url, db url)."""
+    db_url = f"sqlite:///{tmp_path / 'console.db'}"
+    engine = make_engine(db_url)
+    upgrade(engine)
+    seed(engine)
+    engine.dispose()
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": db_url, "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"}
+    env.pop("CONSOLE_PASSWORD", None)
+    env.pop("CONSOLE_READ_ONLY", None)
+    proc = subprocess.Popen([sys.executable, "-c", "from runner.cli import main; main()",
+                             "console", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url, db_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_requeue_a_failed_job_in_a_real_browser(console, tmp_path):
+    missing = _missing()
+    if missing:
+        if REQUIRE:
+            pytest.fail(f"PROMPTBATCH_TEST_REQUIRE_BROWSER=1 but {missing}")
+        pytest.skip(missing)
+    from playwright.sync_api import expect, sync_playwright
+
+    url, db_url = console
+    shots = Path(os.environ.get("PROMPTBATCH_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(db_url)
+    failed = sorted(i for i, s in statuses(engine).items() if s == "failed")
+    target = failed[0]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(url)
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("Progress by model").first).to_be_visible(timeout=30_000)
+        for name, path in PAGES.items():
+            page.goto(f"{url}/{path}")
+            page.wait_for_load_state("networkidle")
+            expect(page.locator("[data-testid='stAppViewContainer']")).to_be_visible()
+            page.wait_for_timeout(1500)
+            expect(page.locator("[data-testid='stException']")).to_have_count(0)
+            page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        page.goto(f"{url}/jobs")
+        box = page.get_by_label("or job id")
+        box.fill(str(target))
+        box.press("Enter")
+        page.get_by_role("button", name=f"Re-queue job #{target}").click()
+        page.get_by_role("button", name="Confirm: re-queue 1").click()
+        expect(page.get_by_text("1 re-queued").first).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(shots / "requeued.png"), full_page=True)
+        browser.close()
+    after = statuses(engine)
+    engine.dispose()
+    assert after[target] == "queued"
+    assert [after[i] for i in failed[1:]] == ["failed"] * (len(failed) - 1)
