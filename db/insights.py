@@ -275,23 +275,31 @@ class JobPage:
 def list_jobs_page(engine: Engine, query: JobQuery, *, sort: SortKey = "id",
                    descending: bool = True, limit: int = 50, offset: int = 0) -> JobPage:
     """One page of matching jobs, sorted server-side (ties by id), and their capped count."""
-    column = SORT_COLUMNS[sort]
-    order = [column.desc().nulls_last() if descending else column.asc().nulls_last()]
-    if sort != "id":
-        order.append(J.id.desc() if descending else J.id.asc())
+    # The page's ids first, from prompt_jobs alone (an index walk), then the joins for those
+    # rows only: joining first lets the planner sort all matches before the LIMIT.
+    page_ids = (select(J.id).where(query.clause()).order_by(*_order(sort, descending))
+                .limit(max(1, min(limit, MAX_PAGE_SIZE))).offset(max(offset, 0)).subquery())
     rows_q = (select(J.id, J.batch_key, J.status, Model.label,
                      func.substr(Prompt.text, 1, SNIPPET_CHARS), J.run_index, J.attempt_count,
                      J.max_attempts, J.error_kind, func.substr(J.error_message, 1, SNIPPET_CHARS),
                      J.finished_at, J.updated_at)
+              .join(page_ids, page_ids.c.id == J.id)
               .join(Prompt, Prompt.id == J.prompt_id).join(Model, Model.id == J.model_id)
-              .where(query.clause()).order_by(*order)
-              .limit(max(1, min(limit, MAX_PAGE_SIZE))).offset(max(offset, 0)))
+              .order_by(*_order(sort, descending)))
     capped: Select[Any] = (select(literal_column("1")).select_from(J).where(query.clause())
                            .limit(COUNT_CAP + 1))
     with read_tx(engine) as conn:
         rows = [JobListRow(*row) for row in conn.execute(rows_q)]
         total = int(conn.scalar(select(func.count()).select_from(capped.subquery())) or 0)
     return JobPage(rows, min(total, COUNT_CAP), total > COUNT_CAP)
+
+
+def _order(sort: SortKey, descending: bool) -> list[Any]:
+    column = SORT_COLUMNS[sort]
+    order = [column.desc().nulls_last() if descending else column.asc().nulls_last()]
+    if sort != "id":
+        order.append(J.id.desc() if descending else J.id.asc())
+    return order
 
 
 def matching_job_ids(engine: Engine, query: JobQuery, *,
