@@ -82,7 +82,7 @@ class Supervisor:
 
     def _loop(self) -> int:
         reporter = ProgressReporter(self.engine, utc_batch_key()) if self.progress else None
-        while not self._stop.is_set():
+        while not self._signals:
             if self._sched_thread and not self._sched_thread.is_alive():
                 log.error("scheduler thread died; exiting", extra={"action": "scheduler_died"})
                 return EXIT_SCHEDULER_DIED
@@ -92,10 +92,12 @@ class Supervisor:
                 reporter.maybe_report()
             if self.drain and self._drained():
                 return self._drain_exit_code()
-            self._stop.wait(TICK_SECONDS)
-        return EXIT_INTERRUPTED if self._signals else EXIT_OK
+            time.sleep(TICK_SECONDS)
+        return EXIT_OK  # a graceful stop is a clean exit (DESIGN.md)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only a counter here: taking a lock in a signal handler (Event.set) can deadlock with the
+        # very thread the handler interrupted. The loop sees the counter within one tick.
         self._signals += 1
         if self._signals > 1:
             log.warning("second signal: exiting now", extra={"action": "runner_killed"})
@@ -105,7 +107,6 @@ class Supervisor:
             sys.exit(EXIT_INTERRUPTED)
         log.info("signal %d: finishing in-flight jobs (grace %.0fs)", signum,
                  self.settings.grace_seconds, extra={"action": "runner_stopping"})
-        self._stop.set()
 
     def _shutdown(self) -> None:
         self._stop.set()
@@ -130,7 +131,7 @@ class Supervisor:
 
     def _respawn_dead(self) -> None:
         for slot, child in enumerate(self._children):
-            if child.process.is_alive() or self._stop.is_set():
+            if child.process.is_alive() or self._signals:
                 continue
             log.error("worker %d (pid %s) died with exit code %s; starting a new one",
                       child.index, child.process.pid, child.process.exitcode,

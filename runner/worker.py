@@ -68,13 +68,13 @@ class Worker:
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         """First SIGTERM/SIGINT: stop claiming and drain; second: exit at once (leases expire)."""
+        # Only a counter: a lock taken in a signal handler can deadlock the interrupted thread.
         self._signals += 1
         if self._signals > 1:
             os._exit(1)
-        self._stop.set()
 
     def stopping(self) -> bool:
-        return (self._stop.is_set() or self._shared_stop.is_set()
+        return (self._signals > 0 or self._shared_stop.is_set()
                 or os.getppid() != self._parent)  # the supervisor died: do not run orphaned
 
     def run(self) -> None:

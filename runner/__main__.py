@@ -1,0 +1,5 @@
+"""`python -m runner` is `promptbatch`."""
+
+from runner.cli import main
+
+main()

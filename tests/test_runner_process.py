@@ -1,0 +1,194 @@
+"""The runner as real processes: `promptbatch run` subprocesses, signals, SIGKILL (C4-C6)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from db import catalog, operations, queue
+from db.catalog import NewPrompt
+from db.engine import read_tx
+from db.models import JobAttempt, PromptJob, Response, Worker
+from db.types import JobStatus
+from runner.scheduler import utc_batch_key
+from runner.simulator import SimulatorServer, running_simulator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorServer]:
+    with running_simulator() as server:
+        yield server
+
+
+def runner_env(db_url: str, **settings: object) -> dict[str, str]:
+    env = {**os.environ, "DATABASE_URL": db_url, "PROMPTBATCH_LOG_LEVEL": "INFO",
+           "PROMPTBATCH_BACKOFF_BASE": "0.05", "PROMPTBATCH_BACKOFF_CAP": "0.2",
+           "PROMPTBATCH_POLL_INTERVAL": "0.1", "PROMPTBATCH_REAP_INTERVAL": "0.5"}
+    env.update({f"PROMPTBATCH_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def start_runner(db_url: str, *args: str, **settings: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "runner", "run", *args],
+                            env=runner_env(db_url, **settings), cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def seed(engine: Engine, model: str, base_url: str, *, prompts: int = 3, runs: int = 2,
+         extra_models: tuple[str, ...] = ()) -> int:
+    """Today's batch of `prompts` x models x `runs` jobs; returns the job count."""
+    catalog.import_prompts(engine, [NewPrompt(f"Which CRM should team {i} pick?", "crm", runs)
+                                    for i in range(prompts)])
+    for name in (model, *extra_models):
+        catalog.add_model(engine, provider="compatible", name=name, base_url=base_url)
+    return queue.enqueue_batch(engine, utc_batch_key(), max_attempts=3).created
+
+
+def count(engine: Engine, *where: object, table: type = PromptJob) -> int:
+    with read_tx(engine) as conn:
+        return int(conn.scalar(select(func.count()).select_from(table).where(*where)) or 0)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def processing_pids(engine: Engine) -> set[int]:
+    """Pids of worker processes holding a job (locked_by is host:pid:nonce)."""
+    with read_tx(engine) as conn:
+        owners = conn.scalars(select(PromptJob.locked_by).where(
+            PromptJob.status == JobStatus.PROCESSING.value))
+        return {int(o.split(":")[1]) for o in owners if o}
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"runner did not exit in {timeout}s:\n{err[-3000:]}") from None
+    return proc.returncode, err
+
+
+def test_drain_processes_batch_and_exits_zero(engine, db_url, sim):
+    """C4: workers build their own engines after start while the parent keeps querying; every
+    response belongs to its own job."""
+    total = seed(engine, "sim-gpt-4o-mini", sim.base_url, prompts=20, runs=5,
+                 extra_models=("sim-claude-3.5-sonnet",))
+    assert total == 200
+    code, err = finish(start_runner(db_url, "--drain", processes=2, threads=4))
+    assert code == 0, err[-3000:]
+    assert count(engine, PromptJob.status == "succeeded") == 200
+    assert "connection" not in err.lower() or "error" not in err.lower()
+    with read_tx(engine) as conn:
+        mismatched = conn.scalar(select(func.count()).select_from(Response).join(
+            PromptJob, PromptJob.id == Response.job_id).where(
+            (Response.prompt_id != PromptJob.prompt_id) | (Response.model_id != PromptJob.model_id)
+            | (Response.run_index != PromptJob.run_index)))
+        assert mismatched == 0
+        assert conn.scalar(select(func.count(func.distinct(Response.job_id)))) == 200
+
+
+def test_drain_exits_one_when_jobs_failed(engine, db_url, sim):
+    """C5: a 401 is a permanent failure recorded within seconds; the other jobs succeed."""
+    seed(engine, "sim-gpt-4o-mini", sim.base_url, prompts=2, runs=2,
+         extra_models=("sim-gpt-4o-mini@status=401",))
+    started = time.monotonic()
+    code, err = finish(start_runner(db_url, "--drain", processes=1, threads=4))
+    assert code == 1, err[-3000:]
+    assert time.monotonic() - started < 30
+    assert count(engine, PromptJob.status == "failed", PromptJob.error_kind == "auth") == 4
+    assert count(engine, PromptJob.status == "succeeded") == 4
+    assert count(engine, PromptJob.attempt_count > 1) == 0
+
+
+def test_worker_sigkilled_mid_job_is_replaced_and_job_reclaimed(engine, db_url, sim):
+    """C6: a worker process SIGKILLed mid-job -> replaced; its jobs come back after the lease and
+    finish once; nothing is left in processing."""
+    total = seed(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url, prompts=4, runs=2)
+    proc = start_runner(db_url, "--drain", processes=2, threads=2, lease_seconds=3)
+    wait_for(lambda: len(processing_pids(engine)) > 0, 30, "a job in flight")
+    victim = sorted(processing_pids(engine))[0]
+    os.kill(victim, signal.SIGKILL)
+    code, err = finish(proc, timeout=90)
+    assert code == 0, err[-3000:]
+    assert "worker_died" in err
+    assert count(engine, PromptJob.status == "succeeded") == total
+    assert count(engine, table=Response) == total  # finished once each: one response per job
+    assert count(engine, JobAttempt.outcome == "lost", table=JobAttempt) >= 1
+    assert count(engine, PromptJob.status == "processing") == 0
+
+
+def test_runner_sigkilled_jobs_reclaimed_by_next_runner(engine, db_url, sim):
+    """A whole runner SIGKILLed mid-job: the next runner reaps the expired leases (no command)
+    and finishes every job once."""
+    total = seed(engine, "sim-gpt-4o-mini@latency=2000", sim.base_url, prompts=2, runs=2)
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", "--drain"],
+                            env=runner_env(db_url, processes=1, threads=4, lease_seconds=2),
+                            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for(lambda: count(engine, PromptJob.status == "processing") > 0, 30, "jobs in flight")
+    os.killpg(proc.pid, signal.SIGKILL)  # supervisor and workers at once
+    proc.wait()
+    assert count(engine, PromptJob.status == "processing") > 0
+    code, err = finish(start_runner(db_url, "--drain", processes=1, threads=4, lease_seconds=2),
+                       timeout=90)
+    assert code == 0, err[-3000:]
+    assert count(engine, PromptJob.status == "succeeded") == total
+    assert count(engine, table=Response) == total
+
+
+def test_sigterm_finishes_in_flight_jobs_and_exits_zero(engine, db_url, sim):
+    """SIGTERM: stop claiming, finish in-flight jobs within the grace period, exit 0."""
+    seed(engine, "sim-gpt-4o-mini@latency=1000", sim.base_url, prompts=10, runs=2)
+    proc = start_runner(db_url, processes=1, threads=2, grace_seconds=20)
+    wait_for(lambda: count(engine, PromptJob.status == "processing") > 0, 30, "jobs in flight")
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 0, err[-3000:]
+    assert count(engine, PromptJob.status == "processing") == 0
+    assert count(engine, PromptJob.status == "succeeded") >= 1
+    assert count(engine, PromptJob.status == "queued", PromptJob.attempt_count > 0) == 0
+    assert count(engine, Worker.stopped_at.is_(None), table=Worker) == 0
+
+
+def test_sigterm_past_grace_hands_jobs_back_without_spending_attempts(engine, db_url, sim):
+    seed(engine, "sim-gpt-4o-mini@latency=5000", sim.base_url, prompts=2, runs=1)
+    proc = start_runner(db_url, processes=1, threads=2, grace_seconds=0.5)
+    wait_for(lambda: count(engine, PromptJob.status == "processing") == 2, 30, "2 jobs in flight")
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 0, err[-3000:]
+    assert "jobs_released" in err
+    assert count(engine, PromptJob.status == "queued", PromptJob.attempt_count == 0) == 2
+
+
+def test_cancelled_processing_job_result_dropped(engine, db_url, sim):
+    """A job cancelled while its model call is in flight: the late result writes nothing."""
+    seed(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url, prompts=1, runs=1)
+    proc = start_runner(db_url, processes=1, threads=1)
+    wait_for(lambda: count(engine, PromptJob.status == "processing") == 1, 30, "job in flight")
+    operations.cancel_jobs(engine, where=operations.JobFilter(status="processing"), actor="test")
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 0, err[-3000:]
+    assert "job_result_dropped" in err
+    assert count(engine, PromptJob.status == "cancelled") == 1
+    assert count(engine, table=Response) == 0
