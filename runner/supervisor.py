@@ -169,8 +169,12 @@ class Supervisor:
             stats.record_missed_batches(self.engine, missed)
 
     def _scheduler_loop(self) -> None:
-        while not self._stop.wait(1.0):
-            self._scheduler.tick()
+        try:
+            while not self._stop.wait(1.0):
+                self._scheduler.tick()
+        except Exception:  # the thread ends; the supervisor sees it and exits non-zero (C3)
+            log.critical("scheduler thread crashed", exc_info=True,
+                         extra={"action": "scheduler_crashed"})
 
     # --- drain -------------------------------------------------------------------------------
 

@@ -192,3 +192,16 @@ def test_cancelled_processing_job_result_dropped(engine, db_url, sim):
     assert "job_result_dropped" in err
     assert count(engine, PromptJob.status == "cancelled") == 1
     assert count(engine, table=Response) == 0
+
+
+def test_runner_exits_non_zero_when_scheduler_thread_dies(engine, db_url, monkeypatch):
+    """C3: if the scheduler thread dies anyway, the runner exits non-zero instead of idling."""
+    from runner.supervisor import EXIT_SCHEDULER_DIED, Supervisor
+    from tests.helpers import fast_settings
+
+    def broken_tick(self: object) -> None:
+        raise RuntimeError("scheduler bug (simulated)")
+
+    monkeypatch.setattr("runner.scheduler.BatchScheduler.tick", broken_tick)
+    supervisor = Supervisor(fast_settings(db_url, processes=1, threads=1), engine, progress=False)
+    assert supervisor.run() == EXIT_SCHEDULER_DIED

@@ -1,0 +1,138 @@
+"""The daily enqueue timer under real clocks moved by time-machine, in non-UTC host zones (C1-C3)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+
+from db import queue, stats
+from db.engine import make_engine
+from db.errors import DatabaseUnavailable
+from db.types import EnqueueResult
+from runner.scheduler import BatchScheduler, missed_days, utc_batch_key
+
+
+@pytest.fixture(params=["Asia/Tokyo", "America/Los_Angeles", "Europe/Berlin"])
+def host_tz(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()
+
+
+class Recorder:
+    """An enqueue that records (batch_key, UTC time) and can fail its first `failures` calls."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.calls: list[tuple[str, datetime]] = []
+        self.failures = failures
+
+    def __call__(self, batch_key: str) -> EnqueueResult:
+        if self.failures:
+            self.failures -= 1
+            raise DatabaseUnavailable("database restarting (simulated)")
+        self.calls.append((batch_key, datetime.now(UTC)))
+        return EnqueueResult(batch_key, 1, 0)
+
+
+def run_minutes(traveller: time_machine.Traveller, scheduler: BatchScheduler,
+                minutes: int) -> None:
+    for _ in range(minutes):
+        traveller.shift(timedelta(minutes=1))
+        scheduler.tick()
+
+
+@pytest.mark.parametrize("start_hour", [0, 15])
+def test_one_enqueue_per_utc_day_across_dst(host_tz, start_hour):
+    """C1: host TZ not UTC, started at 00:30 or 15:00 UTC, 3 days across a DST change -> one enqueue
+    per UTC date, shortly after 00:00 UTC; batch_key = UTC date; no extra enqueue at start."""
+    # 2026-03-07..10 spans the US change (03-08); 03-28..31 the EU one (03-29).
+    day = "2026-03-07" if host_tz == "America/Los_Angeles" else "2026-03-28"
+    start = datetime.fromisoformat(f"{day}T{start_hour:02d}:30:00+00:00")
+    with time_machine.travel(start, tick=False) as traveller:
+        enqueue = Recorder()
+        scheduler = BatchScheduler(enqueue, "00:00")
+        scheduler.catch_up(latest_batch=None)
+        run_minutes(traveller, scheduler, 3 * 24 * 60)
+    keys = [k for k, _ in enqueue.calls]
+    first = start.date()
+    assert keys == [(first + timedelta(days=n)).isoformat() for n in range(4)]
+    for key, at in enqueue.calls[1:]:
+        assert at.date().isoformat() == key
+        assert at - datetime.fromisoformat(f"{key}T00:00:00+00:00") <= timedelta(minutes=2)
+
+
+def test_batch_time_not_yet_due_waits_for_the_timer(host_tz):
+    start = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)
+    with time_machine.travel(start, tick=False) as traveller:
+        enqueue = Recorder()
+        scheduler = BatchScheduler(enqueue, "06:00")
+        scheduler.catch_up(latest_batch="2026-05-31")
+        assert enqueue.calls == []
+        run_minutes(traveller, scheduler, 4 * 60)
+    assert [(k, at.hour) for k, at in enqueue.calls] == [("2026-06-01", 6)]
+
+
+def test_restart_after_midnight_enqueues_the_new_day():
+    """C2: stopped 23:50 UTC on D, started 00:10 on D+1 -> D+1 enqueued at start-up."""
+    with time_machine.travel(datetime(2026, 11, 2, 0, 10, tzinfo=UTC), tick=False):
+        enqueue = Recorder()
+        missed = BatchScheduler(enqueue, "00:00").catch_up(latest_batch="2026-11-01")
+    assert missed == []
+    assert [k for k, _ in enqueue.calls] == ["2026-11-02"]
+
+
+def test_days_down_are_reported_and_visible_in_status(engine):
+    """C2: down D+1..D+3, restarted D+3 10:00 -> D+3 enqueued, D+1 and D+2 reported as missed
+    (log + audit, shown by `status`), never silently nothing."""
+    with time_machine.travel(datetime(2026, 11, 4, 10, 0, tzinfo=UTC), tick=False):
+        enqueue = Recorder()
+        missed = BatchScheduler(enqueue, "00:00").catch_up(latest_batch="2026-11-01")
+        stats.record_missed_batches(engine, missed)
+        assert stats.missed_batches(engine) == ["2026-11-02", "2026-11-03"]
+    assert [k for k, _ in enqueue.calls] == ["2026-11-04"]
+
+
+def test_failed_enqueue_is_retried_and_next_day_still_runs(caplog):
+    """C3: the enqueue raises at 00:00 (database restarting) -> logged, retried until it succeeds,
+    and the next day's enqueue still runs."""
+    with time_machine.travel(datetime(2026, 11, 1, 23, 59, tzinfo=UTC), tick=False) as traveller:
+        enqueue = Recorder(failures=3)
+        scheduler = BatchScheduler(enqueue, "00:00")
+        run_minutes(traveller, scheduler, 24 * 60 + 5)
+    assert [k for k, _ in enqueue.calls] == ["2026-11-02", "2026-11-03"]
+    assert enqueue.calls[0][1] - datetime(2026, 11, 2, tzinfo=UTC) <= timedelta(minutes=3)
+    assert sum("enqueue_failed" == getattr(r, "action", "") for r in caplog.records) == 3
+
+
+def test_enqueue_against_a_database_that_comes_back(db_url, engine):
+    """C3 with a real database error: an unreachable database first, then the real one."""
+    down = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=1")
+    targets = [down, down, engine]
+
+    def enqueue(key: str) -> EnqueueResult:
+        return queue.enqueue_batch(targets.pop(0), key, max_attempts=3)
+
+    with time_machine.travel(datetime(2026, 11, 1, 23, 59, tzinfo=UTC), tick=False) as traveller:
+        scheduler = BatchScheduler(enqueue, "00:00")
+        run_minutes(traveller, scheduler, 10)
+    assert scheduler.enqueued == ["2026-11-02"]
+    down.dispose()
+
+
+def test_batch_key_is_the_utc_date_in_any_host_zone(host_tz):
+    with time_machine.travel(datetime(2026, 11, 30, 23, 30, tzinfo=UTC), tick=False):
+        assert utc_batch_key() == "2026-11-30"  # Tokyo/Berlin are already on 12-01 locally
+    with time_machine.travel(datetime(2026, 12, 1, 0, 30, tzinfo=UTC), tick=False):
+        assert utc_batch_key() == "2026-12-01"  # Los Angeles is still on 11-30 locally
+
+
+def test_missed_days():
+    assert missed_days("2026-11-01", "2026-11-04") == ["2026-11-02", "2026-11-03"]
+    assert missed_days("2026-11-03", "2026-11-04") == []
+    assert missed_days(None, "2026-11-04") == []
