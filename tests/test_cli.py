@@ -1,0 +1,132 @@
+"""The CLI as a user runs it (subprocesses): happy paths, and bad input that must give one line
+naming the problem, a non-zero exit, no traceback and no partial write."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from db import catalog
+from db.catalog import count_rows
+from db.models import Prompt
+from runner.scheduler import utc_batch_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(db_url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("PROMPTBATCH_", "OPENAI_", "OPENROUTER_"))}
+    full_env.update({"DATABASE_URL": db_url, **(env or {})})
+    return subprocess.run([sys.executable, "-m", "runner", *args], env=full_env, cwd=ROOT,
+                          text=True, capture_output=True, timeout=60)
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def write_csv(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "prompts.csv"
+    path.write_text(body, encoding="utf-8")
+    return str(path)
+
+
+def test_setup_enqueue_status_jobs_roundtrip(db_url, tmp_path):
+    assert cli(db_url, "db", "upgrade").returncode == 0
+    csv = write_csv(tmp_path, "text,category,runs\nbest crm?,crm,3\nbest vpn?,,2\n")
+    assert "2 prompts created" in cli(db_url, "prompts", "import", csv).stdout
+    assert "0 prompts created, 2 already present" in cli(db_url, "prompts", "import", csv).stdout
+    for name in ("m1", "m2"):
+        added = cli(db_url, "models", "add", "--provider", "compatible", "--name", name,
+                    "--base-url", "http://127.0.0.1:9/v1")
+        assert added.returncode == 0, added.stderr
+    first = json.loads(cli(db_url, "enqueue", "--json").stdout)
+    assert first == {"batch_key": utc_batch_key(), "created": 10, "existing": 0}
+    again = json.loads(cli(db_url, "enqueue", "--json").stdout)
+    assert (again["created"], again["existing"]) == (0, 10)
+    status = json.loads(cli(db_url, "status", "--json").stdout)
+    assert status["total"] == 10 and status["counts"]["queued"] == 10
+    jobs = json.loads(cli(db_url, "jobs", "--status", "queued", "--limit", "3", "--json").stdout)
+    assert len(jobs) == 3 and {j["status"] for j in jobs} == {"queued"}
+    cancelled = cli(db_url, "cancel", "--model-id", "1")
+    assert cancelled.stdout.strip() == "5 cancelled"
+    requeued = cli(db_url, "requeue", "--status", "cancelled")
+    assert requeued.stdout.strip() == "5 re-queued"
+    assert json.loads(cli(db_url, "status", "--json").stdout)["counts"]["queued"] == 10
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ("text,category,runs\nok prompt,crm,2\n,crm,2\n", ":3: prompt text is empty"),
+    ("text,category,runs\nok prompt,crm,2\n" + "x" * 4001 + ",crm,1\n", "4001 characters"),
+    ("text,category,runs\nsame,crm,2\nsame,crm,1\n", ":3: duplicate prompt (same text as line 2)"),
+    ("text,category,runs\nok prompt,crm,0\n", "runs must be a whole number"),
+    ("text,category,runs\nok prompt,crm,two\n", "got 'two'"),
+    ("text,runs\nok prompt,2\n", "missing column(s) category"),
+])
+def test_bad_prompts_csv_is_refused_whole(engine: Engine, db_url, tmp_path, body, needle):
+    result = cli(db_url, "prompts", "import", write_csv(tmp_path, body))
+    assert_user_error(result, needle)
+    assert count_rows(engine, Prompt) == 0  # all or nothing
+
+
+def test_missing_file(db_url, engine, tmp_path):
+    assert_user_error(cli(db_url, "prompts", "import", str(tmp_path / "nope.csv")), "no such file")
+
+
+@pytest.mark.parametrize("key", ["2026-13-01", "yesterday", "2026-1-5", "2026-02-30"])
+def test_batch_key_must_be_a_date(db_url, engine, key):
+    assert_user_error(cli(db_url, "enqueue", "--batch-key", key), "batch key must be a date")
+
+
+def test_unknown_model_provider_and_missing_base_url(db_url, engine):
+    assert_user_error(cli(db_url, "models", "add", "--provider", "anthropic", "--name", "x"),
+                      "unknown provider 'anthropic'")
+    assert_user_error(cli(db_url, "models", "add", "--provider", "compatible", "--name", "x"),
+                      "needs --base-url")
+
+
+def test_missing_api_key_for_a_provider_in_use(db_url, engine):
+    catalog.add_model(engine, provider="openrouter", name="openai/gpt-4o-mini")
+    assert_user_error(cli(db_url, "run", "--drain"), "OPENROUTER_API_KEY is not set",
+                      "openai/gpt-4o-mini")
+
+
+def test_unknown_status_filter(db_url, engine):
+    assert_user_error(cli(db_url, "jobs", "--status", "done"), "unknown status 'done'")
+
+
+def test_cancel_without_target_is_refused(db_url, engine):
+    assert_user_error(cli(db_url, "cancel"), "give --job-id or at least one filter")
+
+
+def test_schema_missing_says_how_to_fix(db_url):
+    assert_user_error(cli(db_url, "status"), "promptbatch db upgrade")
+
+
+@pytest.mark.parametrize(("url", "needle"), [
+    ("not a url", "DATABASE_URL is not a valid database URL"),
+    ("mysql://root@127.0.0.1/test", "DATABASE_URL must be sqlite"),
+    ("postgresql+psycopg://postgres@127.0.0.1:1/test", "database postgresql+psycopg://"),
+])
+def test_bad_database_url(url, needle):
+    assert_user_error(cli(url, "status"), needle)
+
+
+def test_bad_setting_names_the_variable(tmp_path):
+    result = cli(f"sqlite:///{tmp_path}/x.db", "status", env={"PROMPTBATCH_THREADS": "0"})
+    assert_user_error(result, "PROMPTBATCH_THREADS".removeprefix("PROMPTBATCH_"))
+    result = cli(f"sqlite:///{tmp_path}/x.db", "status",
+                 env={"PROMPTBATCH_REQUEST_TIMEOUT": "inf"})
+    assert_user_error(result, "REQUEST_TIMEOUT")
