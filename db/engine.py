@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 SQLITE_MIN_VERSION = (3, 35, 0)  # UPDATE ... RETURNING
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-LOCK_RETRIES = 8  # 'database is locked' past busy_timeout is retried this often, with backoff
+LOCK_RETRIES = 8  # a lost lock conflict is retried this often, with backoff
+PG_RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 
 T = TypeVar("T")
 
@@ -90,8 +91,8 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
 
     Raises DatabaseUnavailable when the database cannot be reached.
     """
-    with translate_errors(engine), engine.connect() as conn:
-        conn = conn.execution_options(promptbatch_write=True)
+    with translate_errors(engine), engine.connect() as plain:
+        conn = plain.execution_options(promptbatch_write=True)
         with conn.begin():
             yield conn
 
@@ -104,20 +105,29 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
 
 
 def retry_locked(engine: Engine, operation: Callable[[], T]) -> T:
-    """Run `operation`, retrying when SQLite's lock wait ran past busy_timeout (case C14).
+    """Run `operation` (one whole transaction), retrying it when it lost a lock conflict.
 
-    Lock waits are the database's business, never a job attempt. PostgreSQL runs it once.
+    SQLite: the lock wait ran past busy_timeout (case C14). PostgreSQL: the transaction was a
+    deadlock victim or a serialization failure, e.g. a multi-row cancel against the reaper or a
+    heartbeat locking the same jobs in another order. Either way it was rolled back, so running it
+    again is safe. Lock waits are the database's business, never a job attempt.
     """
     for attempt in range(LOCK_RETRIES):
         try:
             return operation()
         except DatabaseUnavailable as exc:
-            if not is_sqlite(engine) or "locked" not in str(exc) or attempt == LOCK_RETRIES - 1:
+            if not _lost_lock_conflict(engine, exc) or attempt == LOCK_RETRIES - 1:
                 raise
-            log.warning("sqlite lock wait retried", extra={"action": "db_lock_retry",
-                                                            "attempt": attempt + 1})
+            log.warning("lock conflict retried: %s", exc, extra={"action": "db_lock_retry",
+                                                                  "attempt": attempt + 1})
             time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def _lost_lock_conflict(engine: Engine, exc: DatabaseUnavailable) -> bool:
+    if is_sqlite(engine):
+        return "locked" in str(exc)
+    return getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None) in PG_RETRY_SQLSTATES
 
 
 @contextmanager
