@@ -57,7 +57,8 @@ def requeue_jobs(engine: Engine, *, job_ids: Sequence[int] | None = None,
               "scheduled_for": now, "finished_at": None, "started_at": None, "error_kind": None,
               "error_message": None, "locked_by": None, "lease_expires_at": None,
               "updated_at": now}
-    return _act(engine, "requeue", REQUEUEABLE_STATUSES, values, job_ids, where, actor)
+    return _act(engine, "requeue", REQUEUEABLE_STATUSES, values, job_ids=job_ids, where=where,
+                actor=actor)
 
 
 def cancel_jobs(engine: Engine, *, job_ids: Sequence[int] | None = None,
@@ -70,11 +71,12 @@ def cancel_jobs(engine: Engine, *, job_ids: Sequence[int] | None = None,
     values = {"status": JobStatus.CANCELLED.value, "finished_at": now, "locked_by": None,
               "lease_expires_at": None, "updated_at": now, "error_kind": None,
               "error_message": f"cancelled by {actor}"}
-    return _act(engine, "cancel", CANCELLABLE_STATUSES, values, job_ids, where, actor)
+    return _act(engine, "cancel", CANCELLABLE_STATUSES, values, job_ids=job_ids, where=where,
+                actor=actor)
 
 
 def _act(engine: Engine, action: str, allowed: frozenset[JobStatus], values: dict[str, object],
-         job_ids: Sequence[int] | None, where: JobFilter | None, actor: str) -> list[int]:
+         *, job_ids: Sequence[int] | None, where: JobFilter | None, actor: str) -> list[int]:
     if (job_ids is None) == (where is None):
         raise InvalidInput(f"{action}: give job ids or a filter, not both or neither")
     target = J.id.in_(list(job_ids)) if job_ids is not None else where.clause()  # type: ignore[union-attr]

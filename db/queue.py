@@ -19,11 +19,13 @@ from sqlalchemy import (
     CTE,
     Connection,
     Engine,
+    Row,
     Select,
     and_,
     case,
     exists,
     func,
+    insert,
     literal,
     select,
     true,
@@ -113,11 +115,11 @@ def claim_jobs(engine: Engine, worker_id: str, limit: int, *, lease_seconds: flo
                now: datetime | None = None) -> list[ClaimedJob]:
     """Move up to `limit` due queued jobs to 'processing' for `worker_id` and return them.
 
-    One transaction; order (priority, scheduled_for, id); jobs of inactive prompts or models are not
-    claimed (the reaper skips them); models.max_concurrency is honoured across all runners by
-    locking a capped model's row while its free slots are counted. PostgreSQL claims with FOR UPDATE
-    SKIP LOCKED in a MATERIALIZED CTE so the LIMIT holds under concurrency (case C7); SQLite runs
-    the same UPDATE inside BEGIN IMMEDIATE (case C13).
+    One transaction; order (priority, scheduled_for, id) across all models; jobs of inactive
+    prompts or models are not claimed (the reaper skips them); models.max_concurrency is honoured
+    across all runners by locking a capped model's row while its free slots are counted.
+    PostgreSQL picks the jobs with FOR UPDATE SKIP LOCKED, so concurrent claimers never wait on or
+    share a job (case C7); SQLite runs the same statements inside BEGIN IMMEDIATE (case C13).
     """
     if limit < 1:
         return []
@@ -132,17 +134,32 @@ def claim_jobs(engine: Engine, worker_id: str, limit: int, *, lease_seconds: flo
 
 def _claim_ids(conn: Connection, worker_id: str, limit: int, now: datetime,
                lease_until: datetime) -> list[int]:
-    models = conn.execute(select(Model.id, Model.max_concurrency).where(Model.is_active)).all()
+    # Each model group's first jobs are locked, then the best `limit` of them are taken: one
+    # query per group keeps a capped model's quota exact, the merge keeps the order global.
+    order = sorted(_candidates(conn, limit, now), key=lambda r: (r.priority, r.scheduled_for, r.id))
+    ids = [r.id for r in order[:limit]]
+    if not ids:
+        return []
+    stmt = (update(J).where(J.id.in_(ids), J.status == JobStatus.QUEUED.value)
+            .values(status=JobStatus.PROCESSING.value, locked_by=worker_id,
+                    lease_expires_at=lease_until, started_at=now, updated_at=now,
+                    attempt_count=J.attempt_count + 1)
+            .returning(J.id))
+    return list(conn.scalars(stmt))
+
+
+def _candidates(conn: Connection, limit: int, now: datetime) -> list[Row[int, int, datetime]]:
+    """Up to `limit` due jobs of the uncapped models, and up to min(limit, free slots) of each
+    capped model, locked for this transaction."""
+    models = conn.execute(select(Model.id, Model.max_concurrency).where(Model.is_active)
+                          .order_by(Model.id)).all()  # one lock order for every claimer
     uncapped = [m.id for m in models if m.max_concurrency is None]
-    ids = _claim_for(conn, uncapped, limit, worker_id, now, lease_until) if uncapped else []
+    rows = list(conn.execute(_claimable(conn, uncapped, limit, now))) if uncapped else []
     for model_id, cap in ((m.id, m.max_concurrency) for m in models if m.max_concurrency):
-        if len(ids) >= limit:
-            break
-        free = _free_slots(conn, model_id, cap)
-        if free > 0:
-            ids += _claim_for(conn, [model_id], min(free, limit - len(ids)), worker_id, now,
-                              lease_until)
-    return ids
+        room = min(limit, _free_slots(conn, model_id, cap))
+        if room > 0:
+            rows += conn.execute(_claimable(conn, [model_id], room, now))
+    return rows
 
 
 def _free_slots(conn: Connection, model_id: int, cap: int) -> int:
@@ -154,25 +171,15 @@ def _free_slots(conn: Connection, model_id: int, cap: int) -> int:
     return cap - int(busy or 0)
 
 
-def _claimable(conn: Connection, model_ids: Sequence[int], limit: int, now: datetime) -> Select[Any]:
+def _claimable(conn: Connection, model_ids: Sequence[int], limit: int,
+               now: datetime) -> Select[int, int, datetime]:
     prompt_active = exists().where(Prompt.id == J.prompt_id, Prompt.is_active)
-    query = (select(J.id)
+    query = (select(J.id, J.priority, J.scheduled_for)
              .where(J.status == JobStatus.QUEUED.value, J.scheduled_for <= now,
                     J.model_id.in_(model_ids), prompt_active)
              .order_by(J.priority, J.scheduled_for, J.id)
              .limit(limit))
     return query if is_sqlite(conn) else query.with_for_update(skip_locked=True, of=J)
-
-
-def _claim_for(conn: Connection, model_ids: Sequence[int], limit: int, worker_id: str,
-               now: datetime, lease_until: datetime) -> list[int]:
-    claimable = _claimable(conn, model_ids, limit, now).cte("claimable").prefix_with("MATERIALIZED")
-    stmt = (update(J).where(J.id == claimable.c.id)
-            .values(status=JobStatus.PROCESSING.value, locked_by=worker_id,
-                    lease_expires_at=lease_until, started_at=now, updated_at=now,
-                    attempt_count=J.attempt_count + 1)
-            .returning(J.id))
-    return list(conn.scalars(stmt))
 
 
 def _load_claimed(conn: Connection, ids: list[int], worker_id: str) -> list[ClaimedJob]:
@@ -257,8 +264,10 @@ def reap_expired(engine: Engine) -> list[tuple[int, str]]:
                     .returning(J.id, J.status, J.attempt_count, J.started_at, J.error_message))
             rows = conn.execute(stmt).all()
             for r in rows:
-                _record_attempt(conn, r.id, r.attempt_count, None, r.started_at, now, "lost",
-                                ErrorKind.LEASE_EXPIRED.value, r.error_message, None, None)
+                _record_attempt(conn, r.id, r.attempt_count, worker_id=None,
+                                started_at=r.started_at, finished_at=now, outcome="lost",
+                                error_kind=ErrorKind.LEASE_EXPIRED.value,
+                                error_message=r.error_message)
             return [(r.id, r.status) for r in rows]
     return retry_locked(engine, run)
 
@@ -279,19 +288,19 @@ def skip_inactive(engine: Engine) -> int:
 
 # --- shared writers --------------------------------------------------------------------------
 
-def _record_attempt(conn: Connection, job_id: int, attempt: int, worker_id: str | None,
+def _record_attempt(conn: Connection, job_id: int, attempt: int, *, worker_id: str | None,
                     started_at: datetime | None, finished_at: datetime, outcome: str,
-                    error_kind: str | None, error_message: str | None, latency_ms: int | None,
-                    request_id: str | None) -> None:
-    conn.execute(JobAttempt.__table__.insert().values(
+                    error_kind: str | None, error_message: str | None,
+                    latency_ms: int | None = None, request_id: str | None = None) -> None:
+    conn.execute(insert(JobAttempt).values(
         job_id=job_id, attempt=attempt, worker_id=worker_id, started_at=started_at,
         finished_at=finished_at, outcome=outcome, error_kind=error_kind,
         error_message=error_message, latency_ms=latency_ms, request_id=request_id))
 
 
-def _audit(conn: Connection, actor: str, action: str, target: dict[str, Any], count: int,
-           at: datetime) -> None:
-    conn.execute(AuditLog.__table__.insert().values(
+def _audit(conn: Connection, actor: str, action: str, target: dict[str, Any],  # noqa: PLR0917
+           count: int, at: datetime) -> None:  # positional: db.catalog and db.stats call it so
+    conn.execute(insert(AuditLog).values(
         at=at, actor=actor, action=action, target=json.dumps(target, sort_keys=True, default=str),
         count=count))
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db.engine import is_sqlite, retry_locked, write_tx
@@ -48,8 +48,10 @@ def complete_job(engine: Engine, job: ClaimedJob, answer: AnswerRecord, cost_usd
                 return False
             response_id = _insert_response(conn, job, answer, cost_usd, now)
             _insert_mentions(conn, response_id, answer.mentions, now)
-            _record_attempt(conn, job.id, job.attempt, job.worker_id, job.started_at, now,
-                            "succeeded", None, None, answer.latency_ms, answer.request_id)
+            _record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
+                            started_at=job.started_at, finished_at=now, outcome="succeeded",
+                            error_kind=None, error_message=None, latency_ms=answer.latency_ms,
+                            request_id=answer.request_id)
             return True
     return retry_locked(engine, run)
 
@@ -74,9 +76,10 @@ def record_failure(engine: Engine, job: ClaimedJob, failure: FailureRecord,
                                 .values(**values))
             if done.rowcount != 1:
                 return FailureOutcome.DROPPED
-            _record_attempt(conn, job.id, job.attempt, job.worker_id, job.started_at, now,
-                            outcome.value, failure.kind.value, failure.message[:4000],
-                            failure.latency_ms, failure.request_id)
+            _record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
+                            started_at=job.started_at, finished_at=now, outcome=outcome.value,
+                            error_kind=failure.kind.value, error_message=failure.message[:4000],
+                            latency_ms=failure.latency_ms, request_id=failure.request_id)
             return outcome
     return retry_locked(engine, run)
 
@@ -93,7 +96,7 @@ def mark_json_schema_unsupported(engine: Engine, model_id: int) -> None:
 
 def _insert_response(conn: Connection, job: ClaimedJob, answer: AnswerRecord,
                      cost_usd: float | None, now: object) -> int:
-    stmt = Response.__table__.insert().values(
+    stmt = insert(Response).values(
         job_id=job.id, prompt_id=job.prompt_id, model_id=job.model_id, batch_key=job.batch_key,
         run_index=job.run_index, answer=answer.answer, raw_body=answer.raw_body,
         output_mode=answer.output_mode.value, finish_reason=answer.finish_reason,
@@ -108,7 +111,7 @@ def _insert_mentions(conn: Connection, response_id: int, mentions: Sequence[Ment
     if not mentions:
         return
     entity_ids = ensure_entities(conn, {m.key: m.display for m in mentions}, now)
-    conn.execute(Mention.__table__.insert(), [
+    conn.execute(insert(Mention), [
         {"response_id": response_id, "entity_id": entity_ids[m.key], "raw_name": m.raw_name[:300],
          "position": m.position, "char_offset": m.char_offset} for m in mentions])
 

@@ -8,9 +8,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 
-from db.engine import read_tx
-from db.models import AuditLog, Model, Prompt, PromptJob, utcnow
+from db.engine import read_tx, retry_locked, write_tx
+from db.models import AuditLog, Entity, Mention, Model, Prompt, PromptJob, Response, utcnow
 from db.operations import JobFilter
+from db.queue import _audit
 from db.types import BatchCounts, JobStatus
 
 J = PromptJob
@@ -57,7 +58,8 @@ def pending_count(engine: Engine, *, due_within_seconds: float) -> int:
     return int(processing or 0) + int(queued or 0)
 
 
-def list_jobs(engine: Engine, where: JobFilter, *, limit: int = 50, offset: int = 0) -> list[JobRow]:
+def list_jobs(engine: Engine, where: JobFilter, *, limit: int = 50,
+              offset: int = 0) -> list[JobRow]:
     """Jobs matching `where`, newest first, at most `limit` (<= 10,000)."""
     query = (select(J.id, J.batch_key, J.status, J.prompt_id, Prompt.text, J.model_id, Model.name,
                     J.run_index, J.attempt_count, J.max_attempts, J.error_kind, J.error_message,
@@ -66,7 +68,7 @@ def list_jobs(engine: Engine, where: JobFilter, *, limit: int = 50, offset: int 
              .where(where.clause()).order_by(J.id.desc())
              .limit(min(limit, MAX_LIST_LIMIT)).offset(offset))
     with read_tx(engine) as conn:
-        return [JobRow(*row) for row in conn.execute(query)]
+        return [JobRow(*tuple(row)) for row in conn.execute(query)]
 
 
 def missed_batches(engine: Engine, *, days: int = 30) -> list[str]:
@@ -86,11 +88,11 @@ def latest_batch_key(engine: Engine) -> str | None:
 
 def record_missed_batches(engine: Engine, batch_keys: list[str]) -> None:
     """Audit each batch the runner was down for (case C2: never silently nothing)."""
-    from db.engine import write_tx
-    from db.queue import _audit
-    with write_tx(engine) as conn:
-        for key in batch_keys:
-            _audit(conn, "scheduler", "batch_missed", {"batch_key": key}, 0, utcnow())
+    def run() -> None:
+        with write_tx(engine) as conn:
+            for key in batch_keys:
+                _audit(conn, "scheduler", "batch_missed", {"batch_key": key}, 0, utcnow())
+    retry_locked(engine, run)
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,6 @@ class BrandCount:
 
 def top_brands(engine: Engine, batch_key: str, *, limit: int = 10) -> list[BrandCount]:
     """The most mentioned brands of a batch. Refusals are excluded from the answer count (C17)."""
-    from db.models import Entity, Mention, Response
     with read_tx(engine) as conn:
         answered = int(conn.scalar(select(func.count()).select_from(Response).where(
             Response.batch_key == batch_key, Response.output_mode != "refusal")) or 0)
