@@ -52,7 +52,7 @@ def sidebar(ctx: context.ConsoleContext) -> None:
 def main() -> None:
     st.set_page_config(page_title="promptbatch console", page_icon=":material/monitoring:",
                        layout="wide")
-    settings = Settings()  # type: ignore[call-arg]
+    settings = Settings()
     ctx = context.load(settings)
     if not signed_in(settings):
         return

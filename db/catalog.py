@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from db.engine import read_tx, retry_locked, write_tx
@@ -68,7 +68,7 @@ def import_prompts(engine: Engine, prompts: Sequence[NewPrompt], *, actor: str =
             rows = [{"text": p.text, "category": p.category, "runs": p.runs, "is_active": True,
                      "created_at": now, "updated_at": now} for p in prompts if p.text not in active]
             if rows:
-                conn.execute(Prompt.__table__.insert(), rows)
+                conn.execute(insert(Prompt), rows)
             _audit(conn, actor, "prompts_import", {"rows": len(prompts)}, len(rows), now)
             return len(rows)
     return retry_locked(engine, run)
@@ -91,15 +91,16 @@ def list_prompts(engine: Engine, *, active_only: bool = False) -> list[PromptRow
     if active_only:
         query = query.where(Prompt.is_active)
     with read_tx(engine) as conn:
-        return [PromptRow(*row) for row in conn.execute(query)]
+        return [PromptRow(**row._mapping) for row in conn.execute(query)]
 
 
 def update_prompt(engine: Engine, prompt_id: int, *, text: str | None = None,
                   category: str | None = None, runs: int | None = None,
                   is_active: bool | None = None, actor: str = "console") -> None:
-    """Edit a prompt. Raises NotFound, or InvalidInput for a bad value or a duplicate active text."""
-    values = {k: v for k, v in {"text": text, "category": category, "runs": runs,
-                                "is_active": is_active}.items() if v is not None}
+    """Edit a prompt. Raises NotFound, or InvalidInput for a bad value or a duplicate text."""
+    values: dict[str, object] = {k: v for k, v in {
+        "text": text, "category": category, "runs": runs, "is_active": is_active}.items()
+        if v is not None}
     if text is not None or runs is not None:
         _check_prompt(NewPrompt(text if text is not None else "x", None,
                                 runs if runs is not None else 1), f"prompt {prompt_id}")
@@ -130,7 +131,7 @@ def add_model(engine: Engine, *, provider: str, name: str, label: str | None = N
                 conn.execute(update(Model).where(Model.id == existing)
                              .values(**values, updated_at=now))
                 return int(existing)
-            new_id = conn.execute(Model.__table__.insert().values(
+            new_id = conn.execute(insert(Model).values(
                 provider=provider, name=name, created_at=now, updated_at=now, **values)
                 .returning(Model.id)).scalar_one()
             _audit(conn, actor, "model_add", {"provider": provider, "name": name}, 1, now)
@@ -160,7 +161,7 @@ def list_models(engine: Engine, *, active_only: bool = False) -> list[ModelRow]:
     if active_only:
         query = query.where(Model.is_active)
     with read_tx(engine) as conn:
-        return [ModelRow(*row) for row in conn.execute(query)]
+        return [ModelRow(**row._mapping) for row in conn.execute(query)]
 
 
 def update_model(engine: Engine, model_id: int, *, label: str | None = None,
@@ -235,13 +236,13 @@ def add_entity(engine: Engine, name: str, key: str, aliases: dict[str, str] | No
             now = utcnow()
             entity_id = conn.scalar(select(Entity.id).where(Entity.key == key))
             if entity_id is None:
-                entity_id = conn.execute(Entity.__table__.insert().values(
+                entity_id = conn.execute(insert(Entity).values(
                     name=name, key=key, created_at=now).returning(Entity.id)).scalar_one()
             known = set(conn.scalars(select(EntityAlias.key)))
             rows = [{"entity_id": entity_id, "alias": a, "key": k}
                     for a, k in (aliases or {}).items() if k not in known]
             if rows:
-                conn.execute(EntityAlias.__table__.insert(), rows)
+                conn.execute(insert(EntityAlias), rows)
             return int(entity_id)
     return retry_locked(engine, run)
 

@@ -1,7 +1,8 @@
-"""Typed values that cross the `db` boundary (and process boundaries): enums and frozen dataclasses.
+"""Typed values that cross the `db` boundary (and process boundaries): enums, frozen dataclasses.
 
 Only plain data lives here: a worker process receives a `ClaimedJob`, sends back nothing but the
-outcome dataclasses, and never holds an SDK or SQLAlchemy object across a process boundary (case C5).
+outcome dataclasses, and never holds an SDK or SQLAlchemy object across a process boundary
+(case C5).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ CANCELLABLE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.PROCESSING})
 
 
 class ErrorKind(enum.StrEnum):
-    """Why an attempt failed; decides retry (transient) vs fail (permanent). DESIGN.md, "Model calls"."""
+    """Why an attempt failed; decides retry (transient) or fail (permanent). DESIGN.md, "Model
+    calls"."""
 
     RATE_LIMITED = "rate_limited"  # HTTP 429, or OpenRouter's 200-with-error code 429
     TIMEOUT = "timeout"  # no answer within the request timeout (HTTP 408 too)
@@ -76,8 +78,8 @@ class Provider(enum.StrEnum):
 class ClaimedJob:
     """A job a worker holds: everything needed to run it, as plain data.
 
-    `attempt` is the job's attempt_count after the claim (1 = first try); together with `worker_id` it
-    fences every later write for the job.
+    `attempt` is the job's attempt_count after the claim (1 = first try); with `worker_id` it fences
+    every later write for the job.
     """
 
     id: int

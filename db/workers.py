@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, insert, select, update
 
 from db.engine import read_tx, retry_locked, write_tx
 from db.models import Worker, utcnow
@@ -42,7 +42,7 @@ def register_worker(engine: Engine, info: WorkerInfo) -> None:
     def run() -> None:
         with write_tx(engine) as conn:
             now = utcnow()
-            conn.execute(Worker.__table__.insert().values(
+            conn.execute(insert(Worker).values(
                 id=info.id, runner_id=info.runner_id, hostname=info.hostname, pid=info.pid,
                 processes=info.processes, threads=info.threads, in_flight=0, started_at=now,
                 last_seen_at=now))
@@ -77,4 +77,4 @@ def list_workers(engine: Engine, *, include_stopped: bool = False,
     if not include_stopped:
         query = query.where(Worker.stopped_at.is_(None))
     with read_tx(engine) as conn:
-        return [WorkerRow(*row) for row in conn.execute(query)]
+        return [WorkerRow(**row._mapping) for row in conn.execute(query)]

@@ -149,10 +149,11 @@ def _response_format() -> dict[str, Any]:
 
 
 def _call(client: openai.OpenAI, job: ClaimedJob, *, structured: bool) -> _Raw:
-    extra = {"response_format": _response_format()} if structured else {}
+    response_format: Any = _response_format() if structured else openai.omit
     try:
         raw = client.chat.completions.with_raw_response.create(
-            model=job.model_name, messages=_messages(job, structured), **extra)  # type: ignore[arg-type]
+            model=job.model_name, messages=_messages(job, structured),  # type: ignore[arg-type]
+            response_format=response_format)
     except openai.APIStatusError as exc:
         raise _status_failure(exc, structured) from exc
     except openai.APITimeoutError as exc:
@@ -169,7 +170,8 @@ def _decode(text: str) -> dict[str, Any]:
     try:
         body = json.loads(text)
     except ValueError as exc:
-        raise CallFailed(ErrorKind.SERVER_ERROR, f"response body is not JSON: {text[:200]!r}") from exc
+        raise CallFailed(ErrorKind.SERVER_ERROR,
+                         f"response body is not JSON: {text[:200]!r}") from exc
     if not isinstance(body, dict):
         raise CallFailed(ErrorKind.SERVER_ERROR, f"response body is not an object: {text[:200]!r}")
     return body
@@ -193,7 +195,8 @@ def _check_embedded_error(raw: _Raw, structured: bool) -> None:
         return
     code = error.get("code") if isinstance(error, dict) else None
     message = _error_message(raw.body) or "error without a message"
-    provider = (error.get("metadata") or {}).get("provider_name") if isinstance(error, dict) else None
+    metadata = (error.get("metadata") or {}) if isinstance(error, dict) else {}
+    provider = metadata.get("provider_name")
     status = code if isinstance(code, int) else 500
     detail = json.dumps(error.get("metadata", {}))[:300] if isinstance(error, dict) else ""
     if structured and status in (400, 422) and _mentions_schema(f"{message} {detail}"):

@@ -27,7 +27,8 @@ def utc_batch_key(now: datetime | None = None) -> str:
 
 
 def missed_days(latest: str | None, today: str) -> list[str]:
-    """Batch keys strictly between the latest enqueued batch and today (days the runner was down)."""
+    """Batch keys strictly between the latest enqueued batch and today (days the runner was
+    down)."""
     if latest is None or latest >= today:
         return []
     first, last = date.fromisoformat(latest) + timedelta(days=1), date.fromisoformat(today)

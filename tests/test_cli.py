@@ -20,12 +20,13 @@ from runner.scheduler import utc_batch_key
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(db_url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(db_url: str, *args: str,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items()
                 if not k.startswith(("PROMPTBATCH_", "OPENAI_", "OPENROUTER_"))}
     full_env.update({"DATABASE_URL": db_url, **(env or {})})
     return subprocess.run([sys.executable, "-m", "runner", *args], env=full_env, cwd=ROOT,
-                          text=True, capture_output=True, timeout=60)
+                          text=True, capture_output=True, timeout=60, check=False)
 
 
 def assert_user_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -15,12 +15,12 @@ from runner.jobs import JobOutcome
 from runner.simulator import SimulatorServer, running_simulator
 from tests.helpers import (
     attempts,
+    fast_settings,
     mentions,
     one_job,
     only_job,
     responses,
     run_once,
-    fast_settings,
 )
 
 CRM_BRANDS = ["HubSpot", "Pipedrive", "Salesforce", "Zoho", "Attio"]
@@ -204,4 +204,5 @@ def test_status_reports_job_status(engine, db_url, sim):
     run_until_done(engine, db_url)
     from db.stats import batch_counts
     counts = batch_counts(engine, "2026-11-30")
-    assert (counts.get(JobStatus.SUCCEEDED), counts.get(JobStatus.QUEUED), counts.total) == (1, 1, 2)
+    succeeded, queued = counts.get(JobStatus.SUCCEEDED), counts.get(JobStatus.QUEUED)
+    assert (succeeded, queued, counts.total) == (1, 1, 2)

@@ -1,4 +1,4 @@
-"""The daily enqueue timer under real clocks moved by time-machine, in non-UTC host zones (C1-C3)."""
+"""The daily enqueue timer, its clock moved by time-machine, in non-UTC host zones (C1-C3)."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def test_failed_enqueue_is_retried_and_next_day_still_runs(caplog):
         run_minutes(traveller, scheduler, 24 * 60 + 5)
     assert [k for k, _ in enqueue.calls] == ["2026-11-02", "2026-11-03"]
     assert enqueue.calls[0][1] - datetime(2026, 11, 2, tzinfo=UTC) <= timedelta(minutes=3)
-    assert sum("enqueue_failed" == getattr(r, "action", "") for r in caplog.records) == 3
+    assert sum(getattr(r, "action", "") == "enqueue_failed" for r in caplog.records) == 3
 
 
 def test_enqueue_against_a_database_that_comes_back(db_url, engine):
