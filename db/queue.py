@@ -298,8 +298,8 @@ def _record_attempt(conn: Connection, job_id: int, attempt: int, *, worker_id: s
         error_message=error_message, latency_ms=latency_ms, request_id=request_id))
 
 
-def _audit(conn: Connection, actor: str, action: str, target: dict[str, Any],  # noqa: PLR0917
-           count: int, at: datetime) -> None:  # positional: db.catalog and db.stats call it so
+def _audit(conn: Connection, actor: str, action: str, target: dict[str, Any], count: int,
+           at: datetime) -> None:
     conn.execute(insert(AuditLog).values(
         at=at, actor=actor, action=action, target=json.dumps(target, sort_keys=True, default=str),
         count=count))
