@@ -319,7 +319,7 @@ def console(host: Annotated[str, typer.Option(help="Address to listen on.")] = "
     typer.echo(f"console: http://{host}:{port}")
     cmd = [sys.executable, "-m", "streamlit", "run", app_path, "--server.address", host,
            "--server.port", str(port), "--server.headless", "true",
-           "--browser.gatherUsageStats", "false"]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     raise typer.Exit(subprocess.call(cmd))
 
 

@@ -110,8 +110,11 @@ def find_mentions(reply: ModelReply, catalog: Catalog) -> tuple[MentionRecord, .
         return ()
     found = (order_mentions(reply.answer, reply.mention_names, catalog)
              if reply.mention_names is not None else extract_from_text(reply.answer, catalog))
-    return tuple(MentionRecord(m.raw_name, m.display, m.key, m.position, m.char_offset)
-                 for m in found)
+    unique = list({m.key: m for m in reversed(found)}.values())[::-1]  # first appearance wins
+    unique.sort(key=lambda m: m.char_offset)
+    # One mention per entity per answer (the table's unique key); positions renumbered 1..n.
+    return tuple(MentionRecord(m.raw_name, m.display, m.key, n, m.char_offset)
+                 for n, m in enumerate(unique, start=1))
 
 
 def cost_usd(job: ClaimedJob, reply: ModelReply) -> float | None:

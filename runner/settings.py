@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     console_read_only: bool = Field(False, validation_alias=AliasChoices(
         "CONSOLE_READ_ONLY", "PROMPTBATCH_CONSOLE_READ_ONLY"))  # true: no action is offered
 
+    @field_validator("console_password", "openai_api_key", "openrouter_api_key",
+                     "compatible_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `KEY=` in an env file means "not set", never an empty secret that matches nothing.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("batch_time")
     @classmethod
     def _check_batch_time(cls, value: str) -> str:

@@ -1,0 +1,79 @@
+"""Pure pieces of the model path: JSON unwrapping, Retry-After, error kinds, backoff, SQLite."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from db.errors import ConfigError
+from db.types import ErrorKind
+from runner.backoff import backoff_seconds
+from runner.model_client import _kind_for_status, parse_answer_json, retry_after_seconds
+
+
+def test_fenced_json_is_unwrapped():
+    """C18: JSON inside ```json fences parses, and says it was fenced."""
+    body = json.dumps({"answer": "Try **HubSpot**.", "mentions": ["HubSpot"]})
+    parsed = parse_answer_json(f"```json\n{body}\n```")
+    assert parsed is not None
+    answer, fenced = parsed
+    assert (answer.answer, answer.mentions, fenced) == ("Try **HubSpot**.", ["HubSpot"], True)
+
+
+def test_backticks_inside_json_strings_are_untouched():
+    """C18: JSON whose strings contain backticks (even a fence) is left as it is."""
+    text = "Run `pip install x`, then:\n```json\n{}\n```"
+    body = json.dumps({"answer": text, "mentions": []})
+    parsed = parse_answer_json(body)
+    assert parsed is not None and parsed[0].answer == text and parsed[1] is False
+    fenced = parse_answer_json(f"```json\n{body}\n```")
+    assert fenced is not None and fenced[0].answer == text
+
+
+@pytest.mark.parametrize("content", ["", "not json", '{"answer": "x"}', '{"mentions":[{"name":"Ac',
+                                     '{"answer": "x", "mentions": [], "extra": 1}'])
+def test_invalid_answers_are_rejected(content):
+    assert parse_answer_json(content) is None
+
+
+def test_retry_after_forms():
+    assert retry_after_seconds(httpx.Headers({"retry-after-ms": "250"})) == 0.25
+    assert retry_after_seconds(httpx.Headers({"retry-after": "7"})) == 7.0
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 28 <= (retry_after_seconds(httpx.Headers({"retry-after": when})) or 0) <= 31
+    assert retry_after_seconds(httpx.Headers({"retry-after": "soon"})) is None
+    assert retry_after_seconds(httpx.Headers()) is None
+
+
+@pytest.mark.parametrize(("status", "kind"), [
+    (400, ErrorKind.BAD_REQUEST), (401, ErrorKind.AUTH), (402, ErrorKind.PAYMENT_REQUIRED),
+    (403, ErrorKind.AUTH), (404, ErrorKind.NOT_FOUND), (408, ErrorKind.TIMEOUT),
+    (409, ErrorKind.SERVER_ERROR), (429, ErrorKind.RATE_LIMITED), (500, ErrorKind.SERVER_ERROR),
+    (503, ErrorKind.SERVER_ERROR), (418, ErrorKind.BAD_REQUEST)])
+def test_status_kinds(status, kind):
+    assert _kind_for_status(status) is kind
+    transient = status in (408, 409, 429) or status >= 500
+    assert kind.transient is transient
+
+
+def test_backoff_full_jitter_bounds_and_retry_after():
+    rng = random.Random(7)
+    delays = [backoff_seconds(3, base=2, cap=300, rng=rng) for _ in range(500)]
+    assert 0 <= min(delays) < 1 and 7 < max(delays) <= 8  # uniform over [0, 2 * 2^2]
+    assert max(backoff_seconds(20, base=2, cap=60, rng=rng) for _ in range(200)) <= 60
+    assert backoff_seconds(1, base=2, cap=300, retry_after=45, rng=rng) == 45
+
+
+def test_old_sqlite_is_refused_at_start(monkeypatch, tmp_path):
+    """C14: an SQLite older than 3.35 (no RETURNING) gets a clear start-up error."""
+    from db.engine import make_engine
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+    with pytest.raises(ConfigError, match=r"SQLite 3\.31\.1 is too old"):
+        make_engine(f"sqlite:///{tmp_path}/x.db")
