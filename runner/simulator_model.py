@@ -1,7 +1,7 @@
 """The simulated model: its answer bank, the chat request it reads and the completion it writes.
 
 The bank is package data (``runner/data/answers.jsonl``: id, prompt, model, answer markdown,
-mentions); a request is answered from the entry matching its last user message.
+mentions); a request is answered from the entries matching its last user message, in turn.
 """
 
 from __future__ import annotations
@@ -47,17 +47,37 @@ def _words(text: str) -> frozenset[str]:
     return frozenset(re.findall(r"\w+", text.casefold()))
 
 
-def pick_answer(prompt: str, bank: Sequence[BankEntry]) -> BankEntry:
-    """The entry whose prompt equals ``prompt``, else the one sharing the most words with it.
+def _candidates(prompt: str, bank: Sequence[BankEntry]) -> list[BankEntry]:
+    """The entries written for ``prompt``, else for the bank prompt sharing the most words with it.
 
     Ties go to the lowest id; entries without mentions (refusals) only answer an exact match.
     """
-    for entry in bank:
-        if entry.prompt.strip() == prompt.strip():
-            return entry
+    exact = [entry for entry in bank if entry.prompt.strip() == prompt.strip()]
+    if exact:
+        return exact
     words = _words(prompt)
-    candidates = [entry for entry in bank if entry.mentions]
-    return min(candidates, key=lambda entry: (-len(words & _words(entry.prompt)), entry.id))
+    answers = [entry for entry in bank if entry.mentions]
+    best = min(answers, key=lambda entry: (-len(words & _words(entry.prompt)), entry.id))
+    return [entry for entry in answers if entry.prompt == best.prompt]
+
+
+def pick_answer(prompt: str, bank: Sequence[BankEntry], number: int = 1) -> BankEntry:
+    """The ``number``-th (1-based) answer to ``prompt``: its candidates in bank order, in turn.
+
+    The candidates are the entries for the exact prompt, else those for the closest bank prompt.
+    """
+    candidates = _candidates(prompt, bank)
+    return candidates[(number - 1) % len(candidates)]
+
+
+def answer_number(faults: Faults, call_number: int) -> int:
+    """Which answer (1-based) the ``call_number``-th call of a call key gets.
+
+    Counted faults (429, 500, OpenRouter error) take a call key's first calls, so they are not
+    counted: the first call that gets an answer gets the first variant.
+    """
+    or_errors = (faults.or_error_times or 0) if faults.or_error is not None else 0
+    return max(call_number - faults.rate_limit - faults.error500 - or_errors, 1)
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -139,8 +159,14 @@ def completion_body(request: ChatRequest, message: Message) -> dict[str, Any]:
     }
 
 
-def answer_reply(request: ChatRequest, faults: Faults, bank: Sequence[BankEntry]) -> Reply:
-    """HTTP 200 with the bank's answer to the last user message, shaped by content faults."""
-    entry = pick_answer(request.last_user_text, bank)
+def answer_reply(
+    request: ChatRequest, faults: Faults, bank: Sequence[BankEntry], call_number: int = 1
+) -> Reply:
+    """HTTP 200 with the bank's answer to the last user message, shaped by content faults.
+
+    ``call_number`` is the call's number for its call key (model without faults, prompt): a prompt
+    with several bank entries gets them in turn.
+    """
+    entry = pick_answer(request.last_user_text, bank, answer_number(faults, call_number))
     message = shape_message(entry.answer, entry.mentions, faults, request.response_format)
     return Reply(200, completion_body(request, message))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import http.client
 import json
 import math
@@ -19,13 +20,17 @@ import pytest
 from pydantic import BaseModel
 
 from runner.simulator import SimulatorServer, running_simulator
-from runner.simulator_faults import REFUSAL_TEXT
+from runner.simulator_faults import REFUSAL_TEXT, Faults
+from runner.simulator_model import BankEntry, answer_number, load_answer_bank, pick_answer
 
 CORPUS = [
     json.loads(line)
     for line in (Path(__file__).parent / "fixtures" / "answers.jsonl").read_text().splitlines()
 ]
 ENTRIES = {entry["id"]: entry for entry in CORPUS}
+BANK = load_answer_bank()
+DEMO_PROMPTS_CSV = Path(__file__).parent.parent / "runner" / "data" / "demo_prompts.csv"
+DEMO_PROMPTS = [row["text"] for row in csv.DictReader(DEMO_PROMPTS_CSV.read_text().splitlines())]
 CRM = ENTRIES["crm-1"]
 MODEL = "sim-gpt-4o-mini"
 SCHEMA_FORMAT: Any = {
@@ -119,6 +124,71 @@ def test_exact_prompt_gets_its_bank_answer(client: openai.OpenAI, entry: dict[st
     assert completion.usage.completion_tokens == math.ceil(len(entry["answer"]) / 4)
 
 
+def written_for(prompt: str) -> list[BankEntry]:
+    """The bank entries whose prompt is exactly ``prompt``, in bank order."""
+    return [entry for entry in BANK if entry.prompt == prompt]
+
+
+def folded(text: str) -> str:
+    """``text`` casefolded without whitespace ("ProtonVPN" names Proton VPN)."""
+    return "".join(text.casefold().split())
+
+
+def test_bank_validates() -> None:
+    ids = [entry.id for entry in BANK]
+
+    assert len(ids) == len(set(ids))
+    assert [entry.id for entry in BANK if not entry.mentions] == ["refusal-1"]
+    for entry in BANK:
+        assert len(set(entry.mentions)) == len(entry.mentions), entry.id
+        missing = [name for name in entry.mentions if folded(name) not in folded(entry.answer)]
+        assert missing == [], entry.id
+
+
+def test_bank_starts_with_the_corpus_answers() -> None:
+    assert [(entry.id, entry.answer) for entry in BANK[: len(CORPUS)]] == [
+        (entry["id"], entry["answer"]) for entry in CORPUS
+    ]
+
+
+@pytest.mark.parametrize("prompt", DEMO_PROMPTS)
+def test_demo_prompt_gets_an_answer_written_for_it(client: openai.OpenAI, prompt: str) -> None:
+    variants = written_for(prompt)
+
+    content = ask(client, MODEL, prompt).choices[0].message.content
+
+    assert len(variants) >= 2
+    assert content == variants[0].answer
+
+
+def test_pick_answer_rotates_the_variants_of_a_prompt() -> None:
+    crm = [entry.id for entry in written_for(CRM["prompt"])]
+    airline = [entry.id for entry in written_for(ENTRIES["refusal-1"]["prompt"])]
+
+    picks = [pick_answer(CRM["prompt"], BANK, number).id for number in range(1, len(crm) + 2)]
+    airline_picks = [pick_answer(ENTRIES["refusal-1"]["prompt"], BANK, n).id for n in (1, 2)]
+
+    assert picks == [*crm, crm[0]]
+    assert airline_picks == airline[:2]
+    assert airline[0] == "refusal-1"
+
+
+def test_pick_answer_rotates_the_closest_prompts_answers_without_refusals() -> None:
+    prompt = "What is the most reliable budget airline in Asia?"
+    picks = {pick_answer(prompt, BANK, number) for number in range(1, 7)}
+
+    assert {entry.prompt for entry in picks} == {ENTRIES["refusal-1"]["prompt"]}
+    assert all(entry.mentions for entry in picks)
+    assert len(picks) >= 2
+
+
+def test_answer_number_leaves_out_counted_faults() -> None:
+    assert answer_number(Faults(), 3) == 3
+    assert answer_number(Faults(rate_limit=2, error500=1), 4) == 1
+    assert answer_number(Faults(or_error=429, or_error_times=2), 5) == 3
+    assert answer_number(Faults(or_error_times=2), 1) == 1
+
+
 def test_other_prompt_gets_the_closest_answer_never_the_refusal(client: openai.OpenAI) -> None:
     crm = ask(client, MODEL, "Which CRM suits a B2B startup?")
     # Shares most words with refusal-1's prompt, but refusals only answer their exact prompt.
@@ -209,7 +279,7 @@ def test_hang_times_out_the_client(client: openai.OpenAI) -> None:
 
 def test_invalid_json_breaks_only_structured_answers(client: openai.OpenAI) -> None:
     broken = ask(client, f"{MODEL}@invalid_json", response_format=SCHEMA_FORMAT)
-    plain = ask(client, f"{MODEL}@invalid_json")
+    plain = ask(client, f"{MODEL}@invalid_json", extra_headers={"X-Simulator-Key": "plain"})
 
     content = broken.choices[0].message.content
     assert content is not None
@@ -260,7 +330,7 @@ def test_refusal_sets_message_refusal(client: openai.OpenAI) -> None:
 
 def test_length_truncates_content(client: openai.OpenAI) -> None:
     structured = ask(client, f"{MODEL}@length", response_format=SCHEMA_FORMAT).choices[0]
-    plain = ask(client, f"{MODEL}@length").choices[0]
+    plain = ask(client, f"{MODEL}@length", extra_headers={"X-Simulator-Key": "plain"}).choices[0]
 
     assert structured.finish_reason == plain.finish_reason == "length"
     assert structured.message.content == full_json(CRM)[:30]
