@@ -221,8 +221,9 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         if rejection is not None:
             return rejection
         key = (request.model_name, request.last_user_text, self.headers[KEY_HEADER] or "")
-        counted = counted_reply(request, faults, self.server.next_call_number(key))
-        return counted or answer_reply(request, faults, self.server.bank)
+        call_number = self.server.next_call_number(key)
+        counted = counted_reply(request, faults, call_number)
+        return counted or answer_reply(request, faults, self.server.bank, call_number)
 
     def _authorized(self) -> bool:
         expected = self.server.api_key

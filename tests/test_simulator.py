@@ -189,6 +189,21 @@ def test_answer_number_leaves_out_counted_faults() -> None:
     assert answer_number(Faults(or_error_times=2), 1) == 1
 
 
+def test_consecutive_calls_rotate_the_variants(client: openai.OpenAI) -> None:
+    variants = [entry.answer for entry in written_for(CRM["prompt"])]
+
+    answers = [ask(client, MODEL).choices[0].message.content for _ in range(len(variants) + 1)]
+    other_model = ask(client, "sim-llama-3.1-70b").choices[0].message.content
+    after_429 = f"{MODEL}@rate_limit=1"
+    with pytest.raises(openai.RateLimitError):
+        ask(client, after_429, extra_headers={"X-Simulator-Key": "429"})
+    retried = ask(client, after_429, extra_headers={"X-Simulator-Key": "429"})
+
+    assert answers == [*variants, variants[0]]
+    assert other_model == variants[0]
+    assert retried.choices[0].message.content == variants[0]
+
+
 def test_other_prompt_gets_the_closest_answer_never_the_refusal(client: openai.OpenAI) -> None:
     crm = ask(client, MODEL, "Which CRM suits a B2B startup?")
     # Shares most words with refusal-1's prompt, but refusals only answer their exact prompt.
