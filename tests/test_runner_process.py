@@ -123,7 +123,7 @@ def test_worker_sigkilled_mid_job_is_replaced_and_job_reclaimed(engine, db_url, 
     finish once; nothing is left in processing."""
     total = seed(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url, prompts=4, runs=2)
     proc = start_runner(db_url, "--drain", processes=2, threads=2, lease_seconds=3)
-    wait_for(lambda: len(processing_pids(engine)) > 0, 30, "a job in flight")
+    wait_for(lambda: len(processing_pids(engine)) > 0, 120, "a job in flight")
     victim = sorted(processing_pids(engine))[0]
     os.kill(victim, signal.SIGKILL)
     code, err = finish(proc, timeout=240)
@@ -143,7 +143,7 @@ def test_runner_sigkilled_jobs_reclaimed_by_next_runner(engine, db_url, sim):
                             env=runner_env(db_url, processes=1, threads=4, lease_seconds=2),
                             cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    wait_for(lambda: count(engine, PromptJob.status == "processing") > 0, 30, "jobs in flight")
+    wait_for(lambda: count(engine, PromptJob.status == "processing") > 0, 120, "jobs in flight")
     os.killpg(proc.pid, signal.SIGKILL)  # supervisor and workers at once
     proc.wait()
     assert count(engine, PromptJob.status == "processing") > 0
@@ -158,7 +158,7 @@ def test_sigterm_finishes_in_flight_jobs_and_exits_zero(engine, db_url, sim):
     """SIGTERM: stop claiming, finish in-flight jobs within the grace period, exit 0."""
     seed(engine, "sim-gpt-4o-mini@latency=1000", sim.base_url, prompts=10, runs=2)
     proc = start_runner(db_url, processes=1, threads=2, grace_seconds=20)
-    wait_for(lambda: count(engine, PromptJob.status == "processing") > 0, 30, "jobs in flight")
+    wait_for(lambda: count(engine, PromptJob.status == "processing") > 0, 120, "jobs in flight")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err[-3000:]
@@ -171,7 +171,7 @@ def test_sigterm_finishes_in_flight_jobs_and_exits_zero(engine, db_url, sim):
 def test_sigterm_past_grace_hands_jobs_back_without_spending_attempts(engine, db_url, sim):
     seed(engine, "sim-gpt-4o-mini@latency=5000", sim.base_url, prompts=2, runs=1)
     proc = start_runner(db_url, processes=1, threads=2, grace_seconds=0.5)
-    wait_for(lambda: count(engine, PromptJob.status == "processing") == 2, 30, "2 jobs in flight")
+    wait_for(lambda: count(engine, PromptJob.status == "processing") == 2, 120, "2 jobs in flight")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err[-3000:]
@@ -183,7 +183,7 @@ def test_cancelled_processing_job_result_dropped(engine, db_url, sim):
     """A job cancelled while its model call is in flight: the late result writes nothing."""
     seed(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url, prompts=1, runs=1)
     proc = start_runner(db_url, processes=1, threads=1)
-    wait_for(lambda: count(engine, PromptJob.status == "processing") == 1, 30, "job in flight")
+    wait_for(lambda: count(engine, PromptJob.status == "processing") == 1, 120, "job in flight")
     operations.cancel_jobs(engine, where=operations.JobFilter(status="processing"), actor="test")
     time.sleep(2.5)
     proc.send_signal(signal.SIGTERM)
