@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo batch, then the console on the same database (CONSOLE=0 skips the console).
+CONSOLE ?= 1
 demo: $(STAMP)
-	$(BIN)/promptbatch demo
+	$(BIN)/promptbatch demo $(if $(filter 0,$(CONSOLE)),--no-console,--console)
 
 test: lint pytest
 

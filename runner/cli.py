@@ -295,13 +295,20 @@ def simulator(host: Annotated[str, typer.Option()] = "127.0.0.1",
 def demo(
     processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     threads: Annotated[int | None, typer.Option(help="Jobs in flight per process.")] = None,
+    open_console: Annotated[bool, typer.Option(
+        "--console/--no-console", help="Serve the console on the demo database afterwards.")
+    ] = False,
 ) -> None:
     """Migrate, load demo prompts and brands, start the simulator, run today's batch, summarize."""
     from runner.demo import run_demo
     # Job-by-job INFO lines would bury the progress line and the summary: warnings only.
     settings = load_settings(processes=processes, threads=threads, log_level="WARNING")
     configure_logging(settings)
-    raise typer.Exit(run_demo(settings))
+    code = run_demo(settings)
+    if open_console:
+        typer.echo("\nopening the console on the demo database (Ctrl-C to stop)")
+        console()
+    raise typer.Exit(code)
 
 
 @app.command()
