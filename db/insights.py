@@ -9,7 +9,7 @@ caches them with st.cache_data, so they must pickle.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -37,7 +37,7 @@ from db.models import (
     utcnow,
 )
 from db.types import ENDED_STATUSES, JobStatus
-from db.workers import list_workers
+from db.workers import WorkerRow, list_workers
 
 J = PromptJob
 COUNT_CAP = 100_000  # the Jobs page counts matches up to this many, then shows "100,000+"
@@ -570,16 +570,7 @@ def brand_trend(engine: Engine, first_key: str, last_key: str,
 # --- workers ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class WorkerStatus:
-    id: str
-    hostname: str
-    pid: int
-    processes: int
-    threads: int
-    in_flight: int
-    started_at: datetime
-    last_seen_at: datetime
-    stopped_at: datetime | None
+class WorkerStatus(WorkerRow):
     stale: bool  # not stopped, yet not seen for longer than the stale threshold
 
 
@@ -587,8 +578,6 @@ def worker_statuses(engine: Engine, *, stale_after_seconds: float, include_stopp
                     now: datetime | None = None) -> list[WorkerStatus]:
     """Registered worker processes, most recently seen first, stale ones marked."""
     cutoff = (now or utcnow()) - timedelta(seconds=stale_after_seconds)
-    return [WorkerStatus(w.id, w.hostname, w.pid, w.processes, w.threads, w.in_flight,
-                         w.started_at, w.last_seen_at, w.stopped_at,
-                         w.stopped_at is None and w.last_seen_at < cutoff)
+    return [WorkerStatus(**asdict(w), stale=w.stopped_at is None and w.last_seen_at < cutoff)
             for w in list_workers(engine, include_stopped=include_stopped)]
 
