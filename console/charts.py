@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 STATUS_COLORS = {"queued": "#9aa5b1", "processing": "#3b82f6", "succeeded": "#16a34a",
                  "failed": "#dc2626", "skipped": "#a855f7", "cancelled": "#f59e0b"}
 STATUS_ORDER = list(STATUS_COLORS)
+MINUTE_MS = 60_000
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "legend_title_text": ""}
 
 
@@ -39,7 +40,13 @@ def completions_per_minute(df: pd.DataFrame) -> go.Figure:
                    value_name="jobs")
     fig = px.bar(long, x="minute", y="jobs", color="outcome", title=title,
                  color_discrete_map=STATUS_COLORS)
-    fig.update_xaxes(tickformat="%H:%M")
+    # On a date axis a lone bar gets a width of ~1 ms and the axis zooms to milliseconds: give
+    # each bar most of its minute and show at least a quarter of an hour.
+    fig.update_traces(width=MINUTE_MS * 0.8)
+    last = pd.Timestamp(df["minute"].max())
+    first = min(pd.Timestamp(df["minute"].min()), last - pd.Timedelta(minutes=15))
+    fig.update_xaxes(tickformat="%H:%M", range=[first - pd.Timedelta(minutes=1),
+                                                last + pd.Timedelta(minutes=1)])
     fig.update_layout(xaxis_title="minute (UTC)", yaxis_title="jobs / minute", **_LAYOUT)
     return fig
 
@@ -67,7 +74,7 @@ def share_of_voice(df: pd.DataFrame) -> go.Figure:
         return _empty(title, "No mentions in these batches")
     ordered = df.sort_values("share_of_voice")
     fig = px.bar(ordered, x="share_of_voice", y="brand", orientation="h", title=title)
-    fig.update_layout(xaxis_tickformat=".0%", xaxis_title="share of all mentions", yaxis_title="",
+    fig.update_layout(xaxis_tickformat=".1%", xaxis_title="share of all mentions", yaxis_title="",
                       **_LAYOUT)
     return fig
 
@@ -78,7 +85,7 @@ def mention_rate_by_model(df: pd.DataFrame) -> go.Figure:
     if df.empty:
         return _empty(title, "No mentions in these batches")
     fig = px.bar(df, x="brand", y="mention_rate", color="model", barmode="group", title=title)
-    fig.update_layout(yaxis_tickformat=".0%", yaxis_title="answers mentioning", xaxis_title="",
+    fig.update_layout(yaxis_tickformat=".1%", yaxis_title="answers mentioning", xaxis_title="",
                       **_LAYOUT)
     return fig
 
@@ -89,6 +96,6 @@ def mention_trend(df: pd.DataFrame) -> go.Figure:
     if df.empty:
         return _empty(title, "No mentions in these batches")
     fig = px.line(df, x="batch", y="mention_rate", color="brand", markers=True, title=title)
-    fig.update_layout(yaxis_tickformat=".0%", yaxis_title="answers mentioning", xaxis_title="",
+    fig.update_layout(yaxis_tickformat=".1%", yaxis_title="answers mentioning", xaxis_title="",
                       xaxis={"type": "category"}, **_LAYOUT)
     return fig
