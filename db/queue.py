@@ -28,6 +28,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    text,
     true,
     update,
 )
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 J = PromptJob
 _KEY_COLUMNS = ("prompt_id", "model_id", "run_index", "batch_key")
+ANALYZE_AFTER_JOBS = 1_000  # an enqueue creating this many jobs refreshes planner statistics
 
 
 # --- enqueue ---------------------------------------------------------------------------------
@@ -60,6 +62,7 @@ def enqueue_batch(engine: Engine, batch_key: str, *, max_attempts: int,
             created = _inserted(conn, conn.execute(
                 _enqueue_statement(conn, batch_key, max_attempts, now),
                 execution_options={"preserve_rowcount": True}).rowcount)
+            _analyze_after_bulk_insert(conn, created)
             expected = _expected_jobs(conn)
             conn.execute(update(Prompt).where(Prompt.is_active).values(last_run_at=now))
             _audit(conn, actor, "enqueue", {"batch_key": batch_key}, created, now)
@@ -70,6 +73,19 @@ def enqueue_batch(engine: Engine, batch_key: str, *, max_attempts: int,
 def _lock_batch(conn: Connection, batch_key: str) -> None:
     if not is_sqlite(conn):
         conn.execute(select(func.pg_advisory_xact_lock(zlib.crc32(f"enqueue:{batch_key}".encode()))))
+
+
+def _analyze_after_bulk_insert(conn: Connection, created: int) -> None:
+    """Refresh prompt_jobs' planner statistics after a large enqueue.
+
+    Until autovacuum gets to it (a minute or more), PostgreSQL thinks almost nothing is queued and
+    claims by bitmap-scanning and sorting every queued job instead of walking ix_prompt_jobs_claim
+    in order: 40 ms instead of 0.2 ms per claim at 20,000 jobs (bench/). SQLite without
+    statistics sorts every queued job by ix_prompt_jobs_status alike. ANALYZE counts the rows
+    this transaction inserted, so the statistics are right at commit.
+    """
+    if created >= ANALYZE_AFTER_JOBS:
+        conn.execute(text("ANALYZE prompt_jobs"))
 
 
 def _inserted(conn: Connection, rowcount: int) -> int:
@@ -127,25 +143,34 @@ def claim_jobs(engine: Engine, worker_id: str, limit: int, *, lease_seconds: flo
     def run() -> list[ClaimedJob]:
         with write_tx(engine) as conn:
             at = now or utcnow()
-            ids = _claim_ids(conn, worker_id, limit, at, at + timedelta(seconds=lease_seconds))
-            return _load_claimed(conn, ids, worker_id) if ids else []
+            ids = _pick_ids(conn, limit, at)
+            return _take(conn, ids, worker_id, at, at + timedelta(seconds=lease_seconds))
     return retry_locked(engine, run)
 
 
-def _claim_ids(conn: Connection, worker_id: str, limit: int, now: datetime,
-               lease_until: datetime) -> list[int]:
+def _pick_ids(conn: Connection, limit: int, now: datetime) -> list[int]:
     # Each model group's first jobs are locked, then the best `limit` of them are taken: one
     # query per group keeps a capped model's quota exact, the merge keeps the order global.
     order = sorted(_candidates(conn, limit, now), key=lambda r: (r.priority, r.scheduled_for, r.id))
-    ids = [r.id for r in order[:limit]]
+    return [r.id for r in order[:limit]]
+
+
+def _take(conn: Connection, ids: list[int], worker_id: str, now: datetime,
+          lease_until: datetime) -> list[ClaimedJob]:
+    """Mark the picked jobs 'processing' for `worker_id` and return them in claim order."""
     if not ids:
         return []
     stmt = (update(J).where(J.id.in_(ids), J.status == JobStatus.QUEUED.value)
             .values(status=JobStatus.PROCESSING.value, locked_by=worker_id,
                     lease_expires_at=lease_until, started_at=now, updated_at=now,
-                    attempt_count=J.attempt_count + 1)
-            .returning(J.id))
-    return list(conn.scalars(stmt))
+                    attempt_count=J.attempt_count + 1))
+    if is_sqlite(conn):  # SQLite's RETURNING cannot read the tables of UPDATE ... FROM
+        return _load_claimed(conn, list(conn.scalars(stmt.returning(J.id))), worker_id)
+    # PostgreSQL: the update returns the job with its prompt and model (one round trip less).
+    stmt = (stmt.where(Prompt.id == J.prompt_id, Model.id == J.model_id)
+            .returning(*_CLAIMED_COLUMNS, J.priority, J.scheduled_for))
+    rows = sorted(conn.execute(stmt), key=lambda r: (r.priority, r.scheduled_for, r.id))
+    return [_claimed(r, worker_id) for r in rows]
 
 
 def _candidates(conn: Connection, limit: int, now: datetime) -> list[Row[int, int, datetime]]:
@@ -182,22 +207,31 @@ def _claimable(conn: Connection, model_ids: Sequence[int], limit: int,
     return query if is_sqlite(conn) else query.with_for_update(skip_locked=True, of=J)
 
 
+_CLAIMED_COLUMNS = (J.id, J.prompt_id, J.model_id, J.run_index, J.batch_key, J.attempt_count,
+                    J.max_attempts, J.started_at, Prompt.text, Model.provider, Model.name,
+                    Model.base_url, Model.supports_json_schema, Model.input_usd_per_mtok,
+                    Model.output_usd_per_mtok)
+
+
 def _load_claimed(conn: Connection, ids: list[int], worker_id: str) -> list[ClaimedJob]:
+    if not ids:
+        return []
     rows = conn.execute(
-        select(J.id, J.prompt_id, J.model_id, J.run_index, J.batch_key, J.attempt_count,
-               J.max_attempts, J.started_at, Prompt.text, Model.provider, Model.name,
-               Model.base_url, Model.supports_json_schema, Model.input_usd_per_mtok,
-               Model.output_usd_per_mtok)
+        select(*_CLAIMED_COLUMNS)
         .join(Prompt, Prompt.id == J.prompt_id).join(Model, Model.id == J.model_id)
         .where(J.id.in_(ids)).order_by(J.priority, J.scheduled_for, J.id))
-    return [ClaimedJob(id=r.id, prompt_id=r.prompt_id, model_id=r.model_id,
-                       run_index=r.run_index, batch_key=r.batch_key, attempt=r.attempt_count,
-                       max_attempts=r.max_attempts, worker_id=worker_id, prompt_text=r.text,
-                       provider=r.provider, model_name=r.name, base_url=r.base_url,
-                       supports_json_schema=r.supports_json_schema,
-                       input_usd_per_mtok=r.input_usd_per_mtok,
-                       output_usd_per_mtok=r.output_usd_per_mtok, started_at=r.started_at)
-            for r in rows]
+    return [_claimed(r, worker_id) for r in rows]
+
+
+def _claimed(r: Any, worker_id: str) -> ClaimedJob:
+    """A row of _CLAIMED_COLUMNS as the ClaimedJob handed to a worker."""
+    return ClaimedJob(id=r.id, prompt_id=r.prompt_id, model_id=r.model_id,
+                      run_index=r.run_index, batch_key=r.batch_key, attempt=r.attempt_count,
+                      max_attempts=r.max_attempts, worker_id=worker_id, prompt_text=r.text,
+                      provider=r.provider, model_name=r.name, base_url=r.base_url,
+                      supports_json_schema=r.supports_json_schema,
+                      input_usd_per_mtok=r.input_usd_per_mtok,
+                      output_usd_per_mtok=r.output_usd_per_mtok, started_at=r.started_at)
 
 
 # --- lease upkeep ----------------------------------------------------------------------------

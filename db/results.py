@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    cast,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db.engine import is_sqlite, retry_locked, write_tx
-from db.models import Entity, Mention, Model, PromptJob, Response, utcnow
+from db.models import Entity, JobAttempt, Mention, Model, PromptJob, Response, utcnow
 from db.queue import _record_attempt, fence
 from db.types import AnswerRecord, ClaimedJob, FailureRecord, JobStatus, MentionRecord
 
@@ -41,19 +51,66 @@ def complete_job(engine: Engine, job: ClaimedJob, answer: AnswerRecord, cost_usd
     def run() -> bool:
         with write_tx(engine) as conn:
             now = utcnow()
-            done = conn.execute(update(J).where(fence(job.id, job.worker_id, job.attempt)).values(
-                status=JobStatus.SUCCEEDED.value, finished_at=now, updated_at=now,
-                error_kind=None, error_message=None, locked_by=None, lease_expires_at=None))
-            if done.rowcount != 1:
+            response_id = _complete(conn, job, answer, cost_usd, now)
+            if response_id is None:
                 return False
-            response_id = _insert_response(conn, job, answer, cost_usd, now)
             _insert_mentions(conn, response_id, answer.mentions, now)
-            _record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
-                            started_at=job.started_at, finished_at=now, outcome="succeeded",
-                            error_kind=None, error_message=None, latency_ms=answer.latency_ms,
-                            request_id=answer.request_id)
             return True
     return retry_locked(engine, run)
+
+
+def _complete(conn: Connection, job: ClaimedJob, answer: AnswerRecord, cost_usd: float | None,
+              now: datetime) -> int | None:
+    """The fenced 'succeeded' update, the response row and the attempt row; the response id, or
+    None when the fence matched nothing (then nothing was written)."""
+    if not is_sqlite(conn):  # one round trip instead of three (bench/RESULTS.md, item 2)
+        return conn.scalar(_complete_statement_pg(job, answer, cost_usd, now))
+    done = conn.execute(update(J).where(fence(job.id, job.worker_id, job.attempt)).values(
+        status=JobStatus.SUCCEEDED.value, finished_at=now, updated_at=now,
+        error_kind=None, error_message=None, locked_by=None, lease_expires_at=None))
+    if done.rowcount != 1:
+        return None
+    response_id = _insert_response(conn, job, answer, cost_usd, now)
+    _record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
+                    started_at=job.started_at, finished_at=now, outcome="succeeded",
+                    error_kind=None, error_message=None, latency_ms=answer.latency_ms,
+                    request_id=answer.request_id)
+    return response_id
+
+
+def _complete_statement_pg(job: ClaimedJob, answer: AnswerRecord, cost_usd: float | None,
+                           now: datetime) -> Select[int]:
+    """complete_job's three writes as one PostgreSQL statement (data-modifying CTEs, which always
+    run to completion): `done` is the fenced update; when it matches nothing the two inserts read
+    no row and the statement returns none. Otherwise it returns the response id."""
+    def v(value: Any, column: Any) -> Any:  # cast: an untyped NULL in a SELECT list is text
+        return cast(literal(value, column.type), column.type)
+    done = (update(J).where(fence(job.id, job.worker_id, job.attempt))
+            .values(status=JobStatus.SUCCEEDED.value, finished_at=now, updated_at=now,
+                    error_kind=None, error_message=None, locked_by=None, lease_expires_at=None)
+            .returning(J.id).cte("done"))
+    R, A = Response, JobAttempt
+    response = (insert(R).from_select(
+        ["job_id", "prompt_id", "model_id", "batch_key", "run_index", "answer", "raw_body",
+         "output_mode", "finish_reason", "prompt_tokens", "completion_tokens", "cost",
+         "latency_ms", "request_id", "created_at"],
+        select(done.c.id, v(job.prompt_id, R.prompt_id), v(job.model_id, R.model_id),
+               v(job.batch_key, R.batch_key), v(job.run_index, R.run_index),
+               v(answer.answer, R.answer), v(answer.raw_body, R.raw_body),
+               v(answer.output_mode.value, R.output_mode), v(answer.finish_reason, R.finish_reason),
+               v(answer.prompt_tokens, R.prompt_tokens),
+               v(answer.completion_tokens, R.completion_tokens), v(cost_usd, R.cost),
+               v(answer.latency_ms, R.latency_ms), v(answer.request_id, R.request_id),
+               v(now, R.created_at)))
+        .returning(R.id).cte("response"))
+    attempt = insert(A).from_select(
+        ["job_id", "attempt", "worker_id", "started_at", "finished_at", "outcome", "latency_ms",
+         "request_id"],
+        select(done.c.id, v(job.attempt, A.attempt), v(job.worker_id, A.worker_id),
+               v(job.started_at, A.started_at), v(now, A.finished_at), v("succeeded", A.outcome),
+               v(answer.latency_ms, A.latency_ms), v(answer.request_id, A.request_id))
+    ).cte("attempt")
+    return select(response.c.id).add_cte(attempt)
 
 
 def record_failure(engine: Engine, job: ClaimedJob, failure: FailureRecord,

@@ -142,10 +142,16 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
 
     def _heartbeat(self) -> None:
-        with self._lock:
-            ids = [job.id for job in self.in_flight.values()]
+        ids = self._running_ids()
         held = queue.heartbeat(self.engine, self.id, ids, lease_seconds=self.settings.lease_seconds)
-        for job_id in set(ids) - held:
+        # A job that ended since the snapshot left 'processing' itself: its lease was not lost.
+        for job_id in (set(ids) - held) & set(self._running_ids()):
             log.warning("lease lost (cancelled or taken over)",
                         extra={"action": "lease_lost", "job_id": job_id})
         workers.touch_worker(self.engine, self.id, len(ids))
+
+    def _running_ids(self) -> list[int]:
+        """Ids of the jobs whose thread has not returned yet (a finished one is still in
+        in_flight until the claim loop reaps it)."""
+        with self._lock:
+            return [job.id for future, job in self.in_flight.items() if not future.done()]

@@ -1,0 +1,48 @@
+"""`python -m bench.run` (`make bench`): every benchmark of issue 4 in one go, then the report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from bench import concurrency, enqueue, growth, machine, peers, report, throughput
+from bench.databases import ADMIN_URL, Target, fresh_target
+
+log = logging.getLogger("bench")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    started = time.perf_counter()
+    pg_url = Target(ADMIN_URL, "postgresql").libpq_url
+    results: dict[str, Any] = {"machine": machine.describe(pg_url), "postgresql": {},
+                               "sqlite": {}}
+    for backend in ("postgresql", "sqlite"):
+        results[backend]["enqueue"] = _step(f"{backend}: enqueue", enqueue.run, backend)
+        results[backend]["throughput"] = _step(f"{backend}: throughput", throughput.run, backend)
+        results[backend]["concurrency"] = _step(f"{backend}: concurrency", concurrency.run,
+                                                backend)
+    results["postgresql"]["peers"] = _step("peers", _peers)
+    results["postgresql"]["growth"] = _step("growth", growth.run)
+    results["seconds"] = round(time.perf_counter() - started)
+    report.write(results)
+    log.info("done in %d s: bench/results.json, bench/RESULTS.md", results["seconds"])
+
+
+def _peers() -> dict[str, float]:
+    with fresh_target("postgresql", "peers") as target:
+        return peers.run(target)
+
+
+def _step(label: str, func: Any, *args: Any) -> Any:
+    log.info("%s ...", label)
+    started = time.perf_counter()
+    result = func(*args)
+    log.info("%s: %.0f s %s", label, time.perf_counter() - started, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
