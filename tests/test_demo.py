@@ -1,0 +1,39 @@
+"""`promptbatch demo` end to end, as `make demo` runs it (without the console), on both backends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from db.engine import make_engine
+from db.stats import batch_counts, top_brands
+from db.types import JobStatus
+from runner.scheduler import utc_batch_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_demo(db_url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTBATCH_")}
+    env["DATABASE_URL"] = db_url
+    return subprocess.run([sys.executable, "-m", "runner", "demo", "--no-console"], env=env,
+                          cwd=ROOT, text=True, capture_output=True, timeout=600, check=False)
+
+
+def test_demo_runs_the_whole_batch_and_is_idempotent(db_url):
+    first = run_demo(db_url)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "142 jobs created, 0 existing" in first.stdout
+    assert "simulated" in first.stdout  # the simulator is labelled as such
+    engine = make_engine(db_url)
+    counts = batch_counts(engine, utc_batch_key())
+    assert (counts.get(JobStatus.SUCCEEDED), counts.total) == (142, 142)
+    brands = top_brands(engine, utc_batch_key(), limit=5)
+    assert len(brands) == 5 and all(b.answers > 0 for b in brands)
+    again = run_demo(db_url)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 jobs created, 142 existing" in again.stdout
+    assert batch_counts(engine, utc_batch_key()).total == 142
+    engine.dispose()
