@@ -10,12 +10,14 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
     Select,
+    bindparam,
     cast,
     insert,
     literal,
@@ -64,7 +66,7 @@ def _complete(conn: Connection, job: ClaimedJob, answer: AnswerRecord, cost_usd:
     """The fenced 'succeeded' update, the response row and the attempt row; the response id, or
     None when the fence matched nothing (then nothing was written)."""
     if not is_sqlite(conn):  # one round trip instead of three (bench/RESULTS.md, item 2)
-        return conn.scalar(_complete_statement_pg(job, answer, cost_usd, now))
+        return conn.scalar(_complete_statement_pg(), _complete_params(job, answer, cost_usd, now))
     done = conn.execute(update(J).where(fence(job.id, job.worker_id, job.attempt)).values(
         status=JobStatus.SUCCEEDED.value, finished_at=now, updated_at=now,
         error_kind=None, error_message=None, locked_by=None, lease_expires_at=None))
@@ -78,39 +80,59 @@ def _complete(conn: Connection, job: ClaimedJob, answer: AnswerRecord, cost_usd:
     return response_id
 
 
-def _complete_statement_pg(job: ClaimedJob, answer: AnswerRecord, cost_usd: float | None,
-                           now: datetime) -> Select[int]:
+def _param(name: str, column: Any) -> Any:
+    """A named bind parameter typed like `column` (cast: an untyped NULL in a SELECT is text)."""
+    return cast(bindparam(f"p_{name}", type_=column.type), column.type)
+
+
+@cache
+def _complete_statement_pg() -> Select[int]:
     """complete_job's three writes as one PostgreSQL statement (data-modifying CTEs, which always
     run to completion): `done` is the fenced update; when it matches nothing the two inserts read
-    no row and the statement returns none. Otherwise it returns the response id."""
-    def v(value: Any, column: Any) -> Any:  # cast: an untyped NULL in a SELECT list is text
-        return cast(literal(value, column.type), column.type)
-    done = (update(J).where(fence(job.id, job.worker_id, job.attempt))
-            .values(status=JobStatus.SUCCEEDED.value, finished_at=now, updated_at=now,
-                    error_kind=None, error_message=None, locked_by=None, lease_expires_at=None)
-            .returning(J.id).cte("done"))
+    no row and the statement returns none. Otherwise it returns the response id.
+
+    Built once with named parameters (`_complete_params`): building it per call cost more Python
+    time than running it (bench/RESULTS.md, item 2).
+    """
     R, A = Response, JobAttempt
+    done = (update(J).where(J.id == bindparam("p_job_id"),
+                            J.status == JobStatus.PROCESSING.value,
+                            J.locked_by == bindparam("p_worker_id"),
+                            J.attempt_count == bindparam("p_attempt"))
+            .values(status=JobStatus.SUCCEEDED.value, finished_at=_param("now", J.finished_at),
+                    updated_at=_param("now", J.updated_at), error_kind=None, error_message=None,
+                    locked_by=None, lease_expires_at=None)
+            .returning(J.id).cte("done"))
+    response_columns = ["prompt_id", "model_id", "batch_key", "run_index", "answer", "raw_body",
+                        "output_mode", "finish_reason", "prompt_tokens", "completion_tokens",
+                        "cost", "latency_ms", "request_id"]
     response = (insert(R).from_select(
-        ["job_id", "prompt_id", "model_id", "batch_key", "run_index", "answer", "raw_body",
-         "output_mode", "finish_reason", "prompt_tokens", "completion_tokens", "cost",
-         "latency_ms", "request_id", "created_at"],
-        select(done.c.id, v(job.prompt_id, R.prompt_id), v(job.model_id, R.model_id),
-               v(job.batch_key, R.batch_key), v(job.run_index, R.run_index),
-               v(answer.answer, R.answer), v(answer.raw_body, R.raw_body),
-               v(answer.output_mode.value, R.output_mode), v(answer.finish_reason, R.finish_reason),
-               v(answer.prompt_tokens, R.prompt_tokens),
-               v(answer.completion_tokens, R.completion_tokens), v(cost_usd, R.cost),
-               v(answer.latency_ms, R.latency_ms), v(answer.request_id, R.request_id),
-               v(now, R.created_at)))
+        ["job_id", *response_columns, "created_at"],
+        select(done.c.id, *(_param(c, getattr(R, c)) for c in response_columns),
+               _param("now", R.created_at)))
         .returning(R.id).cte("response"))
     attempt = insert(A).from_select(
         ["job_id", "attempt", "worker_id", "started_at", "finished_at", "outcome", "latency_ms",
          "request_id"],
-        select(done.c.id, v(job.attempt, A.attempt), v(job.worker_id, A.worker_id),
-               v(job.started_at, A.started_at), v(now, A.finished_at), v("succeeded", A.outcome),
-               v(answer.latency_ms, A.latency_ms), v(answer.request_id, A.request_id))
+        select(done.c.id, _param("attempt", A.attempt), _param("worker_id", A.worker_id),
+               _param("started_at", A.started_at), _param("now", A.finished_at),
+               literal("succeeded", A.outcome.type), _param("latency_ms", A.latency_ms),
+               _param("request_id", A.request_id))
     ).cte("attempt")
     return select(response.c.id).add_cte(attempt)
+
+
+def _complete_params(job: ClaimedJob, answer: AnswerRecord, cost_usd: float | None,
+                     now: datetime) -> dict[str, Any]:
+    values = {"job_id": job.id, "worker_id": job.worker_id, "attempt": job.attempt, "now": now,
+              "prompt_id": job.prompt_id, "model_id": job.model_id, "batch_key": job.batch_key,
+              "run_index": job.run_index, "answer": answer.answer, "raw_body": answer.raw_body,
+              "output_mode": answer.output_mode.value, "finish_reason": answer.finish_reason,
+              "prompt_tokens": answer.prompt_tokens,
+              "completion_tokens": answer.completion_tokens, "cost": cost_usd,
+              "latency_ms": answer.latency_ms, "request_id": answer.request_id,
+              "started_at": job.started_at}
+    return {f"p_{name}": value for name, value in values.items()}
 
 
 def record_failure(engine: Engine, job: ClaimedJob, failure: FailureRecord,
