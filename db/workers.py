@@ -24,13 +24,9 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True)
-class WorkerRow:
-    id: str
-    runner_id: str
-    hostname: str
-    pid: int
-    processes: int
-    threads: int
+class WorkerRow(WorkerInfo):
+    """A worker's registry row: its identity plus what its heartbeat keeps current."""
+
     in_flight: int
     started_at: datetime
     last_seen_at: datetime
