@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: lint pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check db runner console tests bench
+	$(BIN)/ruff check db runner console tests bench docs
 	$(BIN)/mypy
 
 pytest: $(STAMP)

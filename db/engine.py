@@ -21,6 +21,10 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 
 from db.errors import ConfigError, DatabaseUnavailable
 
+# Engine is re-exported: runner and console name the type without importing SQLAlchemy.
+__all__ = ["Engine", "is_sqlite", "make_engine", "read_tx", "retry_locked", "translate_errors",
+           "write_tx"]
+
 log = logging.getLogger(__name__)
 
 SQLITE_MIN_VERSION = (3, 35, 0)  # UPDATE ... RETURNING

@@ -1,7 +1,8 @@
-"""Re-make docs/screenshots/*.png from a realistic database: the demo batch plus a flaky third model.
+"""Re-make docs/screenshots/*.png from a realistic database: the demo batch plus a flaky model.
 
-Run from the repository root: `.venv/bin/python docs/make_screenshots.py` (needs Debian's chromium and
-the playwright package, as the browser test does). Uses a temporary SQLite database; writes only PNGs.
+Run from the repository root: `.venv/bin/python docs/make_screenshots.py` (needs Debian's chromium
+and the playwright package, as the browser test does). Uses a temporary SQLite database; writes
+only PNGs.
 """
 
 from __future__ import annotations

@@ -5,9 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from sqlalchemy import Engine
-
 from db.catalog import load_entities
+from db.engine import Engine
 from runner.extraction import Catalog, CatalogEntry
 
 REFRESH_SECONDS = 60.0

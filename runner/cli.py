@@ -11,10 +11,9 @@ from typing import Annotated
 import click
 import typer
 from pydantic import ValidationError
-from sqlalchemy import Engine
 
 from db import catalog, migrate, operations, queue, stats
-from db.engine import make_engine
+from db.engine import Engine, make_engine
 from db.errors import ConfigError, InvalidInput, PromptBatchError
 from db.operations import JobFilter
 from db.types import JobStatus

@@ -7,10 +7,9 @@ from importlib import resources
 from pathlib import Path
 
 import typer
-from sqlalchemy import Engine
 
 from db import catalog, migrate, queue, stats
-from db.engine import make_engine
+from db.engine import Engine, make_engine
 from runner import inputs
 from runner.scheduler import utc_batch_key
 from runner.settings import Settings

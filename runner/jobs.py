@@ -7,9 +7,8 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import Engine
-
 from db import results
+from db.engine import Engine
 from db.types import (
     AnswerRecord,
     ClaimedJob,

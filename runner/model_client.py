@@ -231,22 +231,27 @@ def _kind_for_status(status: int) -> ErrorKind:
 
 
 def retry_after_seconds(headers: httpx.Headers) -> float | None:
-    """Seconds from `retry-after-ms` or `retry-after` (delta-seconds or HTTP date), if present."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(float(ms) / 1000, 0.0)
-        except ValueError:
-            pass
+    """Seconds from `retry-after-ms` or `retry-after` (delta-seconds or HTTP date), if present and
+    readable (OpenAI sends both forms; RFC 9110 section 10.2.3 allows a date)."""
+    ms = _non_negative(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000
     value = headers.get("retry-after")
-    if value is None:
-        return None
+    seconds = _non_negative(value)
+    if seconds is not None or value is None:
+        return seconds
     try:
-        return max(float(value), 0.0)
+        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None  # unreadable: the backoff alone decides the wait
+
+
+def _non_negative(text: str | None) -> float | None:
+    """`text` as a float >= 0, or None when it is absent or not a number."""
+    try:
+        return max(float(text), 0.0) if text is not None else None
     except ValueError:
-        try:
-            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-        except (TypeError, ValueError):
-            return None
+        return None
 
 
 def _choice(raw: _Raw) -> dict[str, Any]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from sqlalchemy import Engine
-
 from db import stats
+from db.engine import Engine
 from db.errors import DatabaseUnavailable
 from db.types import ENDED_STATUSES, JobStatus
 

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from sqlalchemy import Engine
-
 from db import queue, stats
+from db.engine import Engine
 from db.errors import DatabaseUnavailable
 from db.types import BatchCounts, EnqueueResult, JobStatus
 from runner.progress import ProgressReporter
