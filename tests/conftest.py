@@ -13,6 +13,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from db.engine import make_engine
 from db.migrate import upgrade
+from runner.simulator import SimulatorServer, running_simulator
 
 PG_URL = os.environ.get("PROMPTBATCH_TEST_PG_URL",
                         "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -69,3 +70,17 @@ def engine(db_url: str) -> Iterator[Engine]:
     upgrade(eng)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture(scope="module")
+def shared_sim() -> Iterator[SimulatorServer]:
+    """One simulator per test module, on a free loopback port."""
+    with running_simulator() as server:
+        yield server
+
+
+@pytest.fixture
+def sim(shared_sim: SimulatorServer) -> SimulatorServer:
+    """The module's simulator with fresh call counters (so tests share no fault state)."""
+    shared_sim.reset_counters()
+    return shared_sim

@@ -4,7 +4,6 @@ answer paths (structured, fenced JSON, fallback, refusal) and failure kinds (ret
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine
@@ -12,7 +11,6 @@ from sqlalchemy import Engine
 from db import catalog
 from db.types import ErrorKind, JobStatus
 from runner.jobs import JobOutcome
-from runner.simulator import SimulatorServer, running_simulator
 from tests.helpers import (
     attempts,
     fast_settings,
@@ -24,19 +22,6 @@ from tests.helpers import (
 )
 
 CRM_BRANDS = ["HubSpot", "Pipedrive", "Salesforce", "Zoho", "Attio"]
-
-
-@pytest.fixture(scope="module")
-def shared_sim() -> Iterator[SimulatorServer]:
-    with running_simulator() as server:
-        yield server
-
-
-@pytest.fixture
-def sim(shared_sim: SimulatorServer) -> SimulatorServer:
-    """The module's simulator with fresh fault counters."""
-    shared_sim.reset_counters()
-    return shared_sim
 
 
 @pytest.fixture

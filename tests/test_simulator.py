@@ -59,19 +59,6 @@ class ModelAnswer(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def shared_sim() -> Iterator[SimulatorServer]:
-    with running_simulator() as server:
-        yield server
-
-
-@pytest.fixture
-def sim(shared_sim: SimulatorServer) -> SimulatorServer:
-    """The module's simulator with fresh call counters (so tests share no fault state)."""
-    shared_sim.reset_counters()
-    return shared_sim
-
-
-@pytest.fixture(scope="module")
 def shared_client(shared_sim: SimulatorServer) -> Iterator[openai.OpenAI]:
     # One client per module: building one loads the TLS trust store (~35 ms).
     url = shared_sim.base_url
