@@ -85,7 +85,7 @@ class BatchScheduler:
         self.enqueued.append(batch_key)
         log.info("batch %s enqueued: %d created, %d existing", batch_key, result.created,
                  result.existing, extra={"action": "batch_enqueued", "batch_key": batch_key,
-                                         "created": result.created})
+                                         "jobs_created": result.created})
 
     def _schedule_retry(self, batch_key: str, exc: Exception) -> None:
         wait = RETRY_SECONDS[min(self._failures, len(RETRY_SECONDS) - 1)]

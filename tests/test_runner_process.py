@@ -106,6 +106,18 @@ def test_drain_processes_batch_and_exits_zero(engine, db_url, sim):
         assert conn.scalar(select(func.count(func.distinct(Response.job_id)))) == 200
 
 
+def test_drain_enqueues_todays_missing_batch_itself(engine, db_url, sim):
+    """The cron path: `run --drain` with no batch enqueued yet creates today's (catch-up), runs it
+    and exits 0 (C2's start-up catch-up through the real command, logging at INFO)."""
+    catalog.import_prompts(engine, [NewPrompt("Which CRM should we pick?", "crm", 2)])
+    catalog.add_model(engine, provider="compatible", name="sim-gpt-4o-mini", base_url=sim.base_url)
+    code, err = finish(start_runner(db_url, "--drain", processes=1, threads=2))
+    assert code == 0, err[-3000:]
+    assert "batch_enqueued" in err
+    today = PromptJob.batch_key == utc_batch_key()
+    assert count(engine, PromptJob.status == "succeeded", today) == 2
+
+
 def test_drain_exits_one_when_jobs_failed(engine, db_url, sim):
     """C5: a 401 is a permanent failure on its first attempt (no retry, no backoff wait); the
     other jobs succeed; nothing hangs."""

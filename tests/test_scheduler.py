@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,12 @@ from db.engine import make_engine
 from db.errors import DatabaseUnavailable
 from db.types import EnqueueResult
 from runner.scheduler import BatchScheduler, missed_days, utc_batch_key
+
+
+@pytest.fixture(autouse=True)
+def info_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """Log at INFO as the runner does: a bad log call only fails when its level is enabled."""
+    caplog.set_level(logging.INFO)
 
 
 @pytest.fixture(params=["Asia/Tokyo", "America/Los_Angeles", "Europe/Berlin"])
