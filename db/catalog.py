@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -16,6 +18,8 @@ from db.queue import _audit
 from db.types import Provider
 
 MAX_PROMPT_CHARS = 4000
+MAX_CONCURRENCY = 10_000  # jobs of one model in flight across all runners
+MAX_USD_PER_MTOK = 10_000.0  # a sanity ceiling; the dearest models cost well under $1,000/Mtok
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ def import_prompts(engine: Engine, prompts: Sequence[NewPrompt], *, actor: str =
 def _check_prompt(p: NewPrompt, where: str) -> None:
     if not p.text.strip():
         raise InvalidInput(f"{where}: prompt text is empty")
+    if bad := next((c for c in p.text if ord(c) < 32 and c not in "\t\n\r"), None):
+        # PostgreSQL refuses NUL in text and SQLite would silently cut the prompt there.
+        raise InvalidInput(f"{where}: prompt text contains control character U+{ord(bad):04X}")
     if len(p.text) > MAX_PROMPT_CHARS:
         raise InvalidInput(f"{where}: prompt text is {len(p.text)} characters "
                            f"(at most {MAX_PROMPT_CHARS})")
@@ -118,6 +125,8 @@ def add_model(engine: Engine, *, provider: str, name: str, label: str | None = N
     Raises InvalidInput for an unknown provider, a compatible model without base_url, or a bad cap.
     """
     _check_model(provider, name, base_url, max_concurrency)
+    _check_price("input price", input_usd_per_mtok)
+    _check_price("output price", output_usd_per_mtok)
     values = {"label": label or name, "base_url": base_url, "max_concurrency": max_concurrency,
               "input_usd_per_mtok": input_usd_per_mtok, "output_usd_per_mtok": output_usd_per_mtok,
               "is_active": True}
@@ -147,10 +156,27 @@ def _check_model(provider: str, name: str, base_url: str | None,
         raise InvalidInput("model name is empty")
     if provider == Provider.COMPATIBLE and not base_url:
         raise InvalidInput("a compatible model needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-    if base_url and not base_url.startswith(("http://", "https://")):
-        raise InvalidInput(f"base URL must start with http:// or https://, got {base_url!r}")
-    if max_concurrency is not None and max_concurrency < 1:
-        raise InvalidInput(f"max concurrency must be >= 1, got {max_concurrency}")
+    if base_url is not None:
+        _check_base_url(base_url)
+    _check_max_concurrency(max_concurrency)
+
+
+def _check_base_url(base_url: str) -> None:
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in base_url:
+        raise InvalidInput(f"base URL must be an http:// or https:// URL with a host, "
+                           f"got {base_url!r}")
+
+
+def _check_max_concurrency(value: int | None) -> None:
+    if value is not None and not 1 <= value <= MAX_CONCURRENCY:
+        raise InvalidInput(f"max concurrency must be from 1 to {MAX_CONCURRENCY}, got {value}")
+
+
+def _check_price(name: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_USD_PER_MTOK):
+        raise InvalidInput(f"{name} must be a USD amount per million tokens from 0 to "
+                           f"{MAX_USD_PER_MTOK:,}, got {value}")
 
 
 def list_models(engine: Engine, *, active_only: bool = False) -> list[ModelRow]:
@@ -169,8 +195,9 @@ def update_model(engine: Engine, model_id: int, *, label: str | None = None,
                  max_concurrency: int | None = None, clear_max_concurrency: bool = False,
                  actor: str = "console") -> None:
     """Edit a model. Raises NotFound, or InvalidInput for a bad value."""
-    if max_concurrency is not None and max_concurrency < 1:
-        raise InvalidInput(f"max concurrency must be >= 1, got {max_concurrency}")
+    _check_max_concurrency(max_concurrency)
+    if base_url is not None:
+        _check_base_url(base_url)
     values: dict[str, object] = {k: v for k, v in {
         "label": label, "base_url": base_url, "is_active": is_active,
         "max_concurrency": max_concurrency}.items() if v is not None}

@@ -54,4 +54,13 @@ def require_current(engine: Engine) -> None:
     current = current_revision(engine)
     if current != head_revision():
         state = "empty" if current is None else f"at revision {current}"
-        raise SchemaOutOfDate(f"the database schema is {state}; run `promptbatch db upgrade`")
+        raise SchemaOutOfDate(f"the database schema of {_where(engine)} is {state}; "
+                              "run `promptbatch db upgrade`")
+
+
+def _where(engine: Engine) -> str:
+    """The database, as a user can find it: SQLite paths made absolute (they are cwd-relative)."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return str(Path(url.database or "").resolve())
+    return url.render_as_string(hide_password=True)

@@ -8,7 +8,6 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from pydantic import ValidationError
 
@@ -333,12 +332,16 @@ def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
         code = app(standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
+    except typer.TyperException as exc:  # usage errors (typer vendors its own click)
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"promptbatch: error: {exc}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
     except PromptBatchError as exc:
         typer.echo(f"promptbatch: error: {exc}", err=True)
         sys.exit(2)

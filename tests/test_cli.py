@@ -104,6 +104,36 @@ def test_missing_api_key_for_a_provider_in_use(db_url, engine):
                       "openai/gpt-4o-mini")
 
 
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--max-concurrency", "99999999999999999999"], "max concurrency must be from 1 to 10000"),
+    (["--input-price", "nan"], "input price must be a USD amount"),
+    (["--output-price", "-1"], "output price must be a USD amount"),
+])
+def test_bad_model_values(db_url, engine, args, needle):
+    result = cli(db_url, "models", "add", "--provider", "compatible", "--name", "m",
+                 "--base-url", "http://127.0.0.1:9/v1", *args)
+    assert_user_error(result, needle)
+    assert catalog.list_models(engine) == []
+
+
+def test_base_url_needs_a_host(db_url, engine):
+    assert_user_error(cli(db_url, "models", "add", "--provider", "compatible", "--name", "m",
+                          "--base-url", "http://"), "URL with a host")
+
+
+def test_control_characters_in_prompts_are_refused(engine, db_url, tmp_path):
+    csv = write_csv(tmp_path, 'text,category,runs\n"a\x00b",c,1\n')
+    result = cli(db_url, "prompts", "import", csv)
+    assert_user_error(result, "control character U+0000")
+    assert count_rows(engine, Prompt) == 0
+
+
+def test_usage_errors_exit_2_without_traceback(db_url, engine):
+    result = cli(db_url, "jobs", "--limit", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Invalid value for '--limit'" in result.stderr
+
+
 def test_unknown_status_filter(db_url, engine):
     assert_user_error(cli(db_url, "jobs", "--status", "done"), "unknown status 'done'")
 
