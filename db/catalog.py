@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlsplit
 
@@ -14,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from db.engine import read_tx, retry_locked, write_tx
 from db.errors import InvalidInput, NotFound
 from db.models import Entity, EntityAlias, Model, Prompt, utcnow
-from db.queue import _audit
+from db.queue import write_audit
+from db.results import ensure_entities
 from db.types import Provider
 
 MAX_PROMPT_CHARS = 4000
@@ -73,7 +74,7 @@ def import_prompts(engine: Engine, prompts: Sequence[NewPrompt], *, actor: str =
                      "created_at": now, "updated_at": now} for p in prompts if p.text not in active]
             if rows:
                 conn.execute(insert(Prompt), rows)
-            _audit(conn, actor, "prompts_import", {"rows": len(prompts)}, len(rows), now)
+            write_audit(conn, actor, "prompts_import", {"rows": len(prompts)}, len(rows), now)
             return len(rows)
     return retry_locked(engine, run)
 
@@ -143,7 +144,7 @@ def add_model(engine: Engine, *, provider: str, name: str, label: str | None = N
             new_id = conn.execute(insert(Model).values(
                 provider=provider, name=name, created_at=now, updated_at=now, **values)
                 .returning(Model.id)).scalar_one()
-            _audit(conn, actor, "model_add", {"provider": provider, "name": name}, 1, now)
+            write_audit(conn, actor, "model_add", {"provider": provider, "name": name}, 1, now)
             return int(new_id)
     return retry_locked(engine, run)
 
@@ -222,7 +223,7 @@ def _update_row(engine: Engine, table: type[Prompt] | type[Model], row_id: int,
                                    "an existing row") from exc
             if done.rowcount != 1:
                 raise NotFound(f"no {table.__tablename__[:-1]} with id {row_id}")
-            _audit(conn, actor, action, {"id": row_id, **values}, 1, now)
+            write_audit(conn, actor, action, {"id": row_id, **values}, 1, now)
     retry_locked(engine, run)
 
 
@@ -256,22 +257,27 @@ def load_entities(engine: Engine) -> list[EntityRow]:
     return [EntityRow(e.id, e.name, e.key, tuple(aliases.get(e.id, ()))) for e in entities]
 
 
-def add_entity(engine: Engine, name: str, key: str, aliases: dict[str, str] | None = None) -> int:
-    """Add a canonical entity with aliases ({alias: alias_key}); returns its id (existing kept)."""
-    def run() -> int:
+@dataclass(frozen=True)
+class NewEntity:
+    """A canonical brand to add: display name, matching key, and {alias: alias matching key}."""
+
+    name: str
+    key: str
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+def add_entities(engine: Engine, entities: Sequence[NewEntity]) -> None:
+    """Add brands and their aliases in one transaction; existing keys (entity or alias) are kept."""
+    def run() -> None:
         with write_tx(engine) as conn:
-            now = utcnow()
-            entity_id = conn.scalar(select(Entity.id).where(Entity.key == key))
-            if entity_id is None:
-                entity_id = conn.execute(insert(Entity).values(
-                    name=name, key=key, created_at=now).returning(Entity.id)).scalar_one()
-            known = set(conn.scalars(select(EntityAlias.key)))
-            rows = [{"entity_id": entity_id, "alias": a, "key": k}
-                    for a, k in (aliases or {}).items() if k not in known]
+            ids = ensure_entities(conn, {e.key: e.name for e in entities}, utcnow())
+            wanted = {k: (ids[e.key], a) for e in entities for a, k in e.aliases.items()}
+            known = set(conn.scalars(select(EntityAlias.key).where(EntityAlias.key.in_(wanted))))
+            rows = [{"entity_id": entity_id, "alias": alias, "key": key}
+                    for key, (entity_id, alias) in wanted.items() if key not in known]
             if rows:
                 conn.execute(insert(EntityAlias), rows)
-            return int(entity_id)
-    return retry_locked(engine, run)
+    retry_locked(engine, run)
 
 
 def count_rows(engine: Engine, table: type[Prompt] | type[Model] | type[Entity]) -> int:

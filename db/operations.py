@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, Engine, and_, true, update
 from db.engine import retry_locked, write_tx
 from db.errors import InvalidInput
 from db.models import PromptJob, utcnow
-from db.queue import _audit
+from db.queue import write_audit
 from db.types import CANCELLABLE_STATUSES, REQUEUEABLE_STATUSES, JobStatus
 
 J = PromptJob
@@ -89,6 +89,6 @@ def _act(engine: Engine, action: str, allowed: frozenset[JobStatus], values: dic
             changed = sorted(conn.scalars(stmt))
             if changed:
                 detail = {"job_ids": changed} if job_ids is not None else where.describe()  # type: ignore[union-attr]
-                _audit(conn, actor, action, detail, len(changed), utcnow())
+                write_audit(conn, actor, action, detail, len(changed), utcnow())
             return changed
     return retry_locked(engine, run)

@@ -65,7 +65,7 @@ def enqueue_batch(engine: Engine, batch_key: str, *, max_attempts: int,
             _analyze_after_bulk_insert(conn, created)
             expected = _expected_jobs(conn)
             conn.execute(update(Prompt).where(Prompt.is_active).values(last_run_at=now))
-            _audit(conn, actor, "enqueue", {"batch_key": batch_key}, created, now)
+            write_audit(conn, actor, "enqueue", {"batch_key": batch_key}, created, now)
             return EnqueueResult(batch_key, created, max(expected - created, 0))
     return retry_locked(engine, run)
 
@@ -298,7 +298,7 @@ def reap_expired(engine: Engine) -> list[tuple[int, str]]:
                     .returning(J.id, J.status, J.attempt_count, J.started_at, J.error_message))
             rows = conn.execute(stmt).all()
             for r in rows:
-                _record_attempt(conn, r.id, r.attempt_count, worker_id=None,
+                record_attempt(conn, r.id, r.attempt_count, worker_id=None,
                                 started_at=r.started_at, finished_at=now, outcome="lost",
                                 error_kind=ErrorKind.LEASE_EXPIRED.value,
                                 error_message=r.error_message)
@@ -322,18 +322,19 @@ def skip_inactive(engine: Engine) -> int:
 
 # --- shared writers --------------------------------------------------------------------------
 
-def _record_attempt(conn: Connection, job_id: int, attempt: int, *, worker_id: str | None,
-                    started_at: datetime | None, finished_at: datetime, outcome: str,
-                    error_kind: str | None, error_message: str | None,
-                    latency_ms: int | None = None, request_id: str | None = None) -> None:
+def record_attempt(conn: Connection, job_id: int, attempt: int, *, worker_id: str | None,
+                   started_at: datetime | None, finished_at: datetime, outcome: str,
+                   error_kind: str | None, error_message: str | None,
+                   latency_ms: int | None = None, request_id: str | None = None) -> None:
     conn.execute(insert(JobAttempt).values(
         job_id=job_id, attempt=attempt, worker_id=worker_id, started_at=started_at,
         finished_at=finished_at, outcome=outcome, error_kind=error_kind,
         error_message=error_message, latency_ms=latency_ms, request_id=request_id))
 
 
-def _audit(conn: Connection, actor: str, action: str, target: dict[str, Any], count: int,
-           at: datetime) -> None:
+def write_audit(conn: Connection, actor: str, action: str, target: dict[str, Any], count: int,
+                at: datetime) -> None:
+    """Append an audit_log row (target as sorted JSON) in the caller's transaction."""
     conn.execute(insert(AuditLog).values(
         at=at, actor=actor, action=action, target=json.dumps(target, sort_keys=True, default=str),
         count=count))

@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from db.engine import is_sqlite, retry_locked, write_tx
 from db.models import Entity, JobAttempt, Mention, Model, PromptJob, Response, utcnow
-from db.queue import _record_attempt, fence
+from db.queue import fence, record_attempt
 from db.types import AnswerRecord, ClaimedJob, FailureRecord, JobStatus, MentionRecord
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def _complete(conn: Connection, job: ClaimedJob, answer: AnswerRecord, cost_usd:
     if done.rowcount != 1:
         return None
     response_id = _insert_response(conn, job, answer, cost_usd, now)
-    _record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
+    record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
                     started_at=job.started_at, finished_at=now, outcome="succeeded",
                     error_kind=None, error_message=None, latency_ms=answer.latency_ms,
                     request_id=answer.request_id)
@@ -155,7 +155,7 @@ def record_failure(engine: Engine, job: ClaimedJob, failure: FailureRecord,
                                 .values(**values))
             if done.rowcount != 1:
                 return FailureOutcome.DROPPED
-            _record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
+            record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
                             started_at=job.started_at, finished_at=now, outcome=outcome.value,
                             error_kind=failure.kind.value, error_message=failure.message[:4000],
                             latency_ms=failure.latency_ms, request_id=failure.request_id)

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, func, select
 from db.engine import read_tx, retry_locked, write_tx
 from db.models import AuditLog, Entity, Mention, Model, Prompt, PromptJob, Response, utcnow
 from db.operations import JobFilter
-from db.queue import _audit
+from db.queue import write_audit
 from db.types import BatchCounts, JobStatus
 
 J = PromptJob
@@ -91,7 +91,7 @@ def record_missed_batches(engine: Engine, batch_keys: list[str]) -> None:
     def run() -> None:
         with write_tx(engine) as conn:
             for key in batch_keys:
-                _audit(conn, "scheduler", "batch_missed", {"batch_key": key}, 0, utcnow())
+                write_audit(conn, "scheduler", "batch_missed", {"batch_key": key}, 0, utcnow())
     retry_locked(engine, run)
 
 

@@ -17,7 +17,6 @@ from db.errors import ConfigError, InvalidInput, PromptBatchError
 from db.operations import JobFilter
 from db.types import JobStatus
 from runner import inputs
-from runner.extraction import matching_key
 from runner.logs import configure_logging
 from runner.scheduler import utc_batch_key
 from runner.settings import Settings
@@ -144,16 +143,9 @@ def models_list(json_out: JsonOpt = False) -> None:
 @entities_app.command("import")
 def entities_import(path: Path) -> None:
     """Import brands from a TSV with header name<TAB>aliases (aliases comma-separated)."""
-    engine = open_engine(load_settings())
     rows = inputs.read_entities_tsv(path)
-    import_entities(engine, rows)
+    catalog.add_entities(open_engine(load_settings()), rows)
     typer.echo(f"{len(rows)} brands in the catalog file imported")
-
-
-def import_entities(engine: Engine, rows: list[tuple[str, list[str]]]) -> None:
-    for name, aliases in rows:
-        catalog.add_entity(engine, name, matching_key(name),
-                           {a: matching_key(a) for a in aliases})
 
 
 # --- the batch --------------------------------------------------------------------------------

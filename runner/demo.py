@@ -25,14 +25,13 @@ def data_file(name: str) -> Path:
 
 def run_demo(settings: Settings) -> int:
     """Run the demo batch; returns the drain's exit code (0 = every job succeeded)."""
-    from runner.cli import import_entities
     from runner.supervisor import Supervisor
     engine = make_engine(settings.database_url)
     typer.echo(f"database: {engine.url.render_as_string(hide_password=True)}")
     typer.echo(f"schema at revision {migrate.upgrade(engine)}")
     created = catalog.import_prompts(engine, inputs.read_prompts_csv(data_file("demo_prompts.csv")),
                                      actor="demo")
-    import_entities(engine, inputs.read_entities_tsv(data_file("entities.tsv")))
+    catalog.add_entities(engine, inputs.read_entities_tsv(data_file("entities.tsv")))
     typer.echo(f"demo prompts: {created} created; brand catalog loaded")
     with running_simulator() as sim:
         for name, label in DEMO_MODELS:

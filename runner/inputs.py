@@ -7,8 +7,9 @@ import csv
 import io
 from pathlib import Path
 
-from db.catalog import MAX_PROMPT_CHARS, NewPrompt
+from db.catalog import MAX_PROMPT_CHARS, NewEntity, NewPrompt
 from db.errors import InvalidInput
+from runner.extraction import matching_key
 
 PROMPT_COLUMNS = ("text", "category", "runs")
 MAX_RUNS = 100
@@ -54,9 +55,9 @@ def _prompt_row(path: Path, line: int, row: dict[str, str | None]) -> NewPrompt:
     return NewPrompt(text, category, int(runs_text))
 
 
-def read_entities_tsv(path: Path) -> list[tuple[str, list[str]]]:
-    """(canonical name, aliases) rows from a TSV with the header `name<TAB>aliases`
-    (aliases comma-separated, may be empty). Raises InvalidInput for a bad file."""
+def read_entities_tsv(path: Path) -> list[NewEntity]:
+    """Brands from a TSV with the header `name<TAB>aliases` (aliases comma-separated, may be
+    empty), keyed by matching_key. Raises InvalidInput for a bad file."""
     rows = list(csv.DictReader(io.StringIO(_read_text(path)), delimiter="\t"))
     if not rows or "name" not in rows[0]:
         raise InvalidInput(f"{path}: expected a header name<TAB>aliases and rows")
@@ -66,8 +67,13 @@ def read_entities_tsv(path: Path) -> list[tuple[str, list[str]]]:
         if not name:
             raise InvalidInput(f"{path}:{line}: entity name is empty")
         aliases = [a.strip() for a in (row.get("aliases") or "").split(",") if a.strip()]
-        result.append((name, aliases))
+        result.append(brand(name, *aliases))
     return result
+
+
+def brand(name: str, *aliases: str) -> NewEntity:
+    """A brand for the catalog, its name and aliases keyed as extraction matches them."""
+    return NewEntity(name, matching_key(name), {a: matching_key(a) for a in aliases})
 
 
 def _read_text(path: Path) -> str:

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from functools import cache
 from typing import Any
 
 import httpx
@@ -141,6 +142,7 @@ def _messages(job: ClaimedJob, structured: bool) -> list[dict[str, str]]:
     return [{"role": "system", "content": system}, {"role": "user", "content": job.prompt_text}]
 
 
+@cache  # the schema never changes; building it per call was work on the hot path
 def _response_format() -> dict[str, Any]:
     schema = ModelAnswer.model_json_schema()
     schema["additionalProperties"] = False

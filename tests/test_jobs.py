@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from db import catalog
 from db.types import ErrorKind, JobStatus
+from runner.inputs import brand
 from runner.jobs import JobOutcome
 from tests.helpers import (
     attempts,
@@ -27,8 +28,7 @@ CRM_BRANDS = ["HubSpot", "Pipedrive", "Salesforce", "Zoho", "Attio"]
 @pytest.fixture
 def brands(engine: Engine) -> None:
     """The brand catalog the text fallback extracts with."""
-    from runner.cli import import_entities
-    import_entities(engine, [(b, []) for b in CRM_BRANDS])
+    catalog.add_entities(engine, [brand(b) for b in CRM_BRANDS])
 
 
 def run_until_done(engine: Engine, db_url: str, limit: int = 10, **settings: object) -> list[str]:
