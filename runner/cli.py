@@ -1,4 +1,8 @@
-"""`promptbatch`: the command line (typer). Every user error is one line on stderr and exit 2."""
+"""`promptbatch`: the command line (typer). Every user error is one line on stderr and exit 2.
+
+Each command imports the db and runner modules it uses in its body, so a command pays only for its
+own: `enqueue` runs from cron and skips Alembic, the catalog and the CSV and brand parsing.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,17 @@ import json
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 
-from db import catalog, migrate, operations, queue, stats
-from db.engine import Engine, make_engine
 from db.errors import ConfigError, InvalidInput, PromptBatchError
-from db.operations import JobFilter
 from db.types import JobStatus
-from runner import inputs
-from runner.logs import configure_logging
-from runner.scheduler import utc_batch_key
-from runner.settings import Settings
+
+if TYPE_CHECKING:
+    from db.engine import Engine
+    from db.operations import JobFilter
+    from runner.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="promptbatch: ask every tracked prompt of every model, daily, and count "
@@ -41,6 +42,10 @@ BatchOpt = Annotated[str | None, typer.Option("--batch-key", help="YYYY-MM-DD (U
 
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment plus CLI overrides; a bad value is a one-line ConfigError."""
+    from pydantic import ValidationError
+
+    from runner.settings import Settings
+
     try:
         base = Settings()
         return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
@@ -51,6 +56,9 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def open_engine(settings: Settings, *, require_schema: bool = True) -> Engine:
+    from db import migrate
+    from db.engine import make_engine
+
     engine = make_engine(settings.database_url)
     if require_schema:
         migrate.require_current(engine)
@@ -60,6 +68,8 @@ def open_engine(settings: Settings, *, require_schema: bool = True) -> Engine:
 def batch_key_or_today(value: str | None) -> str:
     """A validated batch key (a real YYYY-MM-DD date), or today's UTC date."""
     if value is None:
+        from runner.scheduler import utc_batch_key
+
         return utc_batch_key()
     try:
         if len(value) != 10:
@@ -79,6 +89,8 @@ def echo_json(data: object) -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the schema to the newest revision (Alembic)."""
+    from db import migrate
+
     settings = load_settings()
     revision = migrate.upgrade(open_engine(settings, require_schema=False))
     typer.echo(f"database at revision {revision}")
@@ -90,6 +102,9 @@ def db_upgrade() -> None:
 @prompts_app.command("import")
 def prompts_import(path: Path) -> None:
     """Import prompts from a CSV with header text,category,runs (all or nothing)."""
+    from db import catalog
+    from runner import inputs
+
     rows = inputs.read_prompts_csv(path)
     created = catalog.import_prompts(open_engine(load_settings()), rows)
     typer.echo(f"{created} prompts created, {len(rows) - created} already present")
@@ -98,6 +113,8 @@ def prompts_import(path: Path) -> None:
 @prompts_app.command("list")
 def prompts_list(json_out: JsonOpt = False) -> None:
     """List prompts."""
+    from db import catalog
+
     rows = catalog.list_prompts(open_engine(load_settings()))
     if json_out:
         echo_json([r.__dict__ for r in rows])
@@ -120,6 +137,8 @@ def models_add(
         help="USD per 1M completion tokens.")] = None,
 ) -> None:
     """Add a model (or update the one with the same provider and name)."""
+    from db import catalog
+
     model_id = catalog.add_model(open_engine(load_settings()), provider=provider, name=name,
                                  label=label, base_url=base_url, max_concurrency=max_concurrency,
                                  input_usd_per_mtok=input_price, output_usd_per_mtok=output_price)
@@ -129,6 +148,8 @@ def models_add(
 @models_app.command("list")
 def models_list(json_out: JsonOpt = False) -> None:
     """List models."""
+    from db import catalog
+
     rows = catalog.list_models(open_engine(load_settings()))
     if json_out:
         echo_json([r.__dict__ for r in rows])
@@ -143,6 +164,9 @@ def models_list(json_out: JsonOpt = False) -> None:
 @entities_app.command("import")
 def entities_import(path: Path) -> None:
     """Import brands from a TSV with header name<TAB>aliases (aliases comma-separated)."""
+    from db import catalog
+    from runner import inputs
+
     rows = inputs.read_entities_tsv(path)
     catalog.add_entities(open_engine(load_settings()), rows)
     typer.echo(f"{len(rows)} brands in the catalog file imported")
@@ -154,6 +178,8 @@ def entities_import(path: Path) -> None:
 @app.command()
 def enqueue(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
     """Create today's (or --batch-key's) jobs: active prompts x active models x runs. Idempotent."""
+    from db import queue
+
     settings = load_settings()
     key = batch_key_or_today(batch_key)
     result = queue.enqueue_batch(open_engine(settings), key, max_attempts=settings.max_attempts,
@@ -175,7 +201,9 @@ def run(
 
     Exit code with --drain: 0 when every job of today's batch ended, 1 when some failed.
     """
+    from runner.logs import configure_logging
     from runner.supervisor import Supervisor
+
     settings = load_settings(processes=processes, threads=threads)
     engine = open_engine(settings)
     check_api_keys(engine, settings)
@@ -186,6 +214,8 @@ def run(
 
 def check_api_keys(engine: Engine, settings: Settings) -> None:
     """Refuse to start when an active model's provider has no API key configured."""
+    from db import catalog
+
     for model in catalog.list_models(engine, active_only=True):
         if model.provider != "compatible" and settings.api_key(model.provider) is None:
             env = "OPENAI_API_KEY" if model.provider == "openai" else "OPENROUTER_API_KEY"
@@ -196,6 +226,8 @@ def check_api_keys(engine: Engine, settings: Settings) -> None:
 @app.command()
 def status(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
     """Jobs per status for a batch (default: today's UTC batch)."""
+    from db import stats
+
     engine = open_engine(load_settings())
     counts = stats.batch_counts(engine, batch_key_or_today(batch_key))
     missed = stats.missed_batches(engine)
@@ -212,6 +244,8 @@ def status(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
 
 def _job_filter(status_: str | None, batch_key: str | None, model_id: int | None,
                 prompt_id: int | None) -> JobFilter:
+    from db.operations import JobFilter
+
     if status_ is not None and status_ not in {s.value for s in JobStatus}:
         raise InvalidInput(f"unknown status {status_!r}: use one of "
                            f"{', '.join(s.value for s in JobStatus)}")
@@ -231,6 +265,8 @@ def jobs(status_: StatusOpt = None, batch_key: BatchOpt = None, model_id: ModelO
          limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
          json_out: JsonOpt = False) -> None:
     """List jobs, newest first."""
+    from db import stats
+
     where = _job_filter(status_, batch_key, model_id, prompt_id)
     rows = stats.list_jobs(open_engine(load_settings()), where, limit=limit)
     if json_out:
@@ -255,6 +291,8 @@ def _targets(job_id: list[int] | None, where: JobFilter) -> dict[str, object]:
 def requeue(job_id: JobIdsOpt = None, status_: StatusOpt = None, batch_key: BatchOpt = None,
             model_id: ModelOpt = None, prompt_id: PromptOpt = None) -> None:
     """Re-queue failed, cancelled or skipped jobs with a fresh attempt budget."""
+    from db import operations
+
     settings = load_settings()
     targets = _targets(job_id, _job_filter(status_, batch_key, model_id, prompt_id))
     changed = operations.requeue_jobs(open_engine(settings), fresh_attempts=settings.max_attempts,
@@ -266,6 +304,8 @@ def requeue(job_id: JobIdsOpt = None, status_: StatusOpt = None, batch_key: Batc
 def cancel(job_id: JobIdsOpt = None, status_: StatusOpt = None, batch_key: BatchOpt = None,
            model_id: ModelOpt = None, prompt_id: PromptOpt = None) -> None:
     """Cancel queued or processing jobs (a late result of a processing job is dropped)."""
+    from db import operations
+
     targets = _targets(job_id, _job_filter(status_, batch_key, model_id, prompt_id))
     changed = operations.cancel_jobs(open_engine(load_settings()), actor="cli",
                                      **targets)  # type: ignore[arg-type]
@@ -276,7 +316,9 @@ def cancel(job_id: JobIdsOpt = None, status_: StatusOpt = None, batch_key: Batch
 def simulator(host: Annotated[str, typer.Option()] = "127.0.0.1",
               port: Annotated[int, typer.Option(min=0, max=65535)] = 8787) -> None:
     """Serve the OpenAI-compatible model simulator (realistic answers, fault injection)."""
+    from runner.logs import configure_logging
     from runner.simulator import serve
+
     configure_logging(load_settings())
     serve(host, port)
 
@@ -291,6 +333,8 @@ def demo(
 ) -> None:
     """Migrate, load demo prompts and brands, start the simulator, run today's batch, summarize."""
     from runner.demo import run_demo
+    from runner.logs import configure_logging
+
     # Job-by-job INFO lines would bury the progress line and the summary: warnings only.
     settings = load_settings(processes=processes, threads=threads, log_level="WARNING")
     configure_logging(settings)
