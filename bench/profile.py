@@ -1,7 +1,8 @@
 """`python -m bench.profile`: pyinstrument over the no-op claim-and-complete path, one thread.
 
-Claims CLAIM_LIMIT jobs at a time and completes each with the production writes, as a worker
-does, and prints where the time goes (the issue 4 profile; see bench/RESULTS.md).
+Runs the worker's turn as a busy worker does: one transaction records the CLAIM_LIMIT successes of
+the previous turn and claims CLAIM_LIMIT more (db.results.complete_and_claim). Prints where the
+time goes (the issue 4 profile; see bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pyinstrument import Profiler
 
 from bench import throughput
 from bench.databases import fresh_target
-from db import queue, results
+from db import results
+from db.types import ClaimedJob, Completion
 
 CLAIM_LIMIT = 8
 ROUNDS = 300
@@ -23,11 +25,12 @@ def main(backend: str = "postgresql") -> None:
         throughput.enqueue_jobs(target)
         engine = target.engine()
         profiler = Profiler(interval=0.0005)
+        jobs: list[ClaimedJob] = []
         with profiler:
             for _ in range(ROUNDS):
-                for job in queue.claim_jobs(engine, "bench:profile", CLAIM_LIMIT,
-                                            lease_seconds=60):
-                    results.complete_job(engine, job, throughput.NOOP_ANSWER, None)
+                _, jobs = results.complete_and_claim(
+                    engine, [Completion(job, throughput.NOOP_ANSWER, None) for job in jobs],
+                    "bench:profile", CLAIM_LIMIT, lease_seconds=60)
         engine.dispose()
     print(profiler.output_text(show_all=False, color=False))
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from bench.databases import OUT, Target, fresh_target, psql, seed_catalog, sql_scalar
 from bench.drain_clock import time_drain
-from db import queue, results
-from db.types import AnswerRecord, ClaimedJob, OutputMode
+from db import queue
+from db.types import AnswerRecord, ClaimedJob, Completion, OutputMode
 from runner import worker
-from runner.jobs import JobContext, JobOutcome
+from runner.jobs import JobContext, JobOutcome, save_success
 from runner.settings import Settings
 
 JOBS = 20_000
@@ -54,8 +54,9 @@ COMMIT;
 
 
 def complete_noop(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
-    """run_job without the model call: the same fenced completion a real answer gets."""
-    if results.complete_job(ctx.engine, job, NOOP_ANSWER, None):
+    """run_job without the model call: the same fenced completion (through the worker's group
+    commit) that a real answer gets."""
+    if save_success(ctx, Completion(job, NOOP_ANSWER, None)):
         return JobOutcome.SUCCEEDED
     return JobOutcome.DROPPED
 

@@ -142,16 +142,71 @@ def claim_jobs(engine: Engine, worker_id: str, limit: int, *, lease_seconds: flo
 
     def run() -> list[ClaimedJob]:
         with write_tx(engine) as conn:
-            at = now or utcnow()
-            ids = _pick_ids(conn, limit, at)
-            return _take(conn, ids, worker_id, at, at + timedelta(seconds=lease_seconds))
+            return claim_jobs_in(conn, worker_id, limit, lease_seconds=lease_seconds, now=now)
     return retry_locked(engine, run)
 
 
-def _pick_ids(conn: Connection, limit: int, now: datetime) -> list[int]:
+def claim_jobs_in(conn: Connection, worker_id: str, limit: int, *, lease_seconds: float,
+                  now: datetime | None = None) -> list[ClaimedJob]:
+    """claim_jobs inside the caller's write transaction (see db.results.complete_and_claim)."""
+    if limit < 1:
+        return []
+    at = now or utcnow()
+    lease_until = at + timedelta(seconds=lease_seconds)
+    models = _active_models(conn)
+    if not is_sqlite(conn) and all(m.max_concurrency is None for m in models):
+        return _claim_uncapped_pg(conn, [m.id for m in models], limit, worker_id, at,
+                                  lease_until)
+    ids = _pick_ids(conn, models, limit, at)
+    return _take(conn, ids, worker_id, at, lease_until)
+
+
+def _active_models(conn: Connection) -> list[Row[int, int | None]]:
+    return list(conn.execute(select(Model.id, Model.max_concurrency).where(Model.is_active)
+                             .order_by(Model.id)))  # one lock order for every claimer
+
+
+# The claim when no active model is capped (the common case): pick, lock and take the jobs and read
+# their prompt and model in ONE statement of fixed text (prepared once per connection). The picked
+# CTE walks ix_prompt_jobs_claim in order and skips rows other claimers hold (case C7).
+_CLAIM_PG = text("""
+WITH picked AS (
+    SELECT j.id FROM prompt_jobs AS j
+    WHERE j.status = 'queued' AND j.scheduled_for <= :now
+      AND j.model_id = ANY(CAST(:model_ids AS bigint[]))
+      AND EXISTS (SELECT 1 FROM prompts AS p WHERE p.id = j.prompt_id AND p.is_active)
+    ORDER BY j.priority, j.scheduled_for, j.id
+    LIMIT :limit
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE prompt_jobs AS j
+SET status = 'processing', locked_by = :worker_id, lease_expires_at = :lease_until,
+    started_at = :now, updated_at = :now, attempt_count = j.attempt_count + 1
+FROM picked, prompts AS p, models AS m
+WHERE j.id = picked.id AND p.id = j.prompt_id AND m.id = j.model_id
+RETURNING j.id, j.prompt_id, j.model_id, j.run_index, j.batch_key, j.attempt_count,
+          j.max_attempts, j.started_at, p.text, m.provider, m.name, m.base_url,
+          m.supports_json_schema, m.input_usd_per_mtok, m.output_usd_per_mtok, j.priority,
+          j.scheduled_for
+""")
+
+
+def _claim_uncapped_pg(conn: Connection, model_ids: list[int], limit: int, worker_id: str,
+                       now: datetime, lease_until: datetime) -> list[ClaimedJob]:
+    if not model_ids:
+        return []
+    rows = conn.execute(_CLAIM_PG, {"now": now, "model_ids": model_ids, "limit": limit,
+                                    "worker_id": worker_id, "lease_until": lease_until})
+    ordered = sorted(rows, key=lambda r: (r.priority, r.scheduled_for, r.id))
+    return [_claimed(r, worker_id) for r in ordered]
+
+
+def _pick_ids(conn: Connection, models: Sequence[Row[int, int | None]], limit: int,
+              now: datetime) -> list[int]:
     # Each model group's first jobs are locked, then the best `limit` of them are taken: one
     # query per group keeps a capped model's quota exact, the merge keeps the order global.
-    order = sorted(_candidates(conn, limit, now), key=lambda r: (r.priority, r.scheduled_for, r.id))
+    order = sorted(_candidates(conn, models, limit, now),
+                   key=lambda r: (r.priority, r.scheduled_for, r.id))
     return [r.id for r in order[:limit]]
 
 
@@ -173,11 +228,10 @@ def _take(conn: Connection, ids: list[int], worker_id: str, now: datetime,
     return [_claimed(r, worker_id) for r in rows]
 
 
-def _candidates(conn: Connection, limit: int, now: datetime) -> list[Row[int, int, datetime]]:
+def _candidates(conn: Connection, models: Sequence[Row[int, int | None]], limit: int,
+                now: datetime) -> list[Row[int, int, datetime]]:
     """Up to `limit` due jobs of the uncapped models, and up to min(limit, free slots) of each
     capped model, locked for this transaction."""
-    models = conn.execute(select(Model.id, Model.max_concurrency).where(Model.is_active)
-                          .order_by(Model.id)).all()  # one lock order for every claimer
     uncapped = [m.id for m in models if m.max_concurrency is None]
     rows = list(conn.execute(_claimable(conn, uncapped, limit, now))) if uncapped else []
     for model_id, cap in ((m.id, m.max_concurrency) for m in models if m.max_concurrency):

@@ -1,7 +1,7 @@
 """Recording a claimed job's outcome: success with its response and mentions, retry, or failure.
 
 Each function is ONE transaction that first runs the fenced status update; when the fence matches
-nothing (lease lost, job cancelled) the transaction writes nothing and the caller is told.
+nothing (lease lost, job cancelled) nothing is written for that job and the caller is told.
 """
 
 from __future__ import annotations
@@ -10,26 +10,21 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from functools import cache
-from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Select,
-    bindparam,
-    cast,
-    insert,
-    literal,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db.engine import is_sqlite, retry_locked, write_tx
-from db.models import Entity, JobAttempt, Mention, Model, PromptJob, Response, utcnow
-from db.queue import fence, record_attempt
-from db.types import AnswerRecord, ClaimedJob, FailureRecord, JobStatus, MentionRecord
+from db.models import Entity, Mention, Model, PromptJob, Response, utcnow
+from db.queue import claim_jobs_in, fence, record_attempt
+from db.types import (
+    AnswerRecord,
+    ClaimedJob,
+    Completion,
+    FailureRecord,
+    JobStatus,
+    MentionRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,89 +45,130 @@ def complete_job(engine: Engine, job: ClaimedJob, answer: AnswerRecord, cost_usd
 
     Returns False (and writes nothing) when the worker no longer holds the job.
     """
-    def run() -> bool:
+    return complete_jobs(engine, [Completion(job, answer, cost_usd)])[0]
+
+
+def complete_jobs(engine: Engine, completions: Sequence[Completion]) -> list[bool]:
+    """Record several successes in ONE transaction (a worker's group commit); one bool per
+    completion, in order: False for a job whose fence matched nothing (nothing written for it).
+
+    All or nothing: an error (e.g. IntegrityError for a bad mention) rolls back every completion
+    in the call. PostgreSQL writes the status updates, responses and attempt rows of the whole
+    call in one statement (bench/RESULTS.md, item 2); SQLite runs them per job.
+    """
+    if not completions:
+        return []
+
+    def run() -> list[bool]:
         with write_tx(engine) as conn:
-            now = utcnow()
-            response_id = _complete(conn, job, answer, cost_usd, now)
-            if response_id is None:
-                return False
-            _insert_mentions(conn, response_id, answer.mentions, now)
-            return True
+            return _complete_in(conn, completions, utcnow())
     return retry_locked(engine, run)
 
 
-def _complete(conn: Connection, job: ClaimedJob, answer: AnswerRecord, cost_usd: float | None,
-              now: datetime) -> int | None:
-    """The fenced 'succeeded' update, the response row and the attempt row; the response id, or
-    None when the fence matched nothing (then nothing was written)."""
-    if not is_sqlite(conn):  # one round trip instead of three (bench/RESULTS.md, item 2)
-        return conn.scalar(_complete_statement_pg(), _complete_params(job, answer, cost_usd, now))
-    done = conn.execute(update(J).where(fence(job.id, job.worker_id, job.attempt)).values(
-        status=JobStatus.SUCCEEDED.value, finished_at=now, updated_at=now,
-        error_kind=None, error_message=None, locked_by=None, lease_expires_at=None))
-    if done.rowcount != 1:
-        return None
-    response_id = _insert_response(conn, job, answer, cost_usd, now)
-    record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
-                    started_at=job.started_at, finished_at=now, outcome="succeeded",
-                    error_kind=None, error_message=None, latency_ms=answer.latency_ms,
-                    request_id=answer.request_id)
-    return response_id
+def complete_and_claim(engine: Engine, completions: Sequence[Completion], worker_id: str,
+                       limit: int, *, lease_seconds: float
+                       ) -> tuple[list[bool], list[ClaimedJob]]:
+    """complete_jobs, then claim_jobs for up to `limit` jobs, in ONE transaction: a busy worker
+    acknowledges its finished jobs and takes their replacements in one commit.
 
-
-def _param(name: str, column: Any) -> Any:
-    """A named bind parameter typed like `column` (cast: an untyped NULL in a SELECT is text)."""
-    return cast(bindparam(f"p_{name}", type_=column.type), column.type)
-
-
-@cache
-def _complete_statement_pg() -> Select[int]:
-    """complete_job's three writes as one PostgreSQL statement (data-modifying CTEs, which always
-    run to completion): `done` is the fenced update; when it matches nothing the two inserts read
-    no row and the statement returns none. Otherwise it returns the response id.
-
-    Built once with named parameters (`_complete_params`): building it per call cost more Python
-    time than running it (bench/RESULTS.md, item 2).
+    The completions are written before the claim, so a capped model's finished jobs free their
+    slots for it. All or nothing, like complete_jobs: an error claims nothing either.
     """
-    R, A = Response, JobAttempt
-    done = (update(J).where(J.id == bindparam("p_job_id"),
-                            J.status == JobStatus.PROCESSING.value,
-                            J.locked_by == bindparam("p_worker_id"),
-                            J.attempt_count == bindparam("p_attempt"))
-            .values(status=JobStatus.SUCCEEDED.value, finished_at=_param("now", J.finished_at),
-                    updated_at=_param("now", J.updated_at), error_kind=None, error_message=None,
-                    locked_by=None, lease_expires_at=None)
-            .returning(J.id).cte("done"))
-    response_columns = ["prompt_id", "model_id", "batch_key", "run_index", "answer", "raw_body",
-                        "output_mode", "finish_reason", "prompt_tokens", "completion_tokens",
-                        "cost", "latency_ms", "request_id"]
-    response = (insert(R).from_select(
-        ["job_id", *response_columns, "created_at"],
-        select(done.c.id, *(_param(c, getattr(R, c)) for c in response_columns),
-               _param("now", R.created_at)))
-        .returning(R.id).cte("response"))
-    attempt = insert(A).from_select(
-        ["job_id", "attempt", "worker_id", "started_at", "finished_at", "outcome", "latency_ms",
-         "request_id"],
-        select(done.c.id, _param("attempt", A.attempt), _param("worker_id", A.worker_id),
-               _param("started_at", A.started_at), _param("now", A.finished_at),
-               literal("succeeded", A.outcome.type), _param("latency_ms", A.latency_ms),
-               _param("request_id", A.request_id))
-    ).cte("attempt")
-    return select(response.c.id).add_cte(attempt)
+    def run() -> tuple[list[bool], list[ClaimedJob]]:
+        with write_tx(engine) as conn:
+            now = utcnow()
+            saved = _complete_in(conn, completions, now) if completions else []
+            return saved, claim_jobs_in(conn, worker_id, limit, lease_seconds=lease_seconds,
+                                        now=now)
+    return retry_locked(engine, run)
 
 
-def _complete_params(job: ClaimedJob, answer: AnswerRecord, cost_usd: float | None,
-                     now: datetime) -> dict[str, Any]:
-    values = {"job_id": job.id, "worker_id": job.worker_id, "attempt": job.attempt, "now": now,
-              "prompt_id": job.prompt_id, "model_id": job.model_id, "batch_key": job.batch_key,
-              "run_index": job.run_index, "answer": answer.answer, "raw_body": answer.raw_body,
-              "output_mode": answer.output_mode.value, "finish_reason": answer.finish_reason,
-              "prompt_tokens": answer.prompt_tokens,
-              "completion_tokens": answer.completion_tokens, "cost": cost_usd,
-              "latency_ms": answer.latency_ms, "request_id": answer.request_id,
-              "started_at": job.started_at}
-    return {f"p_{name}": value for name, value in values.items()}
+def _complete_in(conn: Connection, completions: Sequence[Completion], now: datetime
+                 ) -> list[bool]:
+    saved = (_complete_sqlite(conn, completions, now) if is_sqlite(conn)
+             else _complete_pg(conn, completions, now))
+    _insert_mentions(conn, [(saved[c.job.id], c.answer.mentions)
+                            for c in completions if c.job.id in saved], now)
+    return [c.job.id in saved for c in completions]
+
+
+# The fenced 'succeeded' updates, the responses and the attempt rows of many jobs in one statement:
+# data-modifying CTEs over unnest()ed arrays. A job whose fence matches nothing is not in `done`,
+# so nothing is inserted for it. One fixed text, whatever the batch size: prepared once per
+# connection by psycopg.
+_COMPLETE_PG = text("""
+WITH input AS (
+    SELECT * FROM unnest(
+        CAST(:job_id AS bigint[]), CAST(:worker_id AS text[]), CAST(:attempt AS integer[]),
+        CAST(:started_at AS timestamptz[]), CAST(:answer AS text[]), CAST(:raw_body AS text[]),
+        CAST(:output_mode AS text[]), CAST(:finish_reason AS text[]),
+        CAST(:prompt_tokens AS integer[]), CAST(:completion_tokens AS integer[]),
+        CAST(:cost AS double precision[]), CAST(:latency_ms AS integer[]),
+        CAST(:request_id AS text[])
+    ) AS t(job_id, worker_id, attempt, started_at, answer, raw_body, output_mode, finish_reason,
+           prompt_tokens, completion_tokens, cost, latency_ms, request_id)
+), done AS (
+    UPDATE prompt_jobs AS j
+    SET status = 'succeeded', finished_at = :now, updated_at = :now, error_kind = NULL,
+        error_message = NULL, locked_by = NULL, lease_expires_at = NULL
+    FROM input AS i
+    WHERE j.id = i.job_id AND j.status = 'processing' AND j.locked_by = i.worker_id
+      AND j.attempt_count = i.attempt
+    RETURNING j.id, j.prompt_id, j.model_id, j.batch_key, j.run_index
+), attempt AS (
+    INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome,
+                              latency_ms, request_id)
+    SELECT i.job_id, i.attempt, i.worker_id, i.started_at, :now, 'succeeded', i.latency_ms,
+           i.request_id
+    FROM input AS i JOIN done AS d ON d.id = i.job_id
+)
+INSERT INTO responses (job_id, prompt_id, model_id, batch_key, run_index, answer, raw_body,
+                       output_mode, finish_reason, prompt_tokens, completion_tokens, cost,
+                       latency_ms, request_id, created_at)
+SELECT d.id, d.prompt_id, d.model_id, d.batch_key, d.run_index, i.answer, i.raw_body,
+       i.output_mode, i.finish_reason, i.prompt_tokens, i.completion_tokens, i.cost,
+       i.latency_ms, i.request_id, :now
+FROM input AS i JOIN done AS d ON d.id = i.job_id
+RETURNING job_id, id
+""")
+
+
+def _complete_pg(conn: Connection, completions: Sequence[Completion], now: datetime
+                 ) -> dict[int, int]:
+    """Response id by job id for the jobs whose fence matched."""
+    jobs = [c.job for c in completions]
+    answers = [c.answer for c in completions]
+    params = {
+        "now": now, "job_id": [j.id for j in jobs], "worker_id": [j.worker_id for j in jobs],
+        "attempt": [j.attempt for j in jobs], "started_at": [j.started_at for j in jobs],
+        "answer": [a.answer for a in answers], "raw_body": [a.raw_body for a in answers],
+        "output_mode": [a.output_mode.value for a in answers],
+        "finish_reason": [a.finish_reason for a in answers],
+        "prompt_tokens": [a.prompt_tokens for a in answers],
+        "completion_tokens": [a.completion_tokens for a in answers],
+        "cost": [c.cost_usd for c in completions], "latency_ms": [a.latency_ms for a in answers],
+        "request_id": [a.request_id for a in answers]}
+    return {row.job_id: row.id for row in conn.execute(_COMPLETE_PG, params)}
+
+
+def _complete_sqlite(conn: Connection, completions: Sequence[Completion], now: datetime
+                     ) -> dict[int, int]:
+    """Response id by job id for the jobs whose fence matched (SQLite: statements per job, one
+    transaction and one commit for all)."""
+    saved = {}
+    for c in completions:
+        job, answer = c.job, c.answer
+        done = conn.execute(update(J).where(fence(job.id, job.worker_id, job.attempt)).values(
+            status=JobStatus.SUCCEEDED.value, finished_at=now, updated_at=now,
+            error_kind=None, error_message=None, locked_by=None, lease_expires_at=None))
+        if done.rowcount != 1:
+            continue
+        saved[job.id] = _insert_response(conn, c, now)
+        record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
+                       started_at=job.started_at, finished_at=now, outcome="succeeded",
+                       error_kind=None, error_message=None, latency_ms=answer.latency_ms,
+                       request_id=answer.request_id)
+    return saved
 
 
 def record_failure(engine: Engine, job: ClaimedJob, failure: FailureRecord,
@@ -173,26 +209,30 @@ def mark_json_schema_unsupported(engine: Engine, model_id: int) -> None:
     retry_locked(engine, run)
 
 
-def _insert_response(conn: Connection, job: ClaimedJob, answer: AnswerRecord,
-                     cost_usd: float | None, now: object) -> int:
+def _insert_response(conn: Connection, c: Completion, now: datetime) -> int:
+    job, answer = c.job, c.answer
     stmt = insert(Response).values(
         job_id=job.id, prompt_id=job.prompt_id, model_id=job.model_id, batch_key=job.batch_key,
         run_index=job.run_index, answer=answer.answer, raw_body=answer.raw_body,
         output_mode=answer.output_mode.value, finish_reason=answer.finish_reason,
         prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
-        cost=cost_usd, latency_ms=answer.latency_ms, request_id=answer.request_id,
+        cost=c.cost_usd, latency_ms=answer.latency_ms, request_id=answer.request_id,
         created_at=now).returning(Response.id)
     return int(conn.execute(stmt).scalar_one())
 
 
-def _insert_mentions(conn: Connection, response_id: int, mentions: Sequence[MentionRecord],
-                     now: object) -> None:
-    if not mentions:
+def _insert_mentions(conn: Connection,
+                     saved: Sequence[tuple[int, Sequence[MentionRecord]]], now: object) -> None:
+    """The mentions of saved responses, given as (response id, mentions) pairs: one entity lookup
+    and one multi-row insert for all of them."""
+    names = {m.key: m.display for _, mentions in saved for m in mentions}
+    if not names:
         return
-    entity_ids = ensure_entities(conn, {m.key: m.display for m in mentions}, now)
+    entity_ids = ensure_entities(conn, names, now)
     conn.execute(insert(Mention), [
-        {"response_id": response_id, "entity_id": entity_ids[m.key], "raw_name": m.raw_name[:300],
-         "position": m.position, "char_offset": m.char_offset} for m in mentions])
+        {"response_id": response_id, "entity_id": entity_ids[m.key],
+         "raw_name": m.raw_name[:300], "position": m.position, "char_offset": m.char_offset}
+        for response_id, mentions in saved for m in mentions])
 
 
 def ensure_entities(conn: Connection, names_by_key: dict[str, str], now: object) -> dict[str, int]:

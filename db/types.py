@@ -127,6 +127,15 @@ class AnswerRecord:
 
 
 @dataclass(frozen=True)
+class Completion:
+    """A claimed job's success to record: its answer and the call's cost (USD, None: unpriced)."""
+
+    job: ClaimedJob
+    answer: AnswerRecord
+    cost_usd: float | None
+
+
+@dataclass(frozen=True)
 class FailureRecord:
     """Why an attempt failed; `retry_after` (seconds) is the provider's Retry-After, if any."""
 

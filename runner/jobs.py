@@ -12,6 +12,7 @@ from db.engine import Engine
 from db.types import (
     AnswerRecord,
     ClaimedJob,
+    Completion,
     ErrorKind,
     FailureRecord,
     MentionRecord,
@@ -19,6 +20,7 @@ from db.types import (
 )
 from runner.backoff import backoff_seconds
 from runner.catalog_cache import CatalogCache
+from runner.completions import PendingCompletions
 from runner.extraction import Catalog, extract_from_text, order_mentions
 from runner.model_client import CallFailed, ModelClient, ModelReply
 from runner.settings import Settings
@@ -41,6 +43,7 @@ class JobContext:
     engine: Engine
     client: ModelClient
     catalog: CatalogCache
+    pending: PendingCompletions | None = None  # the group commit; None: write directly
 
 
 def run_job(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
@@ -71,13 +74,21 @@ def _record_success(ctx: JobContext, job: ClaimedJob, reply: ModelReply,
         finish_reason=reply.finish_reason, prompt_tokens=reply.prompt_tokens,
         completion_tokens=reply.completion_tokens, latency_ms=latency_ms,
         request_id=reply.request_id, mentions=find_mentions(reply, ctx.catalog.get()))
-    if not results.complete_job(ctx.engine, job, answer, cost_usd(job, reply)):
+    if not save_success(ctx, Completion(job, answer, cost_usd(job, reply))):
         _log_dropped(job)
         return JobOutcome.DROPPED
     log.info("job succeeded", extra={"action": "job_succeeded", "job_id": job.id,
                                      "model": job.model_name, "attempt": job.attempt,
                                      "latency_ms": latency_ms})
     return JobOutcome.SUCCEEDED
+
+
+def save_success(ctx: JobContext, completion: Completion) -> bool:
+    """Record a success through the worker's group commit when it has one, else in a transaction
+    of its own; False when the worker no longer held the job (nothing written)."""
+    if ctx.pending is not None:
+        return ctx.pending.complete(completion)
+    return results.complete_jobs(ctx.engine, [completion])[0]
 
 
 def _record_failure(ctx: JobContext, job: ClaimedJob, failure: FailureRecord) -> JobOutcome:

@@ -11,23 +11,30 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from db import queue, workers
+from db import queue, results, workers
 from db.engine import make_engine
 from db.errors import DatabaseUnavailable
 from db.types import ClaimedJob
 from runner.catalog_cache import CatalogCache
+from runner.completions import Pending, PendingCompletions, reject, resolve, write_each
 from runner.jobs import JobContext, run_job
 from runner.logs import configure_logging
 from runner.model_client import ModelClient
 from runner.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# After a wake-up the claim loop lets the other job threads finish handing over before it writes:
+# with 8 no-op jobs per process this took the mean batch from 5 to 7.6 successes (bench/).
+COALESCE_SECONDS = 0.001
+STOP_POLL_SECONDS = 0.1  # how soon a waiting claim loop sees the supervisor's stop
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,10 @@ class Worker:
         self._parent = os.getppid()
         self._signals = 0
         self.engine = make_engine(settings.database_url, pool_size=settings.threads + 2)
+        self._wake = threading.Event()  # a job ended or handed over its success, or stop
+        self.pending = PendingCompletions(self.engine, self._wake)
         self.ctx = JobContext(settings, self.engine, ModelClient(settings),
-                              CatalogCache(self.engine))
+                              CatalogCache(self.engine), self.pending)
         self.in_flight: dict[Future[Any], ClaimedJob] = {}
         self._lock = threading.Lock()
 
@@ -84,9 +93,11 @@ class Worker:
         log.info("worker started", extra={"action": "worker_started", "worker_id": self.id})
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
+        threading.Thread(target=self._wake_on_stop, name="stop-watch", daemon=True).start()
         with ThreadPoolExecutor(self.settings.threads, thread_name_prefix="job") as pool:
             self._claim_loop(pool)
             self._drain()
+            self.pending.close()
         self._stop.set()
         beat.join(timeout=5)
         workers.stop_worker(self.engine, self.id)
@@ -94,41 +105,69 @@ class Worker:
         self.engine.dispose()
         log.info("worker stopped", extra={"action": "worker_stopped", "worker_id": self.id})
 
-    def _claim_loop(self, pool: ThreadPoolExecutor) -> None:
+    def _wake_on_stop(self) -> None:
+        # Polled, never waited on: a process SIGKILLed inside multiprocessing's Event.wait leaves
+        # a sleeper count behind that makes the supervisor's Event.set block forever.
         while not self.stopping():
-            free = self.settings.threads - len(self.in_flight)
-            claimed = self._claim(free) if free > 0 else []
-            for job in claimed:
-                with self._lock:
-                    self.in_flight[pool.submit(run_job, self.ctx, job)] = job
-            if len(claimed) < free:  # nothing more is due right now
-                self._shared_stop.wait(self.settings.poll_interval)
-            self._reap_done(timeout=0 if len(claimed) < free else self.settings.poll_interval)
+            time.sleep(STOP_POLL_SECONDS)
+        self._wake.set()
 
-    def _claim(self, limit: int) -> list[ClaimedJob]:
+    def _claim_loop(self, pool: ThreadPoolExecutor) -> None:
+        """Each turn, one transaction records the successes handed over since the last turn and
+        claims jobs for every free slot; then wait until a job ends or `poll_interval` passes."""
+        while not self.stopping():
+            self._wake.clear()  # before take(): a hand-over from now on ends the wait below
+            self._reap_done()
+            batch = self.pending.take()
+            free = self.settings.threads - len(self.in_flight) + len(batch)
+            for job in self._complete_and_claim(batch, free):
+                future = pool.submit(run_job, self.ctx, job)
+                with self._lock:
+                    self.in_flight[future] = job
+                future.add_done_callback(lambda _: self._wake.set())
+            if not self.pending and self._wake.wait(self.settings.poll_interval):
+                time.sleep(COALESCE_SECONDS)  # let the other threads that just ended hand over
+
+    def _complete_and_claim(self, batch: list[Pending], free: int) -> list[ClaimedJob]:
+        """Commit `batch` and claim up to `free` jobs in one transaction; the claimed jobs."""
+        if not batch and free < 1:
+            return []
         try:
-            return queue.claim_jobs(self.engine, self.id, limit,
-                                    lease_seconds=self.settings.lease_seconds)
+            saved, claimed = results.complete_and_claim(
+                self.engine, [c for c, _ in batch], self.id, free,
+                lease_seconds=self.settings.lease_seconds)
         except DatabaseUnavailable as exc:
             log.warning("claim failed, will retry: %s", exc, extra={"action": "claim_failed"})
+            reject(batch, exc)
             return []
+        except Exception:
+            if not batch:
+                raise
+            write_each(self.engine, batch)  # one bad answer must not fail its neighbours
+            return []
+        resolve(batch, saved)
+        return claimed
 
-    def _reap_done(self, timeout: float) -> None:
-        if not self.in_flight:
-            return
-        done, _ = wait(list(self.in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
+    def _reap_done(self) -> None:
+        """Forget the jobs whose thread has returned; log a thread that raised."""
         with self._lock:
+            done = [future for future in self.in_flight if future.done()]
             for future in done:
                 self.in_flight.pop(future)
-                if (exc := future.exception()) is not None:
-                    log.error("job thread raised", exc_info=exc, extra={"action": "job_crashed"})
+        for future in done:
+            if (exc := future.exception()) is not None:
+                log.error("job thread raised", exc_info=exc, extra={"action": "job_crashed"})
 
     def _drain(self) -> None:
-        """Let in-flight jobs finish within the grace period, then hand the rest back."""
-        if self.in_flight:
-            wait(list(self.in_flight), timeout=self.settings.grace_seconds)
-        with self._lock:
-            left = [job.id for future, job in self.in_flight.items() if not future.done()]
+        """Let in-flight jobs finish within the grace period (still recording their successes),
+        then hand the rest back."""
+        deadline = time.monotonic() + self.settings.grace_seconds
+        while (left := self._running_ids()) and time.monotonic() < deadline:
+            self._wake.clear()
+            if batch := self.pending.take():
+                self._complete_and_claim(batch, 0)
+            elif self._running_ids():
+                self._wake.wait(min(self.settings.poll_interval, deadline - time.monotonic()))
         released = queue.release_jobs(self.engine, self.id, left) if left else 0
         if left:
             log.warning("handed %d unfinished jobs back to the queue", released,

@@ -1,0 +1,130 @@
+"""Group commit: many successes recorded in one transaction, and the claim that rides along.
+
+Real SQLite and PostgreSQL; the job threads are real threads blocked on their own result.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+
+from db import operations, queue, results
+from db.engine import read_tx
+from db.models import Entity, JobAttempt, Mention, Response
+from db.types import Completion
+from runner.completions import PendingCompletions, resolve, write_each
+from tests import factories as f
+from tests.factories import BATCH
+
+
+def test_complete_jobs_writes_each_held_job_and_skips_the_rest(engine: Engine) -> None:
+    """One call, four jobs: the cancelled one gets nothing written and False, in its place; the
+    others get their response, attempt row and mentions (one shared new brand, one entity)."""
+    f.make_batch(engine, prompts=4, models=1)
+    jobs = f.claim_all(engine, "w1")
+    operations.cancel_jobs(engine, job_ids=[jobs[1].id], actor="op")
+    done = [Completion(job, f.answer(["Attio", f"Brand{n}"]), 0.001 * n)
+            for n, job in enumerate(jobs)]
+    assert results.complete_jobs(engine, done) == [True, False, True, True]
+    assert [f.job(engine, j.id).status for j in jobs] == ["succeeded", "cancelled",
+                                                          "succeeded", "succeeded"]
+    with read_tx(engine) as conn:
+        saved = conn.execute(select(Response.job_id, Response.cost).order_by(Response.job_id))
+        named = conn.execute(select(Entity.name, Mention.response_id).join(Entity)).all()
+    assert [tuple(r) for r in saved] == [(jobs[0].id, 0.0), (jobs[2].id, 0.002),
+                                         (jobs[3].id, 0.003)]
+    assert f.count(engine, JobAttempt) == 3
+    assert sum(name == "Attio" for name, _ in named) == 3
+    assert f.count(engine, Entity, name="Attio") == 1
+
+
+def test_complete_jobs_is_all_or_nothing(engine: Engine) -> None:
+    """A bad answer in the call (the same brand twice breaks a unique key) rolls back all of it."""
+    f.make_batch(engine, prompts=2, models=1)
+    first, second = f.claim_all(engine, "w1")
+    bad = f.answer(["HubSpot"])
+    broken = type(bad)(**{**bad.__dict__, "mentions": bad.mentions * 2})
+    with pytest.raises(IntegrityError):
+        results.complete_jobs(engine, [Completion(first, f.answer(), None),
+                                       Completion(second, broken, None)])
+    assert (f.count(engine, Response), f.count(engine, JobAttempt)) == (0, 0)
+    assert {f.job(engine, j.id).status for j in (first, second)} == {"processing"}
+
+
+def test_complete_and_claim_frees_a_capped_slot_in_the_same_transaction(engine: Engine) -> None:
+    """A model capped at 2 with both slots busy: recording one success and claiming in one
+    transaction takes exactly one replacement, and the claimed job is the next in order."""
+    f.make_prompts(engine, 4)
+    f.make_models(engine, 1, max_concurrency=2)
+    queue.enqueue_batch(engine, BATCH, max_attempts=3)
+    first, second = f.claim_all(engine, "w1")
+    saved, claimed = results.complete_and_claim(engine, [Completion(first, f.answer(), None)],
+                                                "w1", 5, lease_seconds=30)
+    assert saved == [True]
+    assert [j.id for j in claimed] == [second.id + 1]
+    assert f.job(engine, claimed[0].id).locked_by == "w1"
+
+
+def test_complete_and_claim_claims_nothing_when_the_write_fails(engine: Engine) -> None:
+    f.make_batch(engine, prompts=3, models=1)
+    [first] = queue.claim_jobs(engine, "w1", 1, lease_seconds=30)
+    bad = f.answer(["HubSpot"])
+    broken = type(bad)(**{**bad.__dict__, "mentions": bad.mentions * 2})
+    with pytest.raises(IntegrityError):
+        results.complete_and_claim(engine, [Completion(first, broken, None)], "w1", 2,
+                                   lease_seconds=30)
+    assert f.job_ids(engine, status="queued") == [first.id + 1, first.id + 2]
+
+
+def test_job_threads_block_until_their_batch_is_committed(engine: Engine) -> None:
+    """Three threads hand over their success; none returns before the claim loop's commit, and
+    each then gets its own result (the cancelled job: False)."""
+    f.make_batch(engine, prompts=3, models=1)
+    jobs = f.claim_all(engine, "w1")
+    operations.cancel_jobs(engine, job_ids=[jobs[2].id], actor="op")
+    pending = PendingCompletions(engine, threading.Event())
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(pending.complete, Completion(j, f.answer(), None)) for j in jobs]
+        while len(pending) < 3:
+            threading.Event().wait(0.01)
+        assert not any(fut.done() for fut in futures)
+        batch = pending.take()
+        resolve(batch, results.complete_jobs(engine, [c for c, _ in batch]))
+        outcome = {c.job.id: fut.result(timeout=10) for (c, _), fut in zip(batch, futures,
+                                                                           strict=True)}
+    assert outcome == {jobs[0].id: True, jobs[1].id: True, jobs[2].id: False}
+
+
+def test_one_bad_answer_fails_only_its_own_job(engine: Engine) -> None:
+    """write_each, the claim loop's fallback after a failed batch: the good neighbours are saved,
+    the bad one's thread gets the error."""
+    f.make_batch(engine, prompts=2, models=1)
+    good, bad_job = f.claim_all(engine, "w1")
+    bad = f.answer(["HubSpot"])
+    broken = type(bad)(**{**bad.__dict__, "mentions": bad.mentions * 2})
+    pending = PendingCompletions(engine, threading.Event())
+    with ThreadPoolExecutor(2) as pool:
+        ok = pool.submit(pending.complete, Completion(good, f.answer(), None))
+        failing = pool.submit(pending.complete, Completion(bad_job, broken, None))
+        while len(pending) < 2:
+            threading.Event().wait(0.01)
+        write_each(engine, pending.take())
+        assert ok.result(timeout=10) is True
+        with pytest.raises(IntegrityError):
+            failing.result(timeout=10)
+    assert f.job(engine, good.id).status == "succeeded"
+    assert f.job(engine, bad_job.id).status == "processing"
+
+
+def test_after_close_a_success_is_written_by_its_own_thread(engine: Engine) -> None:
+    """Once the claim loop has ended (shutdown), a late success is still saved, not stranded."""
+    f.make_batch(engine, prompts=1, models=1)
+    [job] = f.claim_all(engine, "w1")
+    pending = PendingCompletions(engine, threading.Event())
+    pending.close()
+    assert pending.complete(Completion(job, f.answer(), None)) is True
+    assert f.job(engine, job.id).status == "succeeded"
