@@ -61,7 +61,7 @@ def complete_noop(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
     return JobOutcome.DROPPED
 
 
-def noop_worker_main(spec: worker.WorkerSpec, stop: Any) -> None:
+def noop_worker_main(spec: worker.WorkerSpec, stop: worker.StopFlag) -> None:
     """runner.worker.worker_main with run_job swapped for complete_noop (a spawned process)."""
     worker.run_job = complete_noop
     worker.worker_main(spec, stop)
@@ -95,7 +95,7 @@ def run_workers(target: Target, processes: int = PROCESSES, threads: int = THREA
     settings = Settings(database_url=target.url, processes=processes, threads=threads,
                         poll_interval=0.05, log_level="WARNING")
     ctx = mp.get_context("spawn")
-    stop = ctx.Event()
+    stop = worker.StopFlag(ctx)
     children = [ctx.Process(target=noop_worker_main, args=(
         worker.WorkerSpec(settings.model_dump(), "bench", i), stop)) for i in range(processes)]
     for child in children:

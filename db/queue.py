@@ -153,12 +153,12 @@ def claim_jobs_in(conn: Connection, worker_id: str, limit: int, *, lease_seconds
         return []
     at = now or utcnow()
     lease_until = at + timedelta(seconds=lease_seconds)
+    if not is_sqlite(conn):
+        claimed = _claim_uncapped_pg(conn, limit, worker_id, at, lease_until)
+        if claimed is not None:
+            return claimed
     models = _active_models(conn)
-    if not is_sqlite(conn) and all(m.max_concurrency is None for m in models):
-        return _claim_uncapped_pg(conn, [m.id for m in models], limit, worker_id, at,
-                                  lease_until)
-    ids = _pick_ids(conn, models, limit, at)
-    return _take(conn, ids, worker_id, at, lease_until)
+    return _take(conn, _pick_ids(conn, models, limit, at), worker_id, at, lease_until)
 
 
 def _active_models(conn: Connection) -> list[Row[int, int | None]]:
@@ -166,39 +166,48 @@ def _active_models(conn: Connection) -> list[Row[int, int | None]]:
                              .order_by(Model.id)))  # one lock order for every claimer
 
 
-# The claim when no active model is capped (the common case): pick, lock and take the jobs and read
-# their prompt and model in ONE statement of fixed text (prepared once per connection). The picked
-# CTE walks ix_prompt_jobs_claim in order and skips rows other claimers hold (case C7).
+# The claim when no active model is capped (the common case) in ONE statement of fixed text,
+# prepared once per connection: pick, lock and take the jobs and read their prompt and model.
+# `picked` walks ix_prompt_jobs_claim in order and skips rows other claimers hold (case C7). When
+# a model is capped it takes nothing and says so (one row, capped = true), and the caller runs
+# the per-model claim that counts free slots.
 _CLAIM_PG = text("""
-WITH picked AS (
+WITH capped AS (
+    SELECT EXISTS (SELECT 1 FROM models WHERE is_active AND max_concurrency IS NOT NULL) AS found
+), picked AS (
     SELECT j.id FROM prompt_jobs AS j
-    WHERE j.status = 'queued' AND j.scheduled_for <= :now
-      AND j.model_id = ANY(CAST(:model_ids AS bigint[]))
+    WHERE NOT (SELECT found FROM capped)
+      AND j.status = 'queued' AND j.scheduled_for <= :now
+      AND EXISTS (SELECT 1 FROM models AS m WHERE m.id = j.model_id AND m.is_active)
       AND EXISTS (SELECT 1 FROM prompts AS p WHERE p.id = j.prompt_id AND p.is_active)
     ORDER BY j.priority, j.scheduled_for, j.id
     LIMIT :limit
     FOR UPDATE OF j SKIP LOCKED
+), taken AS (
+    UPDATE prompt_jobs AS j
+    SET status = 'processing', locked_by = :worker_id, lease_expires_at = :lease_until,
+        started_at = :now, updated_at = :now, attempt_count = j.attempt_count + 1
+    FROM picked, prompts AS p, models AS m
+    WHERE j.id = picked.id AND p.id = j.prompt_id AND m.id = j.model_id
+    RETURNING j.id, j.prompt_id, j.model_id, j.run_index, j.batch_key, j.attempt_count,
+              j.max_attempts, j.started_at, p.text, m.provider, m.name, m.base_url,
+              m.supports_json_schema, m.input_usd_per_mtok, m.output_usd_per_mtok, j.priority,
+              j.scheduled_for
 )
-UPDATE prompt_jobs AS j
-SET status = 'processing', locked_by = :worker_id, lease_expires_at = :lease_until,
-    started_at = :now, updated_at = :now, attempt_count = j.attempt_count + 1
-FROM picked, prompts AS p, models AS m
-WHERE j.id = picked.id AND p.id = j.prompt_id AND m.id = j.model_id
-RETURNING j.id, j.prompt_id, j.model_id, j.run_index, j.batch_key, j.attempt_count,
-          j.max_attempts, j.started_at, p.text, m.provider, m.name, m.base_url,
-          m.supports_json_schema, m.input_usd_per_mtok, m.output_usd_per_mtok, j.priority,
-          j.scheduled_for
+SELECT taken.*, capped.found AS capped FROM capped LEFT JOIN taken ON true
 """)
 
 
-def _claim_uncapped_pg(conn: Connection, model_ids: list[int], limit: int, worker_id: str,
-                       now: datetime, lease_until: datetime) -> list[ClaimedJob]:
-    if not model_ids:
-        return []
-    rows = conn.execute(_CLAIM_PG, {"now": now, "model_ids": model_ids, "limit": limit,
-                                    "worker_id": worker_id, "lease_until": lease_until})
-    ordered = sorted(rows, key=lambda r: (r.priority, r.scheduled_for, r.id))
-    return [_claimed(r, worker_id) for r in ordered]
+def _claim_uncapped_pg(conn: Connection, limit: int, worker_id: str, now: datetime,
+                       lease_until: datetime) -> list[ClaimedJob] | None:
+    """The claimed jobs in claim order, or None when a model is capped (nothing was taken)."""
+    rows = list(conn.execute(_CLAIM_PG, {"now": now, "limit": limit, "worker_id": worker_id,
+                                         "lease_until": lease_until}))
+    if rows[0].capped:
+        return None
+    taken = sorted((r for r in rows if r.id is not None),
+                   key=lambda r: (r.priority, r.scheduled_for, r.id))
+    return [_claimed(r, worker_id) for r in taken]
 
 
 def _pick_ids(conn: Connection, models: Sequence[Row[int, int | None]], limit: int,

@@ -59,6 +59,12 @@ class PendingCompletions:
         with self._lock:
             return [self._items.popleft() for _ in range(min(limit, len(self._items)))]
 
+    def put_back(self, batch: list[Pending]) -> None:
+        """Return a batch whose write could not reach the database, to be written first next
+        turn: a paid answer is kept while the database is away (its job threads keep waiting)."""
+        with self._lock:
+            self._items.extendleft(reversed(batch))
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -67,12 +73,6 @@ def resolve(batch: list[Pending], saved: list[bool]) -> None:
     """Wake the job threads of a committed batch with their own result."""
     for (_, done), ok in zip(batch, saved, strict=True):
         done.set_result(ok)
-
-
-def reject(batch: list[Pending], exc: BaseException) -> None:
-    """Wake the job threads of a batch whose write failed with `exc`."""
-    for _, done in batch:
-        done.set_exception(exc)
 
 
 def write_each(engine: Engine, batch: list[Pending]) -> None:

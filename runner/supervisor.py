@@ -26,7 +26,7 @@ from db.types import BatchCounts, EnqueueResult, JobStatus
 from runner.progress import ProgressReporter
 from runner.scheduler import BatchScheduler, utc_batch_key
 from runner.settings import Settings
-from runner.worker import WorkerSpec, worker_main
+from runner.worker import StopFlag, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self._ctx = mp.get_context("spawn")
-        self._stop = self._ctx.Event()
+        self._stop = StopFlag(self._ctx)
         self._signals = 0
         self._children: list[Child] = []
         self._scheduler = BatchScheduler(self._enqueue, self.settings.batch_time)

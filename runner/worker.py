@@ -15,6 +15,7 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.context import BaseContext
 from types import FrameType
 from typing import Any
 
@@ -23,7 +24,7 @@ from db.engine import make_engine
 from db.errors import DatabaseUnavailable
 from db.types import ClaimedJob
 from runner.catalog_cache import CatalogCache
-from runner.completions import Pending, PendingCompletions, reject, resolve, write_each
+from runner.completions import Pending, PendingCompletions, resolve, write_each
 from runner.jobs import JobContext, run_job
 from runner.logs import configure_logging
 from runner.model_client import ModelClient
@@ -37,6 +38,29 @@ COALESCE_SECONDS = 0.001
 STOP_POLL_SECONDS = 0.1  # how soon a waiting claim loop sees the supervisor's stop
 
 
+class StopFlag:
+    """The supervisor's "stop claiming" flag, shared with its worker processes: one byte of shared
+    memory and no lock. multiprocessing.Event is not safe here: a worker SIGKILLed while inside
+    Event.wait or is_set leaves its semaphores held, and the supervisor's set() (or every other
+    worker's is_set()) then blocks forever (found by the worker-SIGKILL test, case C6)."""
+
+    def __init__(self, ctx: BaseContext) -> None:
+        self._flag = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._flag.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
+
+    def wait(self, timeout: float) -> bool:
+        """Poll until set or `timeout` seconds pass; whether it is set."""
+        deadline = time.monotonic() + timeout
+        while not self.is_set() and time.monotonic() < deadline:
+            time.sleep(min(STOP_POLL_SECONDS, max(deadline - time.monotonic(), 0)))
+        return self.is_set()
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """What the supervisor hands a worker process (plain, picklable data)."""
@@ -46,8 +70,8 @@ class WorkerSpec:
     index: int
 
 
-def worker_main(spec: WorkerSpec, stop: Any) -> None:
-    """Entry point of a worker process; `stop` is the supervisor's multiprocessing Event."""
+def worker_main(spec: WorkerSpec, stop: StopFlag) -> None:
+    """Entry point of a worker process; `stop` is the supervisor's StopFlag."""
     settings = Settings.model_validate(spec.settings)
     configure_logging(settings)
     worker = Worker(settings, spec, stop)
@@ -59,7 +83,7 @@ def worker_main(spec: WorkerSpec, stop: Any) -> None:
 class Worker:
     """Claim -> run -> record loop of one process, with a heartbeat thread for its leases."""
 
-    def __init__(self, settings: Settings, spec: WorkerSpec, shared_stop: Any) -> None:
+    def __init__(self, settings: Settings, spec: WorkerSpec, shared_stop: StopFlag) -> None:
         self.settings = settings
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.spec = spec
@@ -106,8 +130,6 @@ class Worker:
         log.info("worker stopped", extra={"action": "worker_stopped", "worker_id": self.id})
 
     def _wake_on_stop(self) -> None:
-        # Polled, never waited on: a process SIGKILLed inside multiprocessing's Event.wait leaves
-        # a sleeper count behind that makes the supervisor's Event.set block forever.
         while not self.stopping():
             time.sleep(STOP_POLL_SECONDS)
         self._wake.set()
@@ -138,7 +160,8 @@ class Worker:
                 lease_seconds=self.settings.lease_seconds)
         except DatabaseUnavailable as exc:
             log.warning("claim failed, will retry: %s", exc, extra={"action": "claim_failed"})
-            reject(batch, exc)
+            self.pending.put_back(batch)
+            self._shared_stop.wait(self.settings.poll_interval)  # no hot loop while it is away
             return []
         except Exception:
             if not batch:

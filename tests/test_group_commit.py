@@ -128,3 +128,26 @@ def test_after_close_a_success_is_written_by_its_own_thread(engine: Engine) -> N
     pending.close()
     assert pending.complete(Completion(job, f.answer(), None)) is True
     assert f.job(engine, job.id).status == "succeeded"
+
+
+def test_a_batch_put_back_is_written_first_next_turn(engine: Engine) -> None:
+    """The claim loop puts a batch back when the database is away; the next take() returns it
+    ahead of later successes, in the same order, and its threads are still waiting."""
+    f.make_batch(engine, prompts=3, models=1)
+    jobs = f.claim_all(engine, "w1")
+    pending = PendingCompletions(engine, threading.Event())
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(pending.complete, Completion(j, f.answer(), None))
+                   for j in jobs[:2]]
+        while len(pending) < 2:
+            threading.Event().wait(0.01)
+        first = pending.take()
+        late = pool.submit(pending.complete, Completion(jobs[2], f.answer(), None))
+        while len(pending) < 1:
+            threading.Event().wait(0.01)
+        pending.put_back(first)
+        again = pending.take()
+        assert [c.job.id for c, _ in again] == [c.job.id for c, _ in first] + [jobs[2].id]
+        assert not any(fut.done() for fut in [*futures, late])
+        resolve(again, results.complete_jobs(engine, [c for c, _ in again]))
+        assert [fut.result(timeout=10) for fut in [*futures, late]] == [True, True, True]
