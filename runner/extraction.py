@@ -174,6 +174,7 @@ def _index_forms(index: dict[str, CatalogEntry], entry: CatalogEntry, forms: Ite
 _QUOTE_FOLDS = str.maketrans("\u2018\u2019\u201b\u201c\u201d\u201e", "'''\"\"\"")
 
 
+@functools.lru_cache(maxsize=4096)
 def _fold_char(ch: str) -> str:
     """Fold one character to exactly one character: accents dropped, lower case."""
     base = _strip_marks(ch.translate(_QUOTE_FOLDS))
@@ -186,7 +187,13 @@ def _fold_char(ch: str) -> str:
 
 
 def _fold(text: str) -> str:
-    """Fold text char by char so that offsets in the result are offsets in the original."""
+    """Fold text char by char so that offsets in the result are offsets in the original.
+
+    ASCII text folds to its lower case in one call; other text goes char by char through a cache
+    (folding every char afresh was the runner's largest CPU cost per job, bench/RESULTS.md).
+    """
+    if text.isascii():
+        return text.lower()
     return "".join(map(_fold_char, text))
 
 
@@ -209,9 +216,9 @@ def _spans(folded_text: str, names: Iterable[str]) -> Iterator[tuple[int, int]]:
             yield from (match.span() for match in pattern.finditer(folded_text))
 
 
-def _first_span(text: str, names: Iterable[str]) -> tuple[int, int] | None:
-    """Return the earliest (longest on a tie) span of any name in text, or None."""
-    spans = _spans(_fold(text), names)
+def _first_span(folded_text: str, names: Iterable[str]) -> tuple[int, int] | None:
+    """Return the earliest (longest on a tie) span of any name in folded text, or None."""
+    spans = _spans(folded_text, names)
     return min(spans, key=lambda span: (span[0], -span[1]), default=None)
 
 
@@ -221,7 +228,7 @@ def locate(text: str, names: Iterable[str]) -> int | None:
     Case- and accent-insensitive ('Skoda' finds 'Škoda'); the characters around a match must
     not be letters or digits ('Sage' is not in 'message').
     """
-    span = _first_span(text, names)
+    span = _first_span(_fold(text), names)
     return None if span is None else span[0]
 
 
@@ -295,8 +302,9 @@ def order_mentions(text: str, raw_names: Sequence[str], catalog: Catalog) -> lis
     at an earlier common word 'help'. Names the answer never says are dropped.
     """
     hits: dict[int | str, _Hit] = {}
+    folded = _fold(text)
     for raw in raw_names:
-        hit = _locate_listed(text, raw, catalog)
+        hit = _locate_listed(folded, raw, catalog)
         if hit is None:
             continue
         identity = hit.key if hit.entity_id is None else hit.entity_id
@@ -305,16 +313,17 @@ def order_mentions(text: str, raw_names: Sequence[str], catalog: Catalog) -> lis
     return _number(text, hits.values())
 
 
-def _locate_listed(text: str, raw: str, catalog: Catalog) -> _Hit | None:
-    """Resolve one listed name and find its first appearance in text; None if absent."""
+def _locate_listed(folded_text: str, raw: str, catalog: Catalog) -> _Hit | None:
+    """Resolve one listed name and find its first appearance in the folded answer text; None
+    if absent."""
     display = polish(raw)
     if not display:
         return None
     entry = catalog.resolve(display)
     forms = [raw, display, *(entry.surface_forms() if entry else ())]
-    span = _first_span(text, forms)
+    span = _first_span(folded_text, forms)
     for phrase in _leading_phrases(display) if span is None else ():
-        span = _first_span(text, [phrase])
+        span = _first_span(folded_text, [phrase])
         if span is not None:
             break
     if span is None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from runner import extraction
 from runner.extraction import (
     Catalog,
     CatalogEntry,
@@ -335,3 +336,12 @@ def test_text_extraction_orders_by_first_appearance() -> None:
         ("Wise", 8, 1),
         ("Xoom", text.index("Xoom"), 2),
     ]
+
+
+@pytest.mark.parametrize("text", ["Salesforce, HubSpot & Zoho CRM: 3 picks!", "Škoda Octavia",
+                                  "\u201cProton VPN\u201d vs NordVPN", "Straße ǅemal ﬁle"])
+def test_fold_keeps_length_and_matches_char_by_char(text: str) -> None:
+    """The ASCII fast path and the cached per-char path fold alike, one char for one char."""
+    folded = extraction._fold(text)
+    assert len(folded) == len(text)
+    assert folded == "".join(extraction._fold_char(ch) for ch in text)
