@@ -20,7 +20,7 @@ from runner.simulator import running_simulator
 
 PROMPTS, RUNS = 400, 5  # x 1 model = 2,000 jobs
 MODEL = "sim-gpt-4o-mini@latency=500"
-PROCESSES, THREADS = 4, 16
+PROCESSES, THREADS = 2, 32
 LATENCY_S = 0.5
 IDEAL_JOBS_PER_S = PROCESSES * THREADS / LATENCY_S
 TIMEOUT_S = 180.0

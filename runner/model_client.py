@@ -25,6 +25,11 @@ from typing import Any
 
 import httpx
 import openai
+
+# openai imports its chat resource lazily, on a client's first `.chat`: 0.7 s of CPU that every
+# job thread of a fresh worker would contend for on its first call (bench/ item 3). Paid here,
+# once per process, before the worker claims anything.
+import openai.resources.chat
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from db.errors import ModelCallError
