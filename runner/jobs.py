@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from db import results
@@ -33,6 +35,7 @@ class JobOutcome(StrEnum):
     RETRY = "retry"
     FAILED = "failed"
     DROPPED = "dropped"  # the worker no longer held the job: nothing was written
+    NOT_STARTED = "not_started"  # the worker is stopping: a prefetched job goes back uncalled
 
 
 @dataclass
@@ -44,23 +47,32 @@ class JobContext:
     client: ModelClient
     catalog: CatalogCache
     pending: PendingCompletions | None = None  # the group commit; None: write directly
+    call_slots: threading.BoundedSemaphore | None = None  # bounds concurrent model calls
+    draining: threading.Event | None = None  # set when the worker stops: start no more calls
 
 
 def run_job(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
     """Run `job` to a recorded outcome. Never raises for a job's own failure."""
-    started = time.monotonic()
+    with ctx.call_slots or nullcontext():  # the answer is recorded after the slot is given back
+        if ctx.draining is not None and ctx.draining.is_set():
+            return JobOutcome.NOT_STARTED
+        started = time.monotonic()
+        outcome = _ask(ctx, job)
+        latency_ms = _ms_since(started)
+    if isinstance(outcome, ModelReply):
+        return _record_success(ctx, job, outcome, latency_ms)
+    return _record_failure(ctx, job, replace(outcome, latency_ms=latency_ms))
+
+
+def _ask(ctx: JobContext, job: ClaimedJob) -> ModelReply | FailureRecord:
+    """The model's reply, or the failure to record (latency filled in by the caller)."""
     try:
-        reply = ctx.client.ask(job)
+        return ctx.client.ask(job)
     except CallFailed as exc:
-        failure = FailureRecord(exc.kind, str(exc), _ms_since(started), exc.retry_after,
-                                exc.request_id)
-        return _record_failure(ctx, job, failure)
+        return FailureRecord(exc.kind, str(exc), None, exc.retry_after, exc.request_id)
     except Exception as exc:  # a bug of ours: the job fails visibly, the worker lives on
         log.exception("job crashed", extra={"action": "job_crashed", "job_id": job.id})
-        failure = FailureRecord(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}",
-                                _ms_since(started))
-        return _record_failure(ctx, job, failure)
-    return _record_success(ctx, job, reply, _ms_since(started))
+        return FailureRecord(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
 def _record_success(ctx: JobContext, job: ClaimedJob, reply: ModelReply,

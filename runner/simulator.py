@@ -142,6 +142,12 @@ class SimulatorServer(ThreadingHTTPServer):
         with self._lock:
             return self._request_count
 
+    @property
+    def call_counts(self) -> dict[CallKey, int]:
+        """Answered chat calls by (model, last user message, X-Simulator-Key), a copy."""
+        with self._lock:
+            return dict(self._calls)
+
     def count_request(self) -> None:
         """Count one received HTTP request."""
         with self._lock:

@@ -16,10 +16,11 @@ from sqlalchemy import Engine, func, select
 from db import catalog, operations, queue
 from db.catalog import NewPrompt
 from db.engine import read_tx
-from db.models import JobAttempt, PromptJob, Response, Worker
+from db.models import JobAttempt, Prompt, PromptJob, Response, Worker
 from db.types import JobStatus
 from runner.scheduler import utc_batch_key
 from runner.simulator import SimulatorServer, running_simulator
+from runner.worker import prefetch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,6 +179,28 @@ def test_sigterm_finishes_in_flight_jobs_and_exits_zero(engine, db_url, sim):
     assert count(engine, PromptJob.status == "succeeded") >= 1
     assert count(engine, PromptJob.status == "queued", PromptJob.attempt_count > 0) == 0
     assert count(engine, Worker.stopped_at.is_(None), table=Worker) == 0
+
+
+def test_sigterm_hands_back_prefetched_jobs_without_calling_the_model(engine, db_url, sim):
+    """A process holds T running calls plus prefetched jobs (runner.worker.prefetch): on SIGTERM
+    the running ones finish, the prefetched ones go back to the queue unstarted (no call, no
+    attempt spent)."""
+    seed(engine, "sim-gpt-4o-mini@latency=3000", sim.base_url, prompts=10, runs=2)
+    proc = start_runner(db_url, processes=1, threads=2, grace_seconds=20)
+    wait_for(lambda: count(engine, PromptJob.status == "processing") == 2 + prefetch(2), 120,
+             "running and prefetched jobs")
+    time.sleep(0.5)  # the two running calls are under way; the prefetched two wait for a slot
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 0, err[-3000:]
+    assert count(engine, PromptJob.status == "succeeded") == 2
+    assert count(engine, PromptJob.status == "processing") == 0
+    assert count(engine, PromptJob.attempt_count > 0) == 2
+    assert count(engine, table=JobAttempt) == 2
+    with read_tx(engine) as conn:
+        answered = set(conn.scalars(select(Prompt.text).join(PromptJob).where(
+            PromptJob.status == "succeeded")))
+    assert {prompt for _, prompt, _ in sim.call_counts} == answered  # no other prompt was asked
 
 
 def test_sigterm_past_grace_hands_jobs_back_without_spending_attempts(engine, db_url, sim):
