@@ -43,6 +43,7 @@ def load_answer_bank() -> tuple[BankEntry, ...]:
     )
 
 
+@functools.lru_cache(maxsize=1024)  # the bank's prompts are tokenized once, not per request
 def _words(text: str) -> frozenset[str]:
     return frozenset(re.findall(r"\w+", text.casefold()))
 
