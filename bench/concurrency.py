@@ -6,7 +6,6 @@ not in this process, whose RSS sampling would hold its GIL."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 import psutil
 from sqlalchemy import create_engine, text
 
-from bench.databases import OUT, Target, fresh_target, seed_catalog, sql_scalar
+from bench.databases import OUT, Target, command_env, fresh_target, seed_catalog, sql_scalar
 from db import queue
 from runner.scheduler import utc_batch_key
 
@@ -59,7 +58,8 @@ def simulator_process() -> Iterator[str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "runner", "simulator", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=command_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         _wait_until_serving(base_url, proc)
@@ -82,8 +82,8 @@ def _wait_until_serving(base_url: str, proc: subprocess.Popen[bytes]) -> None:
 
 def _drain(target: Target) -> tuple[float, int]:
     """Run `promptbatch run --drain`; returns (wall seconds, peak summed RSS in bytes)."""
-    env = {**os.environ, "DATABASE_URL": target.url, "PROMPTBATCH_PROCESSES": str(PROCESSES),
-           "PROMPTBATCH_THREADS": str(THREADS), "PROMPTBATCH_POLL_INTERVAL": "0.1"}
+    env = command_env(DATABASE_URL=target.url, PROMPTBATCH_PROCESSES=str(PROCESSES),
+                      PROMPTBATCH_THREADS=str(THREADS), PROMPTBATCH_POLL_INTERVAL="0.1")
     OUT.mkdir(exist_ok=True)
     started = time.perf_counter()
     with open(OUT / f"concurrency-{target.backend}.log", "w") as log:

@@ -3,6 +3,7 @@ file under bench/out/, migrated and seeded with prompts and models through the c
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,3 +109,11 @@ def psql(target: Target, sql: str) -> None:
     """Run `sql` with the psql client (ON_ERROR_STOP); raises CalledProcessError on failure."""
     subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", target.libpq_url, "-c", sql],
                    check=True, capture_output=True, text=True)
+
+
+def command_env(**settings: str) -> dict[str, str]:
+    """The environment for a `promptbatch` command under test: ours plus `settings`, with Python's
+    bytecode cache on as in an installed package (this machine sets PYTHONDONTWRITEBYTECODE, which
+    would recompile every module of ours at each command's start)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, **settings}

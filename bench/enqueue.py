@@ -4,14 +4,13 @@ CONFLICT in the database's own client (psql, sqlite3) as the floor."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.databases import Target, fresh_target, psql, seed_catalog, sql_scalar
+from bench.databases import Target, command_env, fresh_target, psql, seed_catalog, sql_scalar
 from db import queue
 
 PROMPTS, MODELS, RUNS = 10_000, 5, 3
@@ -74,7 +73,7 @@ def _timed(enqueue: Callable[[Target], None], target: Target) -> float:
 
 
 def _cli_enqueue(target: Target) -> None:
-    env = {**os.environ, "DATABASE_URL": target.url, "PROMPTBATCH_LOG_LEVEL": "WARNING"}
+    env = command_env(DATABASE_URL=target.url, PROMPTBATCH_LOG_LEVEL="WARNING")
     subprocess.run([sys.executable, "-m", "runner", "enqueue", "--batch-key", BATCH_KEY],
                    env=env, check=True, capture_output=True, text=True)
 

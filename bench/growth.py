@@ -1,5 +1,6 @@
 """Item 4: claim latency (median, p99) and the console's Overview and Jobs query times with 10k,
-100k and 1M jobs already in prompt_jobs, most of them finished.
+100k and 1M jobs already in prompt_jobs, most of them finished; and the claim's query plan
+(EXPLAIN ANALYZE), which must walk the partial index ix_prompt_jobs_claim.
 
 The history is bench/seed_console.py's (40 daily batches, 97% succeeded, today's mid-run); on top
 of it every size gets the same backlog of BACKLOG queued jobs, so only the table's size changes.
@@ -42,9 +43,11 @@ def _measure_size(target: Target, size: int) -> dict[str, float]:
     engine = make_engine(url)
     _add_backlog(engine)
     latencies = _claim_latencies(engine)
+    plan = queue.claim_plan(engine, CLAIM_LIMIT)
     engine.dispose()
+    assert any("ix_prompt_jobs_claim" in line for line in plan), plan
     return {"jobs": size + BACKLOG, "claim_median_ms": statistics.median(latencies),
-            "claim_p99_ms": statistics.quantiles(latencies, n=100)[98],
+            "claim_p99_ms": statistics.quantiles(latencies, n=100)[98], "claim_plan": plan,
             **{f"{page.lower()}_ms": pages[page] * 1000 for page in CONSOLE_PAGES}}
 
 

@@ -22,7 +22,13 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [f"## {title}", "", "| measure | value | goal |", "| --- | --- | --- |"]
         lines += [f"| {m} | {v} | {g} |" for m, v, g in rows]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join([*lines, *_claim_plan(r["postgresql"]["growth"])])
+
+
+def _claim_plan(g: dict[str, Any]) -> list[str]:
+    size, largest = max(g["sizes"].items(), key=lambda item: int(item[0]))
+    return [f"## Claim plan with {int(size):,} finished jobs (EXPLAIN ANALYZE, PostgreSQL)", "",
+            "```", *largest["claim_plan"], "```", ""]
 
 
 def _machine(m: dict[str, Any]) -> list[str]:

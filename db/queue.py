@@ -198,6 +198,18 @@ SELECT taken.*, capped.found AS capped FROM capped LEFT JOIN taken ON true
 """)
 
 
+def claim_plan(engine: Engine, limit: int) -> list[str]:
+    """EXPLAIN ANALYZE of the PostgreSQL claim statement for `limit` jobs, rolled back (nothing is
+    claimed): for bench/ and for operators checking that it walks ix_prompt_jobs_claim."""
+    params = {"now": utcnow(), "limit": limit, "worker_id": "explain",
+              "lease_until": utcnow() + timedelta(seconds=60)}
+    with engine.connect() as conn, conn.begin() as tx:
+        plan = [row[0] for row in conn.execute(text(f"EXPLAIN ANALYZE {_CLAIM_PG.text}"),
+                                               params)]
+        tx.rollback()
+    return plan
+
+
 def _claim_uncapped_pg(conn: Connection, limit: int, worker_id: str, now: datetime,
                        lease_until: datetime) -> list[ClaimedJob] | None:
     """The claimed jobs in claim order, or None when a model is capped (nothing was taken)."""
