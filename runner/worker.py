@@ -178,7 +178,7 @@ class Worker:
         except DatabaseUnavailable as exc:
             log.warning("claim failed, will retry: %s", exc, extra={"action": "claim_failed"})
             self.pending.put_back(batch)
-            self._shared_stop.wait(self.settings.poll_interval)  # no hot loop while it is away
+            time.sleep(self.settings.poll_interval)  # no hot loop while it is away (drain too)
             return []
         except Exception:
             if not batch:
