@@ -59,15 +59,31 @@ def enqueue_batch(engine: Engine, batch_key: str, *, max_attempts: int,
         with write_tx(engine) as conn:
             _lock_batch(conn, batch_key)
             now = utcnow()
-            created = _inserted(conn, conn.execute(
-                _enqueue_statement(conn, batch_key, max_attempts, now),
-                execution_options={"preserve_rowcount": True}).rowcount)
-            _analyze_after_bulk_insert(conn, created)
             expected = _expected_jobs(conn)
-            conn.execute(update(Prompt).where(Prompt.is_active).values(last_run_at=now))
+            created = 0 if _present_jobs(conn, batch_key) == expected else _inserted(
+                conn, conn.execute(_enqueue_statement(conn, batch_key, max_attempts, now),
+                                   execution_options={"preserve_rowcount": True}).rowcount)
+            _analyze_after_bulk_insert(conn, created)
+            if created:  # a prompt's last run is the last enqueue that gave it jobs
+                conn.execute(update(Prompt).where(Prompt.is_active).values(last_run_at=now))
             write_audit(conn, actor, "enqueue", {"batch_key": batch_key}, created, now)
             return EnqueueResult(batch_key, created, max(expected - created, 0))
     return retry_locked(engine, run)
+
+
+def _present_jobs(conn: Connection, batch_key: str) -> int:
+    """How many of the batch's expected jobs (active prompt x active model x run) exist already.
+
+    Equal to _expected_jobs when the batch is complete: then the insert is skipped, which makes
+    the idempotent re-run (every runner start, every catch-up) a count instead of 150,000
+    conflicting inserts, 0.86 s -> about 0.1 s (bench/ item 1). The unique key makes the count
+    exact; the batch lock keeps it true until commit.
+    """
+    return int(conn.scalar(
+        select(func.count()).select_from(J)
+        .join(Prompt, and_(Prompt.id == J.prompt_id, Prompt.is_active))
+        .join(Model, and_(Model.id == J.model_id, Model.is_active))
+        .where(J.batch_key == batch_key, J.run_index < Prompt.runs)) or 0)
 
 
 def _lock_batch(conn: Connection, batch_key: str) -> None:

@@ -82,6 +82,28 @@ def test_enqueue_after_partial_run_creates_the_missing_half(engine: Engine) -> N
     assert set(ids[1::2]) <= set(f.job_ids(engine))  # the surviving rows were left alone
 
 
+def test_rerun_of_a_complete_batch_writes_nothing(engine: Engine) -> None:
+    """A complete batch is recognised by count and left alone: created 0, last_run_at kept."""
+    f.make_batch(engine, prompts=3, models=2, runs=2)
+    stamped = {p.id: p.last_run_at for p in catalog.list_prompts(engine)}
+    again = queue.enqueue_batch(engine, BATCH, max_attempts=3)
+    assert (again.created, again.existing) == (0, 12)
+    assert {p.id: p.last_run_at for p in catalog.list_prompts(engine)} == stamped
+
+
+def test_rerun_is_not_fooled_by_jobs_of_a_deactivated_prompt(engine: Engine) -> None:
+    """As many jobs in the batch as expected, but one prompt was swapped for another: the count
+    covers active prompts only, so the new prompt still gets its jobs."""
+    old, _ = f.make_prompts(engine, 2)
+    f.make_models(engine, 2)
+    queue.enqueue_batch(engine, BATCH, max_attempts=3)
+    catalog.update_prompt(engine, old, is_active=False)
+    [new] = f.make_prompts(engine, 1, prefix="new")
+    again = queue.enqueue_batch(engine, BATCH, max_attempts=3)
+    assert (again.created, again.existing) == (2, 2)
+    assert f.count(engine, PromptJob, prompt_id=new) == 2
+
+
 def test_enqueue_leaves_existing_jobs_untouched(engine: Engine) -> None:
     """Case C10: re-enqueueing never resets a job that already ran or failed."""
     f.make_batch(engine, prompts=1, models=2)
