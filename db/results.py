@@ -87,9 +87,10 @@ def _complete_in(conn: Connection, completions: Sequence[Completion], now: datet
                  ) -> list[bool]:
     saved = (_complete_sqlite(conn, completions, now) if is_sqlite(conn)
              else _complete_pg(conn, completions, now))
-    _insert_mentions(conn, [(saved[c.job.id], c.answer.mentions)
-                            for c in completions if c.job.id in saved], now)
-    return [c.job.id in saved for c in completions]
+    keys = [(c.job.id, c.job.attempt) for c in completions]  # a stale attempt of a job can sit
+    _insert_mentions(conn, [(saved[key], c.answer.mentions)  # next to its current one
+                            for key, c in zip(keys, completions, strict=True) if key in saved], now)
+    return [key in saved for key in keys]
 
 
 # The fenced 'succeeded' updates, the responses and the attempt rows of many jobs in one statement:
@@ -114,28 +115,31 @@ WITH input AS (
     FROM input AS i
     WHERE j.id = i.job_id AND j.status = 'processing' AND j.locked_by = i.worker_id
       AND j.attempt_count = i.attempt
-    RETURNING j.id, j.prompt_id, j.model_id, j.batch_key, j.run_index
+    RETURNING j.id, j.attempt_count, j.prompt_id, j.model_id, j.batch_key, j.run_index
 ), attempt AS (
     INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome,
                               latency_ms, request_id)
     SELECT i.job_id, i.attempt, i.worker_id, i.started_at, :now, 'succeeded', i.latency_ms,
            i.request_id
-    FROM input AS i JOIN done AS d ON d.id = i.job_id
-)
-INSERT INTO responses (job_id, prompt_id, model_id, batch_key, run_index, answer, raw_body,
+    FROM input AS i JOIN done AS d ON d.id = i.job_id AND d.attempt_count = i.attempt
+), response AS (
+    INSERT INTO responses (job_id, prompt_id, model_id, batch_key, run_index, answer, raw_body,
                        output_mode, finish_reason, prompt_tokens, completion_tokens, cost,
                        latency_ms, request_id, created_at)
-SELECT d.id, d.prompt_id, d.model_id, d.batch_key, d.run_index, i.answer, i.raw_body,
-       i.output_mode, i.finish_reason, i.prompt_tokens, i.completion_tokens, i.cost,
-       i.latency_ms, i.request_id, :now
-FROM input AS i JOIN done AS d ON d.id = i.job_id
-RETURNING job_id, id
+    SELECT d.id, d.prompt_id, d.model_id, d.batch_key, d.run_index, i.answer, i.raw_body,
+           i.output_mode, i.finish_reason, i.prompt_tokens, i.completion_tokens, i.cost,
+           i.latency_ms, i.request_id, :now
+    FROM input AS i JOIN done AS d ON d.id = i.job_id AND d.attempt_count = i.attempt
+    RETURNING job_id, id
+)
+SELECT r.job_id, d.attempt_count AS attempt, r.id
+FROM response AS r JOIN done AS d ON d.id = r.job_id
 """)
 
 
 def _complete_pg(conn: Connection, completions: Sequence[Completion], now: datetime
-                 ) -> dict[int, int]:
-    """Response id by job id for the jobs whose fence matched."""
+                 ) -> dict[tuple[int, int], int]:
+    """Response id by (job id, attempt) for the completions whose fence matched."""
     jobs = [c.job for c in completions]
     answers = [c.answer for c in completions]
     params = {
@@ -148,13 +152,13 @@ def _complete_pg(conn: Connection, completions: Sequence[Completion], now: datet
         "completion_tokens": [a.completion_tokens for a in answers],
         "cost": [c.cost_usd for c in completions], "latency_ms": [a.latency_ms for a in answers],
         "request_id": [a.request_id for a in answers]}
-    return {row.job_id: row.id for row in conn.execute(_COMPLETE_PG, params)}
+    return {(row.job_id, row.attempt): row.id for row in conn.execute(_COMPLETE_PG, params)}
 
 
 def _complete_sqlite(conn: Connection, completions: Sequence[Completion], now: datetime
-                     ) -> dict[int, int]:
-    """Response id by job id for the jobs whose fence matched (SQLite: statements per job, one
-    transaction and one commit for all)."""
+                     ) -> dict[tuple[int, int], int]:
+    """Response id by (job id, attempt) for the completions whose fence matched (SQLite:
+    statements per job, one transaction and one commit for all)."""
     saved = {}
     for c in completions:
         job, answer = c.job, c.answer
@@ -163,7 +167,7 @@ def _complete_sqlite(conn: Connection, completions: Sequence[Completion], now: d
             error_kind=None, error_message=None, locked_by=None, lease_expires_at=None))
         if done.rowcount != 1:
             continue
-        saved[job.id] = _insert_response(conn, c, now)
+        saved[(job.id, job.attempt)] = _insert_response(conn, c, now)
         record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
                        started_at=job.started_at, finished_at=now, outcome="succeeded",
                        error_kind=None, error_message=None, latency_ms=answer.latency_ms,

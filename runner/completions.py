@@ -49,7 +49,8 @@ class PendingCompletions:
         return done.result()
 
     def close(self) -> None:
-        """The claim loop ends: write what is waiting one by one; later calls write directly."""
+        """The claim loop ends: write what is waiting one by one; later calls write directly.
+        Idempotent."""
         with self._lock:
             self._closed = True
         write_each(self._engine, self.take(len(self._items)))

@@ -135,11 +135,16 @@ class Worker:
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         threading.Thread(target=self._wake_on_stop, name="stop-watch", daemon=True).start()
-        with ThreadPoolExecutor(self.capacity, thread_name_prefix="job") as pool:
-            self._claim_loop(pool)
-            self._drain()
-            self.pending.close()
-        self._stop.set()
+        try:
+            with ThreadPoolExecutor(self.capacity, thread_name_prefix="job") as pool:
+                try:
+                    self._claim_loop(pool)
+                    self._drain()
+                finally:  # also when the loop died: no job thread may wait for it forever
+                    self._draining.set()
+                    self.pending.close()
+        finally:  # stop renewing leases, so a dead loop's jobs come back through the reaper
+            self._stop.set()
         beat.join(timeout=5)
         workers.stop_worker(self.engine, self.id)
         self.ctx.client.close()
@@ -212,6 +217,7 @@ class Worker:
                 self._complete_and_claim(batch, 0)
             elif self._running_ids():
                 self._wake.wait(min(self.settings.poll_interval, deadline - time.monotonic()))
+        self.pending.close()  # answers handed over by now are saved, not handed back and lost
         with self._lock:
             back = [job.id for future, job in self.in_flight.items() if _unfinished(future)]
         if back:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from sqlalchemy import Engine, select
 
 from db import catalog, queue
@@ -73,3 +76,13 @@ def attempts(engine: Engine) -> list[dict[str, object]]:
     with read_tx(engine) as conn:
         return [dict(r) for r in conn.execute(
             select(JobAttempt.__table__).order_by(JobAttempt.attempt)).mappings()]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` every 0.1 s; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

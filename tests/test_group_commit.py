@@ -5,20 +5,25 @@ Real SQLite and PostgreSQL; the job threads are real threads blocked on their ow
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import IntegrityError
 
 from db import operations, queue, results
 from db.engine import read_tx
-from db.models import Entity, JobAttempt, Mention, Response
+from db.models import Entity, JobAttempt, Mention, PromptJob, Response
 from db.types import Completion
 from runner.completions import PendingCompletions, resolve, write_each
+from runner.simulator import SimulatorServer
+from runner.worker import StopFlag, Worker, WorkerSpec
 from tests import factories as f
 from tests.factories import BATCH
+from tests.helpers import fast_settings, one_job, wait_for
 
 
 def test_complete_jobs_writes_each_held_job_and_skips_the_rest(engine: Engine) -> None:
@@ -151,3 +156,56 @@ def test_a_batch_put_back_is_written_first_next_turn(engine: Engine) -> None:
         assert not any(fut.done() for fut in [*futures, late])
         resolve(again, results.complete_jobs(engine, [c for c, _ in again]))
         assert [fut.result(timeout=10) for fut in [*futures, late]] == [True, True, True]
+
+
+def test_a_worker_whose_database_turns_read_only_exits_instead_of_hanging(
+        engine: Engine, db_url: str, sim: SimulatorServer) -> None:
+    """A failover to a read-only standby makes the claim loop fail with an error that is not
+    'unavailable': the worker must end (so its supervisor replaces it) and stop renewing leases,
+    not leave its job threads waiting for a commit that never comes."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite reports a read-only database as unavailable: retried, not fatal")
+    one_job(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url)
+    settings = fast_settings(db_url, threads=2)
+    worker = Worker(settings, WorkerSpec(settings.model_dump(), "test", 0),
+                    StopFlag(mp.get_context("spawn")))
+    raised: list[BaseException] = []
+    thread = threading.Thread(target=_run_worker, args=(worker, raised), daemon=True)
+    thread.start()
+    wait_for(lambda: f.count(engine, PromptJob, status="processing") == 1, 30, "the job in flight")
+    event.listen(worker.engine, "connect", _read_only)
+    worker.engine.dispose()  # every later connection of the worker is read-only
+    thread.join(30)
+    assert not thread.is_alive()
+    assert raised and "read-only" in str(raised[0])
+    assert f.job(engine, f.job_ids(engine)[0]).status == "processing"  # the reaper's, later
+
+
+def _run_worker(worker: Worker, raised: list[BaseException]) -> None:
+    try:
+        worker.run()
+    except Exception as exc:  # the test asserts on it
+        raised.append(exc)
+
+
+def _read_only(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("SET default_transaction_read_only = on")
+    dbapi_conn.commit()
+
+
+def test_a_stale_attempt_beside_the_current_one_is_told_it_was_dropped(engine: Engine) -> None:
+    """The reaper took a job back and the same worker claimed it again while its first thread
+    still ran: both attempts' answers reach one batch. Only the current attempt is saved, and
+    the stale one is told False (its thread must not log a success)."""
+    f.make_batch(engine, prompts=1, models=1)
+    [stale] = f.claim_all(engine, "w1", lease_seconds=0.01)
+    f.expire_lease(engine, [stale.id])
+    queue.reap_expired(engine)
+    [current] = f.claim_all(engine, "w1")
+    assert (current.id, current.attempt) == (stale.id, 2)
+    done = [Completion(stale, f.answer(["HubSpot"]), None),
+            Completion(current, f.answer(["Pipedrive"]), None)]
+    assert results.complete_jobs(engine, done) == [False, True]
+    assert f.count(engine, Response) == 1
+    with read_tx(engine) as conn:
+        assert conn.scalars(select(Entity.name).join(Mention)).all() == ["Pipedrive"]

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from db.types import JobStatus
 from runner.scheduler import utc_batch_key
 from runner.simulator import SimulatorServer, running_simulator
 from runner.worker import prefetch
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,15 +59,6 @@ def seed(engine: Engine, model: str, base_url: str, *, prompts: int = 3, runs: i
 def count(engine: Engine, *where: object, table: type = PromptJob) -> int:
     with read_tx(engine) as conn:
         return int(conn.scalar(select(func.count()).select_from(table).where(*where)) or 0)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def processing_pids(engine: Engine) -> set[int]:
