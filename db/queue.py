@@ -217,8 +217,8 @@ SELECT taken.*, capped.found AS capped FROM capped LEFT JOIN taken ON true
 def claim_plan(engine: Engine, limit: int) -> list[str]:
     """EXPLAIN ANALYZE of the PostgreSQL claim statement for `limit` jobs, rolled back (nothing is
     claimed): for bench/ and for operators checking that it walks ix_prompt_jobs_claim."""
-    params = {"now": utcnow(), "limit": limit, "worker_id": "explain",
-              "lease_until": utcnow() + timedelta(seconds=60)}
+    now = utcnow()
+    params = _claim_params(limit, "explain", now, now + timedelta(seconds=60))
     with engine.connect() as conn, conn.begin() as tx:
         plan = [row[0] for row in conn.execute(text(f"EXPLAIN ANALYZE {_CLAIM_PG.text}"),
                                                params)]
@@ -229,21 +229,28 @@ def claim_plan(engine: Engine, limit: int) -> list[str]:
 def _claim_uncapped_pg(conn: Connection, limit: int, worker_id: str, now: datetime,
                        lease_until: datetime) -> list[ClaimedJob] | None:
     """The claimed jobs in claim order, or None when a model is capped (nothing was taken)."""
-    rows = list(conn.execute(_CLAIM_PG, {"now": now, "limit": limit, "worker_id": worker_id,
-                                         "lease_until": lease_until}))
+    rows = list(conn.execute(_CLAIM_PG, _claim_params(limit, worker_id, now, lease_until)))
     if rows[0].capped:
         return None
-    taken = sorted((r for r in rows if r.id is not None),
-                   key=lambda r: (r.priority, r.scheduled_for, r.id))
+    taken = sorted((r for r in rows if r.id is not None), key=_claim_order)
     return [_claimed(r, worker_id) for r in taken]
+
+
+def _claim_params(limit: int, worker_id: str, now: datetime,
+                  lease_until: datetime) -> dict[str, Any]:
+    return {"now": now, "limit": limit, "worker_id": worker_id, "lease_until": lease_until}
+
+
+def _claim_order(row: Any) -> tuple[int, datetime, int]:
+    """The claim order, (priority, scheduled_for, id), of a row that has those columns."""
+    return row.priority, row.scheduled_for, row.id
 
 
 def _pick_ids(conn: Connection, models: Sequence[Row[int, int | None]], limit: int,
               now: datetime) -> list[int]:
     # Each model group's first jobs are locked, then the best `limit` of them are taken: one
     # query per group keeps a capped model's quota exact, the merge keeps the order global.
-    order = sorted(_candidates(conn, models, limit, now),
-                   key=lambda r: (r.priority, r.scheduled_for, r.id))
+    order = sorted(_candidates(conn, models, limit, now), key=_claim_order)
     return [r.id for r in order[:limit]]
 
 
@@ -261,7 +268,7 @@ def _take(conn: Connection, ids: list[int], worker_id: str, now: datetime,
     # PostgreSQL: the update returns the job with its prompt and model (one round trip less).
     stmt = (stmt.where(Prompt.id == J.prompt_id, Model.id == J.model_id)
             .returning(*_CLAIMED_COLUMNS, J.priority, J.scheduled_for))
-    rows = sorted(conn.execute(stmt), key=lambda r: (r.priority, r.scheduled_for, r.id))
+    rows = sorted(conn.execute(stmt), key=_claim_order)
     return [_claimed(r, worker_id) for r in rows]
 
 

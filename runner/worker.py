@@ -215,8 +215,9 @@ class Worker:
             self._wake.clear()
             if batch := self.pending.take():
                 self._complete_and_claim(batch, 0)
-            elif self._running_ids():
-                self._wake.wait(min(self.settings.poll_interval, deadline - time.monotonic()))
+            else:  # a hand-over or a job's end wakes it
+                self._wake.wait(max(min(self.settings.poll_interval,
+                                        deadline - time.monotonic()), 0))
         self.pending.close()  # answers handed over by now are saved, not handed back and lost
         with self._lock:
             back = [job.id for future, job in self.in_flight.items() if _unfinished(future)]
