@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 
 from bench.databases import OUT, Target, command_env, fresh_target, seed_catalog, sql_scalar
 from db import queue
-from runner.scheduler import utc_batch_key
+from runner.worker.scheduler import utc_batch_key
 
 PROMPTS, RUNS = 400, 5  # x 1 model = 2,000 jobs
 MODEL = "sim-gpt-4o-mini@latency=500"

@@ -1,9 +1,10 @@
 """Item 2: claim-and-complete throughput of no-op jobs through the real worker processes.
 
-Each worker process is runner.worker's own `worker_main` with one change: `run_job` is replaced by
-a no-op that makes no model call but records the success through db.results.complete_job, so a
-job costs every production queue write: the claim, the fenced completion, the response row and
-the attempt row. The floor is pgbench running that SQL alone at the same concurrency.
+Each worker process is runner.worker.process's own `worker_main` with one change: `run_job` is
+replaced by a no-op that makes no model call but records the success through
+db.results.complete_job, so a job costs every production queue write: the claim, the fenced
+completion, the response row and the attempt row. The floor is pgbench running that SQL alone at
+the same concurrency.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from bench.databases import OUT, Target, fresh_target, psql, seed_catalog, sql_s
 from bench.drain_clock import time_drain
 from db import queue
 from db.types import AnswerRecord, ClaimedJob, Completion, OutputMode
-from runner import worker
-from runner.jobs import JobContext, JobOutcome, save_success
 from runner.settings import Settings
+from runner.worker import process as worker
+from runner.worker.jobs import JobContext, JobOutcome, save_success
 
 JOBS = 20_000
 PROMPTS, MODELS = 4_000, 5
@@ -62,7 +63,7 @@ def complete_noop(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
 
 
 def noop_worker_main(spec: worker.WorkerSpec, stop: worker.StopFlag) -> None:
-    """runner.worker.worker_main with run_job swapped for complete_noop (a spawned process)."""
+    """runner.worker.process.worker_main with run_job swapped for complete_noop (spawned)."""
     worker.run_job = complete_noop
     worker.worker_main(spec, stop)
 

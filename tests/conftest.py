@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from db.engine import make_engine
 from db.migrate import upgrade
-from runner.simulator import SimulatorServer, running_simulator
+from runner.simulator.server import SimulatorServer, running_simulator
 
 PG_URL = os.environ.get("PROMPTBATCH_TEST_PG_URL",
                         "postgresql+psycopg://postgres@127.0.0.1:5432/test")

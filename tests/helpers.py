@@ -12,10 +12,10 @@ from db.catalog import NewPrompt
 from db.engine import read_tx
 from db.models import JobAttempt, Mention, PromptJob, Response
 from db.types import ClaimedJob
-from runner.catalog_cache import CatalogCache
-from runner.jobs import JobContext, JobOutcome, run_job
-from runner.model_client import ModelClient
+from runner.llm.client import ModelClient
 from runner.settings import Settings
+from runner.worker.catalog_cache import CatalogCache
+from runner.worker.jobs import JobContext, JobOutcome, run_job
 
 CRM_PROMPT = "What is the best CRM for a 10-person B2B startup?"
 BATCH = "2026-11-30"

@@ -70,7 +70,7 @@ def console(tmp_path: Path) -> Iterator[tuple[str, str]]:
     env = {**os.environ, "DATABASE_URL": db_url, "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"}
     env.pop("CONSOLE_PASSWORD", None)
     env.pop("CONSOLE_READ_ONLY", None)
-    proc = subprocess.Popen([sys.executable, "-c", "from runner.cli import main; main()",
+    proc = subprocess.Popen([sys.executable, "-c", "from runner.cli.commands import main; main()",
                              "console", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from db import catalog
 from db.catalog import count_rows
 from db.models import Prompt
-from runner.scheduler import utc_batch_key
+from runner.worker.scheduler import utc_batch_key
 
 ROOT = Path(__file__).resolve().parents[1]
 

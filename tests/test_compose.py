@@ -13,7 +13,7 @@ from pydantic import AliasChoices
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from runner.cli import app
+from runner.cli.commands import app
 from runner.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

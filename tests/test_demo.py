@@ -10,7 +10,7 @@ from pathlib import Path
 from db.engine import make_engine
 from db.stats import batch_counts, top_brands
 from db.types import JobStatus
-from runner.scheduler import utc_batch_key
+from runner.worker.scheduler import utc_batch_key
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,18 +9,10 @@ from typing import Any
 
 import pytest
 
-from runner import extraction
-from runner.extraction import (
-    Catalog,
-    CatalogEntry,
-    FoundMention,
-    candidate_keys,
-    extract_from_text,
-    locate,
-    matching_key,
-    order_mentions,
-    polish,
-)
+from runner.extraction import find
+from runner.extraction.find import FoundMention, extract_from_text, locate, order_mentions
+from runner.extraction.polish import polish
+from runner.extraction.resolve import Catalog, CatalogEntry, candidate_keys, matching_key
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -342,6 +334,6 @@ def test_text_extraction_orders_by_first_appearance() -> None:
                                   "\u201cProton VPN\u201d vs NordVPN", "Straße ǅemal ﬁle"])
 def test_fold_keeps_length_and_matches_char_by_char(text: str) -> None:
     """The ASCII fast path and the cached per-char path fold alike, one char for one char."""
-    folded = extraction._fold(text)
+    folded = find._fold(text)
     assert len(folded) == len(text)
-    assert folded == "".join(extraction._fold_char(ch) for ch in text)
+    assert folded == "".join(find._fold_char(ch) for ch in text)

@@ -18,9 +18,9 @@ from db import operations, queue, results
 from db.engine import read_tx
 from db.models import Entity, JobAttempt, Mention, PromptJob, Response
 from db.types import Completion
-from runner.completions import PendingCompletions, resolve, write_each
-from runner.simulator import SimulatorServer
-from runner.worker import StopFlag, Worker, WorkerSpec
+from runner.simulator.server import SimulatorServer
+from runner.worker.group_commit import PendingCompletions, resolve, write_each
+from runner.worker.process import StopFlag, Worker, WorkerSpec
 from tests import factories as f
 from tests.factories import BATCH
 from tests.helpers import fast_settings, one_job, wait_for

@@ -10,8 +10,8 @@ from sqlalchemy import Engine
 
 from db import catalog
 from db.types import ErrorKind, JobStatus
-from runner.inputs import brand
-from runner.jobs import JobOutcome
+from runner.cli.inputs import brand
+from runner.worker.jobs import JobOutcome
 from tests.helpers import (
     attempts,
     fast_settings,

@@ -13,8 +13,9 @@ import pytest
 
 from db.errors import ConfigError
 from db.types import ErrorKind
-from runner.backoff import backoff_seconds
-from runner.model_client import _kind_for_status, parse_answer_json, retry_after_seconds
+from runner.llm.answers import parse_answer_json
+from runner.llm.errors import kind_for_status, retry_after_seconds
+from runner.worker.backoff import backoff_seconds
 
 
 def test_fenced_json_is_unwrapped():
@@ -57,7 +58,7 @@ def test_retry_after_forms():
     (409, ErrorKind.SERVER_ERROR), (429, ErrorKind.RATE_LIMITED), (500, ErrorKind.SERVER_ERROR),
     (503, ErrorKind.SERVER_ERROR), (418, ErrorKind.BAD_REQUEST)])
 def test_status_kinds(status, kind):
-    assert _kind_for_status(status) is kind
+    assert kind_for_status(status) is kind
     transient = status in (408, 409, 429) or status >= 500
     assert kind.transient is transient
 

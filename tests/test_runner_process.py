@@ -18,9 +18,9 @@ from db.catalog import NewPrompt
 from db.engine import read_tx
 from db.models import JobAttempt, Prompt, PromptJob, Response, Worker
 from db.types import JobStatus
-from runner.scheduler import utc_batch_key
-from runner.simulator import SimulatorServer, running_simulator
-from runner.worker import prefetch
+from runner.simulator.server import SimulatorServer, running_simulator
+from runner.worker.process import prefetch
+from runner.worker.scheduler import utc_batch_key
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,8 +174,8 @@ def test_sigterm_finishes_in_flight_jobs_and_exits_zero(engine, db_url, sim):
 
 
 def test_sigterm_hands_back_prefetched_jobs_without_calling_the_model(engine, db_url, sim):
-    """A process holds T running calls plus prefetched jobs (runner.worker.prefetch): on SIGTERM
-    the running ones finish, the prefetched ones go back to the queue unstarted (no call, no
+    """A process holds T running calls plus prefetched jobs (runner.worker.process.prefetch): on
+    SIGTERM the running ones finish, the prefetched ones go back to the queue unstarted (no call, no
     attempt spent)."""
     # A model no other test here uses: the shared simulator may still be answering their calls.
     seed(engine, "sim-llama-3.1-70b@latency=3000", sim.base_url, prompts=10, runs=2)
@@ -225,12 +225,12 @@ def test_cancelled_processing_job_result_dropped(engine, db_url, sim):
 
 def test_runner_exits_non_zero_when_scheduler_thread_dies(engine, db_url, monkeypatch):
     """C3: if the scheduler thread dies anyway, the runner exits non-zero instead of idling."""
-    from runner.supervisor import EXIT_SCHEDULER_DIED, Supervisor
+    from runner.worker.supervisor import EXIT_SCHEDULER_DIED, Supervisor
     from tests.helpers import fast_settings
 
     def broken_tick(self: object) -> None:
         raise RuntimeError("scheduler bug (simulated)")
 
-    monkeypatch.setattr("runner.scheduler.BatchScheduler.tick", broken_tick)
+    monkeypatch.setattr("runner.worker.scheduler.BatchScheduler.tick", broken_tick)
     supervisor = Supervisor(fast_settings(db_url, processes=1, threads=1), engine, progress=False)
     assert supervisor.run() == EXIT_SCHEDULER_DIED

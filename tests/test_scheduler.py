@@ -14,7 +14,7 @@ from db import queue, stats
 from db.engine import make_engine
 from db.errors import DatabaseUnavailable
 from db.types import EnqueueResult
-from runner.scheduler import BatchScheduler, missed_days, utc_batch_key
+from runner.worker.scheduler import BatchScheduler, missed_days, utc_batch_key
 
 
 @pytest.fixture(autouse=True)

@@ -19,9 +19,9 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from runner.simulator import SimulatorServer, running_simulator
-from runner.simulator_faults import REFUSAL_TEXT, Faults
-from runner.simulator_model import BankEntry, answer_number, load_answer_bank, pick_answer
+from runner.simulator.answers import BankEntry, answer_number, load_answer_bank, pick_answer
+from runner.simulator.faults import REFUSAL_TEXT, Faults
+from runner.simulator.server import SimulatorServer, running_simulator
 
 CORPUS = [
     json.loads(line)
@@ -484,7 +484,7 @@ def free_port() -> int:
 def test_serve_logs_its_url_and_stops_on_sigterm() -> None:
     port = free_port()
     script = (
-        "import logging; from runner.simulator import serve; "
+        "import logging; from runner.simulator.server import serve; "
         "logging.basicConfig(level=logging.INFO, format='%(action)s %(message)s'); "
         f"serve('127.0.0.1', {port})"
     )

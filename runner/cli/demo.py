@@ -10,10 +10,10 @@ import typer
 
 from db import catalog, migrate, queue, stats
 from db.engine import Engine, make_engine
-from runner import inputs
-from runner.scheduler import utc_batch_key
+from runner.cli import inputs
 from runner.settings import Settings
-from runner.simulator import running_simulator
+from runner.simulator.server import running_simulator
+from runner.worker.scheduler import utc_batch_key
 
 DEMO_MODELS = (("sim-gpt-4o-mini", "GPT-4o mini (simulated)"),
                ("sim-claude-3.5-sonnet", "Claude 3.5 Sonnet (simulated)"))
@@ -25,7 +25,7 @@ def data_file(name: str) -> Path:
 
 def run_demo(settings: Settings) -> int:
     """Run the demo batch; returns the drain's exit code (0 = every job succeeded)."""
-    from runner.supervisor import Supervisor
+    from runner.worker.supervisor import Supervisor
     engine = make_engine(settings.database_url)
     typer.echo(f"database: {engine.url.render_as_string(hide_password=True)}")
     typer.echo(f"schema at revision {migrate.upgrade(engine)}")

@@ -20,12 +20,15 @@ from db.types import (
     MentionRecord,
     OutputMode,
 )
-from runner.backoff import backoff_seconds
-from runner.catalog_cache import CatalogCache
-from runner.completions import PendingCompletions
-from runner.extraction import Catalog, extract_from_text, order_mentions
-from runner.model_client import CallFailed, ModelClient, ModelReply
+from runner.extraction.find import extract_from_text, order_mentions
+from runner.extraction.resolve import Catalog
+from runner.llm.answers import ModelReply
+from runner.llm.client import ModelClient
+from runner.llm.errors import CallFailed
 from runner.settings import Settings
+from runner.worker.backoff import backoff_seconds
+from runner.worker.catalog_cache import CatalogCache
+from runner.worker.group_commit import PendingCompletions
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """An OpenAI-compatible chat-completions server on loopback: the demo's and the tests' model.
 
-This module is the HTTP layer and the public API; answers come from `runner.simulator_model`,
+This module is the HTTP layer and the public API; answers come from `runner.simulator.answers`,
 faults (chosen per request by the model name ``sim-gpt-4o-mini@rate_limit=2`` or a header) from
-`runner.simulator_faults`. Clients reach it with the real openai SDK:
+`runner.simulator.faults`. Clients reach it with the real openai SDK:
 ``openai.OpenAI(base_url=server.base_url, api_key="sim")``.
 """
 
@@ -25,7 +25,8 @@ from typing import Any, assert_never
 from uuid import uuid4
 
 from db.errors import InvalidInput
-from runner.simulator_faults import (
+from runner.simulator.answers import ChatRequest, answer_reply, load_answer_bank, parse_chat_request
+from runner.simulator.faults import (
     FAULTS_HEADER,
     Faults,
     Reply,
@@ -39,7 +40,6 @@ from runner.simulator_faults import (
     status_reply,
     unsupported_schema_reply,
 )
-from runner.simulator_model import ChatRequest, answer_reply, load_answer_bank, parse_chat_request
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 from uuid import uuid4
 
 from db.errors import InvalidInput
-from runner.simulator_faults import Faults, Message, Reply, shape_message, split_model
+from runner.simulator.faults import Faults, Message, Reply, shape_message, split_model
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import time
 
 from db.catalog import load_entities
 from db.engine import Engine
-from runner.extraction import Catalog, CatalogEntry
+from runner.extraction.resolve import Catalog, CatalogEntry
 
 REFRESH_SECONDS = 60.0
 

@@ -1,172 +1,23 @@
-"""Brand extraction: raw model names -> canonical entities, and brand positions in an answer.
-
-Pure functions, no database and no I/O. The rules come from DESIGN.md "Entities": polish a raw
-name to its display form, key it for matching, resolve it by the catalog's longest key prefix
-(else it is a new entity), and take positions from the answer text, never from the model.
+"""Brand positions in an answer: find catalog brands in plain text, or place the names a
+structured answer listed; positions and offsets always come from the answer text, never from the
+model (DESIGN.md, "Entities"). Pure functions, no database and no I/O.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-# --- polish -------------------------------------------------------------------------------------
-
-_MARKDOWN_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
-_EMPHASIS = re.compile(r"[*`]+|(?<![^\W_])_+|_+(?![^\W_])")
-_TRADEMARK = re.compile(r"\s*(?:[™®©]|\((?:TM|R|C)\))", re.IGNORECASE)
-# Only a parenthetical that follows a name: "(Intuit)" alone is left for _EDGE_CHARS.
-_PARENTHETICAL = re.compile(r"(?<=\S)\s*\([^()]*\)")
-# "Xoom, a PayPal service" and "HubSpot, Inc." both end at the comma.
-_APPOSITIVE = re.compile(r",\s.*\Z", re.DOTALL)
-# Case-sensitive on purpose: a trailing "Sa" or "Ag" word may be part of a name.
-_LEGAL_SUFFIX = re.compile(
-    r",?\s+(?:Inc\.?|LLC\.?|Ltd\.?|Co\.|Corp\.|Corporation|GmbH|S\.A\.?|SA|AG|plc|PLC"
-    r"|N\.V\.?|B\.V\.?|S\.p\.A\.?)[.,;:!?]*\Z"
+from runner.extraction.polish import polish
+from runner.extraction.resolve import (
+    Catalog,
+    CatalogEntry,
+    leading_phrases,
+    matching_key,
+    strip_marks,
 )
-# Straight or curly (U+2019) apostrophe.
-_POSSESSIVE_S = re.compile(r"(?<=[^\W_])['\u2019]s(?![^\W_])")
-_POSSESSIVE_BARE = re.compile(r"(?<=s)['\u2019](?=\s|\Z)")
-# Straight, curly (U+2018, U+2019, U+201C, U+201D) and angle quotes, and brackets.
-_EDGE_CHARS = "\"'\u2018\u2019\u201c\u201d\u00ab\u00bb()[]{}"
-# Trailing punctuation plus the space it may leave behind ("Pipedrive ." -> "Pipedrive").
-_TRAILING = ".,;:!? "
-_WHITESPACE = re.compile(r"\s+")
-_POLISH_STEPS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (_MARKDOWN_LINK, r"\1"),
-    (_EMPHASIS, ""),
-    (_TRADEMARK, ""),
-    (_PARENTHETICAL, ""),
-    (_APPOSITIVE, ""),
-    (_LEGAL_SUFFIX, ""),
-    (_POSSESSIVE_S, ""),
-    (_POSSESSIVE_BARE, ""),
-)
-
-
-def polish(raw: str) -> str:
-    """Return the display form of a raw brand name, or "" when nothing name-like is left.
-
-    Strips markdown emphasis and links, surrounding quotes and brackets, trailing punctuation,
-    legal suffixes, trademark signs, possessives, parentheticals and comma appositives, and
-    collapses whitespace. Catalog-free, so "Yahoo!" becomes "Yahoo" (the catalog also indexes
-    the polished form of its own names). Idempotent: the steps repeat until nothing changes.
-    """
-    current, previous = _collapse(raw), None
-    while current != previous:
-        previous = current
-        current = _polish_once(current)
-    return current if any(ch.isalnum() for ch in current) else ""
-
-
-def _polish_once(name: str) -> str:
-    """Apply every polish step once."""
-    for pattern, replacement in _POLISH_STEPS:
-        name = pattern.sub(replacement, name)
-    name = _collapse(name).strip(_EDGE_CHARS)
-    return _collapse(name.rstrip(_TRAILING))
-
-
-def _collapse(text: str) -> str:
-    """Trim and collapse runs of whitespace to one space."""
-    return _WHITESPACE.sub(" ", text).strip()
-
-
-# --- keys ---------------------------------------------------------------------------------------
-
-_DOT_COM = re.compile(r"\.com\Z")
-
-
-def matching_key(display: str) -> str:
-    """Return the matching key: NFKC, accents folded, casefolded, '.com' dropped, alnum only.
-
-    'Salesforce.com' -> 'salesforce', 'AT&T' -> 'att', 'Proton VPN' -> 'protonvpn',
-    'Škoda' -> 'skoda'.
-    """
-    text = unicodedata.normalize("NFKC", display)
-    text = _strip_marks(text).casefold().strip()
-    text = _DOT_COM.sub("", text)
-    return "".join(ch for ch in text if ch.isalnum())
-
-
-def _strip_marks(text: str) -> str:
-    """Decompose (NFKD) and drop combining marks."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-
-
-def candidate_keys(display: str) -> list[str]:
-    """Return lookup keys, longest first: the whole polished name, then its leading word runs.
-
-    'Brooks Ghost 16' -> ['brooksghost16', 'brooksghost', 'brooks']. Cutting only at spaces is
-    the design's longest-key-prefix rule without letting 'Sage' match 'Sagebrush'.
-    """
-    words = polish(display).split(" ")
-    keys = (matching_key(" ".join(words[:n])) for n in range(len(words), 0, -1))
-    return [key for key in dict.fromkeys(keys) if key]
-
-
-def _leading_phrases(display: str) -> list[str]:
-    """Return the leading word sequences of a display name, longest first, itself excluded."""
-    words = display.split()
-    return [" ".join(words[:n]) for n in range(len(words) - 1, 0, -1)]
-
-
-# --- catalog ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """A known brand: its entity id, canonical display name and other surface forms."""
-
-    entity_id: int
-    name: str
-    aliases: tuple[str, ...] = ()
-
-    def surface_forms(self) -> tuple[str, ...]:
-        """Return the name, the aliases and their polished forms, deduplicated, none empty."""
-        forms = (*self.aliases, *map(polish, self.aliases))
-        return tuple(f for f in dict.fromkeys((self.name, polish(self.name), *forms)) if f)
-
-
-class Catalog:
-    """Immutable index over catalog entries: matching key -> entry, for every name and alias."""
-
-    def __init__(self, entries: Iterable[CatalogEntry]) -> None:
-        self._entries = tuple(entries)
-        index: dict[str, CatalogEntry] = {}
-        # Names are indexed before aliases so that an alias never shadows another brand's name;
-        # on a clash between two names the first entry wins.
-        for entry in self._entries:
-            _index_forms(index, entry, (entry.name,))
-        for entry in self._entries:
-            _index_forms(index, entry, entry.aliases)
-        self._index = index
-
-    def resolve(self, raw: str) -> CatalogEntry | None:
-        """Return the entry for a raw name by its longest candidate key, or None if unknown."""
-        for key in candidate_keys(raw):
-            if key in self._index:
-                return self._index[key]
-        return None
-
-    def __iter__(self) -> Iterator[CatalogEntry]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-def _index_forms(index: dict[str, CatalogEntry], entry: CatalogEntry, forms: Iterable[str]) -> None:
-    """Add the keys of each form and of its polished form ("Yahoo!" and "Yahoo") to index."""
-    for form in forms:
-        for key in (matching_key(form), matching_key(polish(form))):
-            if key:
-                index.setdefault(key, entry)
-
 
 # --- locating names in text ---------------------------------------------------------------------
 
@@ -177,7 +28,7 @@ _QUOTE_FOLDS = str.maketrans("\u2018\u2019\u201b\u201c\u201d\u201e", "'''\"\"\""
 @functools.lru_cache(maxsize=4096)
 def _fold_char(ch: str) -> str:
     """Fold one character to exactly one character: accents dropped, lower case."""
-    base = _strip_marks(ch.translate(_QUOTE_FOLDS))
+    base = strip_marks(ch.translate(_QUOTE_FOLDS))
     if len(base) != 1:
         base = ch
     for lowered in (base.casefold(), base.lower()):
@@ -322,7 +173,7 @@ def _locate_listed(folded_text: str, raw: str, catalog: Catalog) -> _Hit | None:
     entry = catalog.resolve(display)
     forms = [raw, display, *(entry.surface_forms() if entry else ())]
     span = _first_span(folded_text, forms)
-    for phrase in _leading_phrases(display) if span is None else ():
+    for phrase in leading_phrases(display) if span is None else ():
         span = _first_span(folded_text, [phrase])
         if span is not None:
             break

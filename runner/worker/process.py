@@ -24,12 +24,12 @@ from db import queue, results, workers
 from db.engine import make_engine
 from db.errors import DatabaseUnavailable
 from db.types import ClaimedJob
-from runner.catalog_cache import CatalogCache
-from runner.completions import Pending, PendingCompletions, resolve, write_each
-from runner.jobs import JobContext, JobOutcome, run_job
+from runner.llm.client import ModelClient
 from runner.logs import configure_logging
-from runner.model_client import ModelClient
 from runner.settings import Settings
+from runner.worker.catalog_cache import CatalogCache
+from runner.worker.group_commit import Pending, PendingCompletions, resolve, write_each
+from runner.worker.jobs import JobContext, JobOutcome, run_job
 
 log = logging.getLogger(__name__)
 

@@ -68,7 +68,7 @@ def open_engine(settings: Settings, *, require_schema: bool = True) -> Engine:
 def batch_key_or_today(value: str | None) -> str:
     """A validated batch key (a real YYYY-MM-DD date), or today's UTC date."""
     if value is None:
-        from runner.scheduler import utc_batch_key
+        from runner.worker.scheduler import utc_batch_key
 
         return utc_batch_key()
     try:
@@ -103,7 +103,7 @@ def db_upgrade() -> None:
 def prompts_import(path: Path) -> None:
     """Import prompts from a CSV with header text,category,runs (all or nothing)."""
     from db import catalog
-    from runner import inputs
+    from runner.cli import inputs
 
     rows = inputs.read_prompts_csv(path)
     created = catalog.import_prompts(open_engine(load_settings()), rows)
@@ -165,7 +165,7 @@ def models_list(json_out: JsonOpt = False) -> None:
 def entities_import(path: Path) -> None:
     """Import brands from a TSV with header name<TAB>aliases (aliases comma-separated)."""
     from db import catalog
-    from runner import inputs
+    from runner.cli import inputs
 
     rows = inputs.read_entities_tsv(path)
     catalog.add_entities(open_engine(load_settings()), rows)
@@ -202,7 +202,7 @@ def run(
     Exit code with --drain: 0 when every job of today's batch ended, 1 when some failed.
     """
     from runner.logs import configure_logging
-    from runner.supervisor import Supervisor
+    from runner.worker.supervisor import Supervisor
 
     settings = load_settings(processes=processes, threads=threads)
     engine = open_engine(settings)
@@ -317,7 +317,7 @@ def simulator(host: Annotated[str, typer.Option()] = "127.0.0.1",
               port: Annotated[int, typer.Option(min=0, max=65535)] = 8787) -> None:
     """Serve the OpenAI-compatible model simulator (realistic answers, fault injection)."""
     from runner.logs import configure_logging
-    from runner.simulator import serve
+    from runner.simulator.server import serve
 
     configure_logging(load_settings())
     serve(host, port)
@@ -332,7 +332,7 @@ def demo(
     ] = False,
 ) -> None:
     """Migrate, load demo prompts and brands, start the simulator, run today's batch, summarize."""
-    from runner.demo import run_demo
+    from runner.cli.demo import run_demo
     from runner.logs import configure_logging
 
     # Job-by-job INFO lines would bury the progress line and the summary: warnings only.

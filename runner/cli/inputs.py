@@ -9,7 +9,7 @@ from pathlib import Path
 
 from db.catalog import MAX_PROMPT_CHARS, NewEntity, NewPrompt
 from db.errors import InvalidInput
-from runner.extraction import matching_key
+from runner.extraction.resolve import matching_key
 
 PROMPT_COLUMNS = ("text", "category", "runs")
 MAX_RUNS = 100

@@ -23,10 +23,10 @@ from db import queue, stats
 from db.engine import Engine
 from db.errors import DatabaseUnavailable
 from db.types import BatchCounts, EnqueueResult, JobStatus
-from runner.progress import ProgressReporter
-from runner.scheduler import BatchScheduler, utc_batch_key
 from runner.settings import Settings
-from runner.worker import StopFlag, WorkerSpec, worker_main
+from runner.worker.process import StopFlag, WorkerSpec, worker_main
+from runner.worker.progress import ProgressReporter
+from runner.worker.scheduler import BatchScheduler, utc_batch_key
 
 log = logging.getLogger(__name__)
 

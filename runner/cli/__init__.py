@@ -1,0 +1,3 @@
+"""The `promptbatch` command line (`commands`, typer), the user files it reads (`inputs`) and
+the demo (`demo`).
+"""
