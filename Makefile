@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint pytest console bench clean
+.PHONY: install demo test test-fast lint pytest console bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "promptbatch needs Python 3.11+")'
@@ -22,9 +22,12 @@ demo: $(STAMP)
 
 test: lint pytest
 
+LINTED := db runner console tests bench docs
 lint: $(STAMP)
-	$(BIN)/ruff check db runner console tests bench docs
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q

@@ -40,15 +40,22 @@ def run(backend: str) -> dict[str, Any]:
         engine.dispose()
         wall, peak_rss = _drain(target)
         span = _span_seconds(target)
-        succeeded = sql_scalar(target, "SELECT count(*) FROM prompt_jobs "
-                                       "WHERE status = 'succeeded'")
-    return {"jobs": jobs, "succeeded": succeeded, "in_flight": PROCESSES * THREADS,
-            "ideal_jobs_per_s": IDEAL_JOBS_PER_S,
-            "wall_s": wall, "jobs_per_s_wall": jobs / wall,
-            "span_s": span, "jobs_per_s_span": jobs / span,
-            "fraction_of_ideal_span": jobs / span / IDEAL_JOBS_PER_S,
-            "fraction_of_ideal_wall": jobs / wall / IDEAL_JOBS_PER_S,
-            "peak_rss_mib": peak_rss / 2**20}
+        succeeded = sql_scalar(
+            target, "SELECT count(*) FROM prompt_jobs WHERE status = 'succeeded'"
+        )
+    return {
+        "jobs": jobs,
+        "succeeded": succeeded,
+        "in_flight": PROCESSES * THREADS,
+        "ideal_jobs_per_s": IDEAL_JOBS_PER_S,
+        "wall_s": wall,
+        "jobs_per_s_wall": jobs / wall,
+        "span_s": span,
+        "jobs_per_s_span": jobs / span,
+        "fraction_of_ideal_span": jobs / span / IDEAL_JOBS_PER_S,
+        "fraction_of_ideal_wall": jobs / wall / IDEAL_JOBS_PER_S,
+        "peak_rss_mib": peak_rss / 2**20,
+    }
 
 
 @contextmanager
@@ -57,9 +64,12 @@ def simulator_process() -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "simulator", "--port", str(port)],
-                            env=command_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "simulator", "--port", str(port)],
+        env=command_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         _wait_until_serving(base_url, proc)
@@ -82,13 +92,21 @@ def _wait_until_serving(base_url: str, proc: subprocess.Popen[bytes]) -> None:
 
 def _drain(target: Target) -> tuple[float, int]:
     """Run `promptbatch run --drain`; returns (wall seconds, peak summed RSS in bytes)."""
-    env = command_env(DATABASE_URL=target.url, PROMPTBATCH_PROCESSES=str(PROCESSES),
-                      PROMPTBATCH_THREADS=str(THREADS), PROMPTBATCH_POLL_INTERVAL="0.1")
+    env = command_env(
+        DATABASE_URL=target.url,
+        PROMPTBATCH_PROCESSES=str(PROCESSES),
+        PROMPTBATCH_THREADS=str(THREADS),
+        PROMPTBATCH_POLL_INTERVAL="0.1",
+    )
     OUT.mkdir(exist_ok=True)
     started = time.perf_counter()
     with open(OUT / f"concurrency-{target.backend}.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "runner", "run", "--drain"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", "run", "--drain"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         peak = _watch_rss(proc)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
@@ -123,8 +141,10 @@ def _tree_rss(root: psutil.Process) -> int:
 def _span_seconds(target: Target) -> float:
     """Seconds from the first claim to the last completion (the runner's steady work)."""
     if target.backend == "sqlite":
-        sql = ("SELECT (julianday(max(finished_at)) - julianday(min(started_at))) * 86400 "
-               "FROM prompt_jobs")
+        sql = (
+            "SELECT (julianday(max(finished_at)) - julianday(min(started_at))) * 86400 "
+            "FROM prompt_jobs"
+        )
     else:
         sql = "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM prompt_jobs"
     return _float(target, sql)

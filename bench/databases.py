@@ -67,8 +67,9 @@ def _postgres_target() -> Iterator[Target]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{BENCH_DB}"'))
-    target = Target(make_url(ADMIN_URL).set(database=BENCH_DB).render_as_string(False),
-                    "postgresql")
+    target = Target(
+        make_url(ADMIN_URL).set(database=BENCH_DB).render_as_string(False), "postgresql"
+    )
     try:
         _migrate(target)
         yield target
@@ -84,13 +85,23 @@ def _migrate(target: Target) -> None:
     engine.dispose()
 
 
-def seed_catalog(target: Target, *, prompts: int, runs: int, models: list[str],
-                 base_url: str = "http://127.0.0.1:9/v1") -> None:
+def seed_catalog(
+    target: Target,
+    *,
+    prompts: int,
+    runs: int,
+    models: list[str],
+    base_url: str = "http://127.0.0.1:9/v1",
+) -> None:
     """`prompts` active prompts of `runs` runs each and one compatible model per name."""
     engine = target.engine()
-    catalog.import_prompts(engine, [
-        NewPrompt(f"Which CRM would you recommend for a team of {i} people?", "crm", runs)
-        for i in range(prompts)])
+    catalog.import_prompts(
+        engine,
+        [
+            NewPrompt(f"Which CRM would you recommend for a team of {i} people?", "crm", runs)
+            for i in range(prompts)
+        ],
+    )
     for name in models:
         catalog.add_model(engine, provider="compatible", name=name, base_url=base_url)
     engine.dispose()
@@ -107,8 +118,12 @@ def sql_scalar(target: Target, sql: str) -> int:
 
 def psql(target: Target, sql: str) -> None:
     """Run `sql` with the psql client (ON_ERROR_STOP); raises CalledProcessError on failure."""
-    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", target.libpq_url, "-c", sql],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", target.libpq_url, "-c", sql],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
 
 
 def command_env(**settings: str) -> dict[str, str]:

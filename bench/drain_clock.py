@@ -13,8 +13,9 @@ class DrainTimeout(RuntimeError):
     """The workers did not empty the queue in time."""
 
 
-def time_drain(remaining: Callable[[], int], total: int, *, timeout: float,
-               alive: Callable[[], bool]) -> float:
+def time_drain(
+    remaining: Callable[[], int], total: int, *, timeout: float, alive: Callable[[], bool]
+) -> float:
     """Jobs per second from the first poll that sees a job done to the poll that sees none left.
 
     Raises DrainTimeout when jobs are still left after `timeout` seconds or once every worker

@@ -40,16 +40,22 @@ ON CONFLICT (prompt_id, model_id, run_index, batch_key) DO NOTHING;"""
 def run(backend: str) -> dict[str, Any]:
     """Seconds for ours and the floor, cold and re-run, and our/floor ratios."""
     with fresh_target(backend, "enqueue") as target:
-        seed_catalog(target, prompts=PROMPTS, runs=RUNS,
-                     models=[f"sim-model-{i}" for i in range(MODELS)])
+        seed_catalog(
+            target, prompts=PROMPTS, runs=RUNS, models=[f"sim-model-{i}" for i in range(MODELS)]
+        )
         ours = _best(target, _cli_enqueue)
         in_process = _best(target, _call_enqueue)
         floor = _best(target, _floor_enqueue)
-    return {"jobs": JOBS, "ours_cli_s": ours, "ours_in_process_s": in_process, "floor_s": floor,
-            "ratio_cold": ours["cold"] / floor["cold"],
-            "ratio_rerun": ours["rerun"] / floor["rerun"],
-            "ratio_in_process_cold": in_process["cold"] / floor["cold"],
-            "ratio_in_process_rerun": in_process["rerun"] / floor["rerun"]}
+    return {
+        "jobs": JOBS,
+        "ours_cli_s": ours,
+        "ours_in_process_s": in_process,
+        "floor_s": floor,
+        "ratio_cold": ours["cold"] / floor["cold"],
+        "ratio_rerun": ours["rerun"] / floor["rerun"],
+        "ratio_in_process_cold": in_process["cold"] / floor["cold"],
+        "ratio_in_process_rerun": in_process["rerun"] / floor["rerun"],
+    }
 
 
 def _best(target: Target, enqueue: Callable[[Target], None]) -> dict[str, float]:
@@ -74,8 +80,13 @@ def _timed(enqueue: Callable[[Target], None], target: Target) -> float:
 
 def _cli_enqueue(target: Target) -> None:
     env = command_env(DATABASE_URL=target.url, PROMPTBATCH_LOG_LEVEL="WARNING")
-    subprocess.run([sys.executable, "-m", "runner", "enqueue", "--batch-key", BATCH_KEY],
-                   env=env, check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "runner", "enqueue", "--batch-key", BATCH_KEY],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
 
 
 def _call_enqueue(target: Target) -> None:
@@ -87,8 +98,13 @@ def _call_enqueue(target: Target) -> None:
 
 def _floor_enqueue(target: Target) -> None:
     if target.backend == "sqlite":
-        subprocess.run(["sqlite3", target.sqlite_path], input=_FLOOR_SQLITE, check=True,
-                       capture_output=True, text=True)
+        subprocess.run(
+            ["sqlite3", target.sqlite_path],
+            input=_FLOOR_SQLITE,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     else:
         psql(target, _FLOOR_PG)
 
@@ -96,9 +112,13 @@ def _floor_enqueue(target: Target) -> None:
 def _reset(target: Target) -> None:
     """Empty the jobs table and settle the database so every cold run starts alike."""
     if target.backend == "sqlite":
-        subprocess.run(["sqlite3", target.sqlite_path],
-                       input="DELETE FROM prompt_jobs; VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            ["sqlite3", target.sqlite_path],
+            input="DELETE FROM prompt_jobs; VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     else:
         psql(target, "TRUNCATE prompt_jobs CASCADE")
         psql(target, "VACUUM ANALYZE")

@@ -31,9 +31,11 @@ def run() -> dict[str, Any]:
     with fresh_target("postgresql", "growth") as target:
         sizes = {str(size): _measure_size(target, size) for size in SIZES}
     first, last = sizes[str(SIZES[0])], sizes[str(SIZES[-1])]
-    return {"sizes": sizes, "claim_median_growth": last["claim_median_ms"]
-            / first["claim_median_ms"], "claim_p99_growth": last["claim_p99_ms"]
-            / first["claim_p99_ms"]}
+    return {
+        "sizes": sizes,
+        "claim_median_growth": last["claim_median_ms"] / first["claim_median_ms"],
+        "claim_p99_growth": last["claim_p99_ms"] / first["claim_p99_ms"],
+    }
 
 
 def _measure_size(target: Target, size: int) -> dict[str, float]:
@@ -46,20 +48,27 @@ def _measure_size(target: Target, size: int) -> dict[str, float]:
     plan = queue.claim_plan(engine, CLAIM_LIMIT)
     engine.dispose()
     assert any("ix_prompt_jobs_claim" in line for line in plan), plan
-    return {"jobs": size + BACKLOG, "claim_median_ms": statistics.median(latencies),
-            "claim_p99_ms": statistics.quantiles(latencies, n=100)[98], "claim_plan": plan,
-            **{f"{page.lower()}_ms": pages[page] * 1000 for page in CONSOLE_PAGES}}
+    return {
+        "jobs": size + BACKLOG,
+        "claim_median_ms": statistics.median(latencies),
+        "claim_p99_ms": statistics.quantiles(latencies, n=100)[98],
+        "claim_plan": plan,
+        **{f"{page.lower()}_ms": pages[page] * 1000 for page in CONSOLE_PAGES},
+    }
 
 
 def _add_backlog(engine: Any) -> None:
     """BACKLOG queued jobs due now in a batch of their own, then ANALYZE as enqueue_batch does."""
     with engine.begin() as conn:
-        conn.execute(text("""
+        conn.execute(
+            text("""
             INSERT INTO prompt_jobs (prompt_id, model_id, run_index, batch_key, status, priority,
                 attempt_count, max_attempts, scheduled_for, created_at, updated_at)
             SELECT p.id, m.id, r, '2099-01-01', 'queued', 0, 0, 3, now(), now(), now()
             FROM prompts p CROSS JOIN models m CROSS JOIN generate_series(0, 99) r
-            ORDER BY r, p.id, m.id LIMIT :n"""), {"n": BACKLOG})
+            ORDER BY r, p.id, m.id LIMIT :n"""),
+            {"n": BACKLOG},
+        )
         conn.execute(text("ANALYZE prompt_jobs"))
 
 

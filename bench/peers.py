@@ -22,11 +22,14 @@ ENQUEUE_CHUNK = 1_000
 
 def run(target: Target) -> dict[str, float]:
     """Jobs/s of procrastinate and pgqueuer on `target` (a PostgreSQL database)."""
-    return {"procrastinate_jobs_per_s": run_procrastinate(target),
-            "pgqueuer_jobs_per_s": run_pgqueuer(target)}
+    return {
+        "procrastinate_jobs_per_s": run_procrastinate(target),
+        "pgqueuer_jobs_per_s": run_pgqueuer(target),
+    }
 
 
 # --- procrastinate ----------------------------------------------------------------------------
+
 
 def _procrastinate_app(url: str) -> procrastinate.App:
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
@@ -40,8 +43,11 @@ def _procrastinate_app(url: str) -> procrastinate.App:
 
 def run_procrastinate(target: Target) -> float:
     asyncio.run(_procrastinate_setup(target.libpq_url))
-    return _drain(target, _procrastinate_worker,
-                  "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")
+    return _drain(
+        target,
+        _procrastinate_worker,
+        "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')",
+    )
 
 
 async def _procrastinate_setup(url: str) -> None:
@@ -56,13 +62,18 @@ def _procrastinate_worker(url: str) -> None:
     async def work() -> None:
         app = _procrastinate_app(url)
         async with app.open_async():
-            await app.run_worker_async(concurrency=THREADS, wait=False,
-                                       install_signal_handlers=False,
-                                       fetch_job_polling_interval=0.05)
+            await app.run_worker_async(
+                concurrency=THREADS,
+                wait=False,
+                install_signal_handlers=False,
+                fetch_job_polling_interval=0.05,
+            )
+
     asyncio.run(work())
 
 
 # --- pgqueuer ---------------------------------------------------------------------------------
+
 
 def run_pgqueuer(target: Target) -> float:
     asyncio.run(_pgqueuer_setup(target.libpq_url))
@@ -74,8 +85,9 @@ async def _pgqueuer_setup(url: str) -> None:
         queries = Queries(PsycopgDriver(conn))
         await queries.install()
         for _ in range(JOBS // ENQUEUE_CHUNK):
-            await queries.enqueue(["noop"] * ENQUEUE_CHUNK, [None] * ENQUEUE_CHUNK,
-                                  [0] * ENQUEUE_CHUNK)
+            await queries.enqueue(
+                ["noop"] * ENQUEUE_CHUNK, [None] * ENQUEUE_CHUNK, [0] * ENQUEUE_CHUNK
+            )
 
 
 def _pgqueuer_worker(url: str) -> None:
@@ -88,12 +100,15 @@ def _pgqueuer_worker(url: str) -> None:
                 return None
 
             # max_concurrent_tasks must be at least twice batch_size (pgqueuer's rule).
-            await manager.run(batch_size=THREADS // 2, max_concurrent_tasks=THREADS,
-                              mode=QueueExecutionMode.drain)
+            await manager.run(
+                batch_size=THREADS // 2, max_concurrent_tasks=THREADS, mode=QueueExecutionMode.drain
+            )
+
     asyncio.run(work())
 
 
 # --- shared -----------------------------------------------------------------------------------
+
 
 def _drain(target: Target, worker: Callable[[str], None], left_sql: str) -> float:
     ctx = mp.get_context("spawn")
@@ -101,8 +116,12 @@ def _drain(target: Target, worker: Callable[[str], None], left_sql: str) -> floa
     for child in children:
         child.start()
     try:
-        return time_drain(lambda: sql_scalar(target, left_sql), JOBS, timeout=TIMEOUT_S,
-                          alive=lambda: any(c.is_alive() for c in children))
+        return time_drain(
+            lambda: sql_scalar(target, left_sql),
+            JOBS,
+            timeout=TIMEOUT_S,
+            alive=lambda: any(c.is_alive() for c in children),
+        )
     finally:
         for child in children:
             child.join(30)

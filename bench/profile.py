@@ -29,8 +29,12 @@ def main(backend: str = "postgresql") -> None:
         with profiler:
             for _ in range(ROUNDS):
                 _, jobs = results.complete_and_claim(
-                    engine, [Completion(job, throughput.NOOP_ANSWER, None) for job in jobs],
-                    "bench:profile", CLAIM_LIMIT, lease_seconds=60)
+                    engine,
+                    [Completion(job, throughput.NOOP_ANSWER, None) for job in jobs],
+                    "bench:profile",
+                    CLAIM_LIMIT,
+                    lease_seconds=60,
+                )
         engine.dispose()
     print(profiler.output_text(show_all=False, color=False))
 

@@ -16,8 +16,14 @@ def write(results: dict[str, Any]) -> None:
 
 def markdown(r: dict[str, Any]) -> str:
     """The Markdown the README's Performance section shows."""
-    lines = ["# Benchmark results", "", "Written by `make bench` (`python -m bench.run`); "
-             "the raw numbers are in `results.json`.", "", *_machine(r["machine"]), ""]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (`python -m bench.run`); the raw numbers are in `results.json`.",
+        "",
+        *_machine(r["machine"]),
+        "",
+    ]
     for title, rows in _sections(r):
         lines += [f"## {title}", "", "| measure | value | goal |", "| --- | --- | --- |"]
         lines += [f"| {m} | {v} | {g} |" for m, v, g in rows]
@@ -27,16 +33,25 @@ def markdown(r: dict[str, Any]) -> str:
 
 def _claim_plan(g: dict[str, Any]) -> list[str]:
     size, largest = max(g["sizes"].items(), key=lambda item: int(item[0]))
-    return [f"## Claim plan with {int(size):,} finished jobs (EXPLAIN ANALYZE, PostgreSQL)", "",
-            "```", *largest["claim_plan"], "```", ""]
+    return [
+        f"## Claim plan with {int(size):,} finished jobs (EXPLAIN ANALYZE, PostgreSQL)",
+        "",
+        "```",
+        *largest["claim_plan"],
+        "```",
+        "",
+    ]
 
 
 def _machine(m: dict[str, Any]) -> list[str]:
-    return ["| machine | versions | date |", "| --- | --- | --- |",
-            f"| {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']} "
-            f"| Python {m['python']}, PostgreSQL {m['postgres']}, SQLite {m['sqlite']}, "
-            f"SQLAlchemy {m['sqlalchemy']}, psycopg {m['psycopg']}, procrastinate "
-            f"{m['procrastinate']}, pgqueuer {m['pgqueuer']} | {m['date']} |"]
+    return [
+        "| machine | versions | date |",
+        "| --- | --- | --- |",
+        f"| {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']} "
+        f"| Python {m['python']}, PostgreSQL {m['postgres']}, SQLite {m['sqlite']}, "
+        f"SQLAlchemy {m['sqlalchemy']}, psycopg {m['psycopg']}, procrastinate "
+        f"{m['procrastinate']}, pgqueuer {m['pgqueuer']} | {m['date']} |",
+    ]
 
 
 def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str, str]]]]:
@@ -44,14 +59,20 @@ def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str, str]]]]
     return [
         ("1. Enqueue 150,000 jobs (PostgreSQL)", _enqueue_rows(pg["enqueue"])),
         ("2. Claim and complete 20,000 no-op jobs (PostgreSQL)", _throughput_rows(pg)),
-        ("3. 2,000 jobs, simulator at 500 ms, 64 in flight (PostgreSQL)",
-         _concurrency_rows(pg["concurrency"])),
+        (
+            "3. 2,000 jobs, simulator at 500 ms, 64 in flight (PostgreSQL)",
+            _concurrency_rows(pg["concurrency"]),
+        ),
         ("4. Growth (PostgreSQL)", _growth_rows(pg["growth"])),
         ("5. SQLite: enqueue", _enqueue_rows(lite["enqueue"])),
-        ("5. SQLite: claim and complete 20,000 no-op jobs",
-         [("ours", f"{lite['throughput']['ours_jobs_per_s']:.0f} jobs/s", "(no peers)")]),
-        ("5. SQLite: 2,000 jobs, simulator at 500 ms, 64 in flight",
-         _concurrency_rows(lite["concurrency"])),
+        (
+            "5. SQLite: claim and complete 20,000 no-op jobs",
+            [("ours", f"{lite['throughput']['ours_jobs_per_s']:.0f} jobs/s", "(no peers)")],
+        ),
+        (
+            "5. SQLite: 2,000 jobs, simulator at 500 ms, 64 in flight",
+            _concurrency_rows(lite["concurrency"]),
+        ),
     ]
 
 
@@ -59,14 +80,26 @@ def _enqueue_rows(e: dict[str, Any]) -> list[tuple[str, str, str]]:
     cli, call, floor = e["ours_cli_s"], e["ours_in_process_s"], e["floor_s"]
     return [
         ("`promptbatch enqueue`, cold / re-run", f"{cli['cold']:.2f} s / {cli['rerun']:.2f} s", ""),
-        ("`enqueue_batch` in process, cold / re-run",
-         f"{call['cold']:.2f} s / {call['rerun']:.2f} s", ""),
-        ("bare INSERT ... SELECT ... ON CONFLICT (floor), cold / re-run",
-         f"{floor['cold']:.2f} s / {floor['rerun']:.2f} s", ""),
-        ("ratio CLI / floor, cold / re-run", f"{e['ratio_cold']:.2f} / {e['ratio_rerun']:.2f}",
-         "<= 1.5"),
-        ("ratio in process / floor, cold / re-run",
-         f"{e['ratio_in_process_cold']:.2f} / {e['ratio_in_process_rerun']:.2f}", "<= 1.5"),
+        (
+            "`enqueue_batch` in process, cold / re-run",
+            f"{call['cold']:.2f} s / {call['rerun']:.2f} s",
+            "",
+        ),
+        (
+            "bare INSERT ... SELECT ... ON CONFLICT (floor), cold / re-run",
+            f"{floor['cold']:.2f} s / {floor['rerun']:.2f} s",
+            "",
+        ),
+        (
+            "ratio CLI / floor, cold / re-run",
+            f"{e['ratio_cold']:.2f} / {e['ratio_rerun']:.2f}",
+            "<= 1.5",
+        ),
+        (
+            "ratio in process / floor, cold / re-run",
+            f"{e['ratio_in_process_cold']:.2f} / {e['ratio_in_process_rerun']:.2f}",
+            "<= 1.5",
+        ),
     ]
 
 
@@ -75,31 +108,57 @@ def _throughput_rows(pg: dict[str, Any]) -> list[tuple[str, str, str]]:
     ours = t["ours_jobs_per_s"]
     return [
         (f"promptbatch ({t['in_flight']} in flight)", f"{ours:.0f} jobs/s", "ahead of both"),
-        ("procrastinate (no-op task)", f"{p['procrastinate_jobs_per_s']:.0f} jobs/s "
-         f"(ours x{ours / p['procrastinate_jobs_per_s']:.2f})", ""),
-        ("pgqueuer (no-op entrypoint)", f"{p['pgqueuer_jobs_per_s']:.0f} jobs/s "
-         f"(ours x{ours / p['pgqueuer_jobs_per_s']:.2f})", ""),
-        ("pgbench floor: claim + complete SQL alone", f"{t['pgbench_floor_jobs_per_s']:.0f} "
-         f"jobs/s (ours x{t['ours_over_floor']:.2f})", ">= x0.5"),
+        (
+            "procrastinate (no-op task)",
+            f"{p['procrastinate_jobs_per_s']:.0f} jobs/s "
+            f"(ours x{ours / p['procrastinate_jobs_per_s']:.2f})",
+            "",
+        ),
+        (
+            "pgqueuer (no-op entrypoint)",
+            f"{p['pgqueuer_jobs_per_s']:.0f} jobs/s (ours x{ours / p['pgqueuer_jobs_per_s']:.2f})",
+            "",
+        ),
+        (
+            "pgbench floor: claim + complete SQL alone",
+            f"{t['pgbench_floor_jobs_per_s']:.0f} jobs/s (ours x{t['ours_over_floor']:.2f})",
+            ">= x0.5",
+        ),
     ]
 
 
 def _concurrency_rows(c: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
-        ("first claim to last completion", f"{c['jobs_per_s_span']:.1f} jobs/s "
-         f"({c['fraction_of_ideal_span']:.0%} of the ideal {c['ideal_jobs_per_s']:.0f})",
-         ">= 90%"),
-        ("whole `promptbatch run --drain`, start-up and exit included",
-         f"{c['jobs_per_s_wall']:.1f} jobs/s ({c['fraction_of_ideal_wall']:.0%})", ""),
+        (
+            "first claim to last completion",
+            f"{c['jobs_per_s_span']:.1f} jobs/s "
+            f"({c['fraction_of_ideal_span']:.0%} of the ideal {c['ideal_jobs_per_s']:.0f})",
+            ">= 90%",
+        ),
+        (
+            "whole `promptbatch run --drain`, start-up and exit included",
+            f"{c['jobs_per_s_wall']:.1f} jobs/s ({c['fraction_of_ideal_wall']:.0%})",
+            "",
+        ),
         ("peak RSS, supervisor + workers", f"{c['peak_rss_mib']:.0f} MiB", "<= 1024 MiB"),
     ]
 
 
 def _growth_rows(g: dict[str, Any]) -> list[tuple[str, str, str]]:
-    rows = [(f"{int(size):,} finished + backlog: claim median / p99; Overview; Jobs",
-             f"{s['claim_median_ms']:.1f} / {s['claim_p99_ms']:.1f} ms; "
-             f"{s['overview_ms']:.0f} ms; {s['jobs_ms']:.0f} ms", "console < 1000 ms")
-            for size, s in g["sizes"].items()]
-    rows.append(("claim growth 10k -> 1M, median / p99",
-                 f"x{g['claim_median_growth']:.2f} / x{g['claim_p99_growth']:.2f}", "<= x1.5"))
+    rows = [
+        (
+            f"{int(size):,} finished + backlog: claim median / p99; Overview; Jobs",
+            f"{s['claim_median_ms']:.1f} / {s['claim_p99_ms']:.1f} ms; "
+            f"{s['overview_ms']:.0f} ms; {s['jobs_ms']:.0f} ms",
+            "console < 1000 ms",
+        )
+        for size, s in g["sizes"].items()
+    ]
+    rows.append(
+        (
+            "claim growth 10k -> 1M, median / p99",
+            f"x{g['claim_median_growth']:.2f} / x{g['claim_p99_growth']:.2f}",
+            "<= x1.5",
+        )
+    )
     return rows

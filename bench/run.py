@@ -17,13 +17,11 @@ def main() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     started = time.perf_counter()
     pg_url = Target(ADMIN_URL, "postgresql").libpq_url
-    results: dict[str, Any] = {"machine": machine.describe(pg_url), "postgresql": {},
-                               "sqlite": {}}
+    results: dict[str, Any] = {"machine": machine.describe(pg_url), "postgresql": {}, "sqlite": {}}
     for backend in ("postgresql", "sqlite"):
         results[backend]["enqueue"] = _step(f"{backend}: enqueue", enqueue.run, backend)
         results[backend]["throughput"] = _step(f"{backend}: throughput", throughput.run, backend)
-        results[backend]["concurrency"] = _step(f"{backend}: concurrency", concurrency.run,
-                                                backend)
+        results[backend]["concurrency"] = _step(f"{backend}: concurrency", concurrency.run, backend)
     results["postgresql"]["peers"] = _step("peers", _peers)
     results["postgresql"]["growth"] = _step("growth", growth.run)
     results["seconds"] = round(time.perf_counter() - started)

@@ -47,20 +47,27 @@ def seed(admin_url: str, url: str, jobs: int, days: int) -> str:
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     started = time.perf_counter()
     with engine.begin() as conn:
-        conn.execute(text("""
+        conn.execute(
+            text("""
             INSERT INTO prompts (text, category, runs, is_active, created_at, updated_at)
             SELECT 'Which CRM would you recommend for a team of ' || g || ' people?',
                    'crm', 1, true, now(), now()
-            FROM generate_series(1, :n) g"""), {"n": prompts})
-        conn.execute(text("""
+            FROM generate_series(1, :n) g"""),
+            {"n": prompts},
+        )
+        conn.execute(
+            text("""
             INSERT INTO models (provider, name, label, base_url, is_active, input_usd_per_mtok,
                                 output_usd_per_mtok, created_at, updated_at)
             SELECT 'compatible', 'sim-' || g, 'Sim model ' || g, 'http://127.0.0.1:9/v1', true,
                    0.15, 0.6, now(), now()
-            FROM generate_series(1, :n) g"""), {"n": MODELS})
+            FROM generate_series(1, :n) g"""),
+            {"n": MODELS},
+        )
         # Day d (0 = today) has every prompt x model; job n of a day finishes n/per_day of the
         # way through its first 3 hours. Today: the first 60% ended, the rest queued/processing.
-        conn.execute(text("""
+        conn.execute(
+            text("""
             INSERT INTO prompt_jobs (prompt_id, model_id, run_index, batch_key, status, priority,
                 error_kind, error_message, attempt_count, max_attempts, scheduled_for,
                 started_at, finished_at, created_at, updated_at)
@@ -83,19 +90,24 @@ def seed(admin_url: str, url: str, jobs: int, days: int) -> str:
                      ELSE :today - d * interval '1 day'
                           + (p.id * :models + m.id) * interval '3 hours' / :per_day END
                      AS done_at) s"""),
-            {"today": today, "days": days, "models": MODELS, "per_day": per_day})
-        conn.execute(text("""
+            {"today": today, "days": days, "models": MODELS, "per_day": per_day},
+        )
+        conn.execute(
+            text("""
             INSERT INTO responses (job_id, prompt_id, model_id, batch_key, run_index, answer,
                 raw_body, output_mode, finish_reason, prompt_tokens, completion_tokens, cost,
                 latency_ms, created_at)
             SELECT id, prompt_id, model_id, batch_key, 0, 'HubSpot, then Pipedrive.', '{}',
                    'structured', 'stop', 120, 300, 0.0002, 900, finished_at
-            FROM prompt_jobs WHERE status = 'succeeded'"""))
+            FROM prompt_jobs WHERE status = 'succeeded'""")
+        )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("ANALYZE"))
     total = catalog_count(engine)
-    print(f"seeded {total:,} jobs ({days} batches, {prompts:,} prompts x {MODELS} models) "
-          f"in {time.perf_counter() - started:.1f} s")
+    print(
+        f"seeded {total:,} jobs ({days} batches, {prompts:,} prompts x {MODELS} models) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     engine.dispose()
     return today.date().isoformat()
 
@@ -127,8 +139,10 @@ def measure(url: str, today: str) -> dict[str, float]:
             ("batch_keys", lambda: insights.batch_keys(engine)),
             ("batch_overview (today)", lambda: insights.batch_overview(engine, today)),
             ("progress_by_model (today)", lambda: insights.progress_by_model(engine, today)),
-            ("completions_per_minute (today)",
-             lambda: insights.completions_per_minute(engine, today)),
+            (
+                "completions_per_minute (today)",
+                lambda: insights.completions_per_minute(engine, today),
+            ),
             ("batch_history (14 batches, tokens, cost)", lambda: insights.batch_history(engine)),
         ],
         "Jobs": [
@@ -139,22 +153,40 @@ def measure(url: str, today: str) -> dict[str, float]:
             ("job_detail", lambda: insights.job_detail(engine, some_job.id)),
         ],
         "Jobs (other filters, one at a time)": [
-            ("all batches, id desc, 50 (count capped at 100k)",
-             lambda: insights.list_jobs_page(engine, insights.JobQuery())),
-            ("today, failed, finished desc",
-             lambda: insights.list_jobs_page(engine, insights.JobQuery(
-                 batch_key=today, statuses=("failed",)), sort="finished_at")),
-            ("today, page 200 of 50",
-             lambda: insights.list_jobs_page(engine, q_today, offset=199 * 50)),
-            ("today, prompt contains 'team of 42'",
-             lambda: insights.list_jobs_page(engine, insights.JobQuery(
-                 batch_key=today, prompt_text="team of 42 "))),
-            ("today, error contains 'provider 3'",
-             lambda: insights.list_jobs_page(engine, insights.JobQuery(
-                 batch_key=today, error_text="provider 3"))),
-            ("all batches, status failed, sorted by attempts",
-             lambda: insights.list_jobs_page(engine, insights.JobQuery(statuses=("failed",)),
-                                             sort="attempt_count")),
+            (
+                "all batches, id desc, 50 (count capped at 100k)",
+                lambda: insights.list_jobs_page(engine, insights.JobQuery()),
+            ),
+            (
+                "today, failed, finished desc",
+                lambda: insights.list_jobs_page(
+                    engine,
+                    insights.JobQuery(batch_key=today, statuses=("failed",)),
+                    sort="finished_at",
+                ),
+            ),
+            (
+                "today, page 200 of 50",
+                lambda: insights.list_jobs_page(engine, q_today, offset=199 * 50),
+            ),
+            (
+                "today, prompt contains 'team of 42'",
+                lambda: insights.list_jobs_page(
+                    engine, insights.JobQuery(batch_key=today, prompt_text="team of 42 ")
+                ),
+            ),
+            (
+                "today, error contains 'provider 3'",
+                lambda: insights.list_jobs_page(
+                    engine, insights.JobQuery(batch_key=today, error_text="provider 3")
+                ),
+            ),
+            (
+                "all batches, status failed, sorted by attempts",
+                lambda: insights.list_jobs_page(
+                    engine, insights.JobQuery(statuses=("failed",)), sort="attempt_count"
+                ),
+            ),
             ("failure_groups (today)", lambda: insights.failure_groups(engine, today)),
         ],
     }

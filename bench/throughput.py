@@ -27,9 +27,16 @@ JOBS = 20_000
 PROMPTS, MODELS = 4_000, 5
 PROCESSES, THREADS = 2, 8  # 16 jobs in flight; the peers get the same
 TIMEOUT_S = 240.0
-NOOP_ANSWER = AnswerRecord(answer="ok", raw_body="{}", output_mode=OutputMode.STRUCTURED,
-                           finish_reason="stop", prompt_tokens=1, completion_tokens=1,
-                           latency_ms=0, request_id=None)
+NOOP_ANSWER = AnswerRecord(
+    answer="ok",
+    raw_body="{}",
+    output_mode=OutputMode.STRUCTURED,
+    finish_reason="stop",
+    prompt_tokens=1,
+    completion_tokens=1,
+    latency_ms=0,
+    request_id=None,
+)
 
 _PGBENCH_SCRIPT = """
 BEGIN;
@@ -75,15 +82,21 @@ def run(backend: str) -> dict[str, Any]:
         if backend == "sqlite":
             return {"jobs": JOBS, "in_flight": PROCESSES * THREADS, "ours_jobs_per_s": ours}
         floor = run_pgbench(target)
-    return {"jobs": JOBS, "in_flight": PROCESSES * THREADS, "ours_jobs_per_s": ours,
-            "pgbench_floor_jobs_per_s": floor, "ours_over_floor": ours / floor}
+    return {
+        "jobs": JOBS,
+        "in_flight": PROCESSES * THREADS,
+        "ours_jobs_per_s": ours,
+        "pgbench_floor_jobs_per_s": floor,
+        "ours_over_floor": ours / floor,
+    }
 
 
 def enqueue_jobs(target: Target) -> None:
     """A fresh batch of JOBS queued jobs (the catalog is seeded on the first call)."""
     if sql_scalar(target, "SELECT count(*) FROM prompts") == 0:
-        seed_catalog(target, prompts=PROMPTS, runs=1,
-                     models=[f"sim-model-{i}" for i in range(MODELS)])
+        seed_catalog(
+            target, prompts=PROMPTS, runs=1, models=[f"sim-model-{i}" for i in range(MODELS)]
+        )
     engine = target.engine()
     created = queue.enqueue_batch(engine, "2030-01-01", max_attempts=3).created
     engine.dispose()
@@ -93,17 +106,31 @@ def enqueue_jobs(target: Target) -> None:
 def run_workers(target: Target, processes: int = PROCESSES, threads: int = THREADS) -> float:
     """Drain a fresh batch with `processes` x `threads` no-op workers; returns jobs/s."""
     enqueue_jobs(target)
-    settings = Settings(database_url=target.url, processes=processes, threads=threads,
-                        poll_interval=0.05, log_level="WARNING")
+    settings = Settings(
+        database_url=target.url,
+        processes=processes,
+        threads=threads,
+        poll_interval=0.05,
+        log_level="WARNING",
+    )
     ctx = mp.get_context("spawn")
     stop = worker.StopFlag(ctx)
-    children = [ctx.Process(target=noop_worker_main, args=(
-        worker.WorkerSpec(settings.model_dump(), "bench", i), stop)) for i in range(processes)]
+    children = [
+        ctx.Process(
+            target=noop_worker_main,
+            args=(worker.WorkerSpec(settings.model_dump(), "bench", i), stop),
+        )
+        for i in range(processes)
+    ]
     for child in children:
         child.start()
     try:
-        return time_drain(lambda: _left(target), JOBS, timeout=TIMEOUT_S,
-                          alive=lambda: any(c.is_alive() for c in children))
+        return time_drain(
+            lambda: _left(target),
+            JOBS,
+            timeout=TIMEOUT_S,
+            alive=lambda: any(c.is_alive() for c in children),
+        )
     finally:
         stop.set()
         for child in children:
@@ -111,8 +138,9 @@ def run_workers(target: Target, processes: int = PROCESSES, threads: int = THREA
 
 
 def _left(target: Target) -> int:
-    return sql_scalar(target, "SELECT count(*) FROM prompt_jobs "
-                              "WHERE status IN ('queued', 'processing')")
+    return sql_scalar(
+        target, "SELECT count(*) FROM prompt_jobs WHERE status IN ('queued', 'processing')"
+    )
 
 
 def run_pgbench(target: Target) -> float:
@@ -124,9 +152,26 @@ def run_pgbench(target: Target) -> float:
     script = Path(OUT / "claim_complete.sql")
     script.write_text(_PGBENCH_SCRIPT)
     clients = PROCESSES * THREADS
-    out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j",
-                          str(PROCESSES), "-t", str(JOBS // clients), "-f", str(script),
-                          target.libpq_url], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            "pgbench",
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            str(PROCESSES),
+            "-t",
+            str(JOBS // clients),
+            "-f",
+            str(script),
+            target.libpq_url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert sql_scalar(target, "SELECT count(*) FROM job_attempts") == JOBS
     match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
     assert match, out

@@ -47,11 +47,15 @@ def propose(kind: Kind, job_ids: list[int], what: str, page: str) -> None:
     elif not job_ids:
         st.session_state[_FLASH] = ("info", f"No job to {VERBS[kind][0].lower()}: {what}.")
     elif len(job_ids) > insights.MAX_ACTION_JOBS:
-        st.session_state[_FLASH] = ("error", f"More than {insights.MAX_ACTION_JOBS:,} jobs match "
-                                    f"({what}); narrow the filter (e.g. by model) and retry.")
+        st.session_state[_FLASH] = (
+            "error",
+            f"More than {insights.MAX_ACTION_JOBS:,} jobs match "
+            f"({what}); narrow the filter (e.g. by model) and retry.",
+        )
     else:
-        st.session_state[_PENDING] = PendingAction(uuid.uuid4().hex, kind,
-                                                   tuple(sorted(job_ids)), what, page)
+        st.session_state[_PENDING] = PendingAction(
+            uuid.uuid4().hex, kind, tuple(sorted(job_ids)), what, page
+        )
     st.rerun()  # show the confirmation at the top of the page now
 
 
@@ -74,10 +78,19 @@ def _confirm_box(pending: PendingAction) -> None:
         more = f" and {n - 20} more" if n > 20 else ""
         st.warning(md_escape(f"{verb} {n} job{'s' * (n != 1)} ({pending.what})? {shown}{more}"))
         left, right = st.columns(2)
-        left.button(f"Confirm: {verb.lower()} {n}", key=f"confirm:{pending.token}", type="primary",
-                    on_click=_run, args=(pending.token,))
-        right.button("Keep them as they are", key=f"dismiss:{pending.token}",
-                     on_click=_dismiss, args=(pending.token,))
+        left.button(
+            f"Confirm: {verb.lower()} {n}",
+            key=f"confirm:{pending.token}",
+            type="primary",
+            on_click=_run,
+            args=(pending.token,),
+        )
+        right.button(
+            "Keep them as they are",
+            key=f"dismiss:{pending.token}",
+            on_click=_dismiss,
+            args=(pending.token,),
+        )
 
 
 def _dismiss(token: str) -> None:
@@ -102,20 +115,28 @@ def _run(token: str) -> None:
         st.session_state[_FLASH] = ("error", f"Nothing changed: {exc}")
         return
     data.clear()
-    st.session_state[_FLASH] = ("success", outcome_message(pending.kind, len(pending.job_ids),
-                                                           len(changed)))
+    st.session_state[_FLASH] = (
+        "success",
+        outcome_message(pending.kind, len(pending.job_ids), len(changed)),
+    )
 
 
 def execute(ctx: context.ConsoleContext, kind: Kind, job_ids: list[int]) -> list[int]:
     """Run the action through db.operations; returns the ids that changed."""
     engine = data.engine_for(ctx.database_url)
     if kind == "requeue":
-        changed = operations.requeue_jobs(engine, job_ids=job_ids, actor=context.ACTOR,
-                                          fresh_attempts=ctx.max_attempts)
+        changed = operations.requeue_jobs(
+            engine, job_ids=job_ids, actor=context.ACTOR, fresh_attempts=ctx.max_attempts
+        )
     else:
         changed = operations.cancel_jobs(engine, job_ids=job_ids, actor=context.ACTOR)
-    log.info("console %s: %d of %d jobs changed", kind, len(changed), len(job_ids),
-             extra={"action": f"console_{kind}", "count": len(changed)})
+    log.info(
+        "console %s: %d of %d jobs changed",
+        kind,
+        len(changed),
+        len(job_ids),
+        extra={"action": f"console_{kind}", "count": len(changed)},
+    )
     return changed
 
 
@@ -123,5 +144,5 @@ def outcome_message(kind: Kind, asked: int, changed: int) -> str:
     """ "3 re-queued", plus how many were left alone because their status had moved on."""
     message = f"{changed} {VERBS[kind][1]}"
     if changed < asked:
-        message += (f"; {asked - changed} left alone (their status changed since you looked)")
+        message += f"; {asked - changed} left alone (their status changed since you looked)"
     return message

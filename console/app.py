@@ -49,21 +49,25 @@ def sidebar(ctx: context.ConsoleContext) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="promptbatch console", page_icon=":material/monitoring:",
-                       layout="wide")
+    st.set_page_config(
+        page_title="promptbatch console", page_icon=":material/monitoring:", layout="wide"
+    )
     settings = Settings()
     ctx = context.load(settings)
     if not signed_in(settings):
         return
-    page = st.navigation([
-        st.Page(PAGES / "overview.py", title="Overview", icon=":material/monitoring:",
-                default=True),
-        st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/list:"),
-        st.Page(PAGES / "failures.py", title="Failures", icon=":material/error:"),
-        st.Page(PAGES / "prompts_models.py", title="Prompts & models", icon=":material/edit:"),
-        st.Page(PAGES / "mentions.py", title="Mentions", icon=":material/campaign:"),
-        st.Page(PAGES / "workers.py", title="Workers", icon=":material/dns:"),
-    ])
+    page = st.navigation(
+        [
+            st.Page(
+                PAGES / "overview.py", title="Overview", icon=":material/monitoring:", default=True
+            ),
+            st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/list:"),
+            st.Page(PAGES / "failures.py", title="Failures", icon=":material/error:"),
+            st.Page(PAGES / "prompts_models.py", title="Prompts & models", icon=":material/edit:"),
+            st.Page(PAGES / "mentions.py", title="Mentions", icon=":material/campaign:"),
+            st.Page(PAGES / "workers.py", title="Workers", icon=":material/dns:"),
+        ]
+    )
     sidebar(ctx)
     with data.database_banner():
         data.check_schema(ctx.database_url)

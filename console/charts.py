@@ -6,8 +6,14 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-STATUS_COLORS = {"queued": "#9aa5b1", "processing": "#3b82f6", "succeeded": "#16a34a",
-                 "failed": "#dc2626", "skipped": "#a855f7", "cancelled": "#f59e0b"}
+STATUS_COLORS = {
+    "queued": "#9aa5b1",
+    "processing": "#3b82f6",
+    "succeeded": "#16a34a",
+    "failed": "#dc2626",
+    "skipped": "#a855f7",
+    "cancelled": "#f59e0b",
+}
 STATUS_ORDER = list(STATUS_COLORS)
 MINUTE_MS = 60_000
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "legend_title_text": ""}
@@ -25,8 +31,16 @@ def progress_by_model(df: pd.DataFrame) -> go.Figure:
     title = "Progress by model"
     if df.empty:
         return _empty(title, "No jobs in this batch")
-    fig = px.bar(df, x="jobs", y="model", color="status", orientation="h", title=title,
-                 color_discrete_map=STATUS_COLORS, category_orders={"status": STATUS_ORDER})
+    fig = px.bar(
+        df,
+        x="jobs",
+        y="model",
+        color="status",
+        orientation="h",
+        title=title,
+        color_discrete_map=STATUS_COLORS,
+        category_orders={"status": STATUS_ORDER},
+    )
     fig.update_layout(barmode="stack", yaxis_title="", xaxis_title="jobs", **_LAYOUT)
     return fig
 
@@ -36,17 +50,20 @@ def completions_per_minute(df: pd.DataFrame) -> go.Figure:
     title = "Completions per minute"
     if df.empty:
         return _empty(title, "No job has finished yet")
-    long = df.melt(id_vars="minute", value_vars=["succeeded", "failed"], var_name="outcome",
-                   value_name="jobs")
-    fig = px.bar(long, x="minute", y="jobs", color="outcome", title=title,
-                 color_discrete_map=STATUS_COLORS)
+    long = df.melt(
+        id_vars="minute", value_vars=["succeeded", "failed"], var_name="outcome", value_name="jobs"
+    )
+    fig = px.bar(
+        long, x="minute", y="jobs", color="outcome", title=title, color_discrete_map=STATUS_COLORS
+    )
     # On a date axis a lone bar gets a width of ~1 ms and the axis zooms to milliseconds: give
     # each bar most of its minute and show at least a quarter of an hour.
     fig.update_traces(width=MINUTE_MS * 0.8)
     last = pd.Timestamp(df["minute"].max())
     first = min(pd.Timestamp(df["minute"].min()), last - pd.Timedelta(minutes=15))
-    fig.update_xaxes(tickformat="%H:%M", range=[first - pd.Timedelta(minutes=1),
-                                                last + pd.Timedelta(minutes=1)])
+    fig.update_xaxes(
+        tickformat="%H:%M", range=[first - pd.Timedelta(minutes=1), last + pd.Timedelta(minutes=1)]
+    )
     fig.update_layout(xaxis_title="minute (UTC)", yaxis_title="jobs / minute", **_LAYOUT)
     return fig
 
@@ -58,12 +75,21 @@ def batch_history(df: pd.DataFrame) -> go.Figure:
         return _empty(title, "No batch yet")
     fig = go.Figure()
     fig.add_bar(x=df["batch"], y=df["jobs"], name="jobs", marker_color="#9aa5b1")
-    fig.add_scatter(x=df["batch"], y=df["success_rate"] * 100, name="success %", yaxis="y2",
-                    mode="lines+markers", line_color=STATUS_COLORS["succeeded"])
-    fig.update_layout(title=title, yaxis={"title": "jobs"},
-                      yaxis2={"title": "success %", "overlaying": "y", "side": "right",
-                              "range": [0, 105]},
-                      xaxis={"type": "category"}, **_LAYOUT)
+    fig.add_scatter(
+        x=df["batch"],
+        y=df["success_rate"] * 100,
+        name="success %",
+        yaxis="y2",
+        mode="lines+markers",
+        line_color=STATUS_COLORS["succeeded"],
+    )
+    fig.update_layout(
+        title=title,
+        yaxis={"title": "jobs"},
+        yaxis2={"title": "success %", "overlaying": "y", "side": "right", "range": [0, 105]},
+        xaxis={"type": "category"},
+        **_LAYOUT,
+    )
     return fig
 
 
@@ -74,8 +100,9 @@ def share_of_voice(df: pd.DataFrame) -> go.Figure:
         return _empty(title, "No mentions in these batches")
     ordered = df.sort_values("share_of_voice")
     fig = px.bar(ordered, x="share_of_voice", y="brand", orientation="h", title=title)
-    fig.update_layout(xaxis_tickformat=".1%", xaxis_title="share of all mentions", yaxis_title="",
-                      **_LAYOUT)
+    fig.update_layout(
+        xaxis_tickformat=".1%", xaxis_title="share of all mentions", yaxis_title="", **_LAYOUT
+    )
     return fig
 
 
@@ -85,8 +112,9 @@ def mention_rate_by_model(df: pd.DataFrame) -> go.Figure:
     if df.empty:
         return _empty(title, "No mentions in these batches")
     fig = px.bar(df, x="brand", y="mention_rate", color="model", barmode="group", title=title)
-    fig.update_layout(yaxis_tickformat=".1%", yaxis_title="answers mentioning", xaxis_title="",
-                      **_LAYOUT)
+    fig.update_layout(
+        yaxis_tickformat=".1%", yaxis_title="answers mentioning", xaxis_title="", **_LAYOUT
+    )
     return fig
 
 
@@ -96,6 +124,11 @@ def mention_trend(df: pd.DataFrame) -> go.Figure:
     if df.empty:
         return _empty(title, "No mentions in these batches")
     fig = px.line(df, x="batch", y="mention_rate", color="brand", markers=True, title=title)
-    fig.update_layout(yaxis_tickformat=".1%", yaxis_title="answers mentioning", xaxis_title="",
-                      xaxis={"type": "category"}, **_LAYOUT)
+    fig.update_layout(
+        yaxis_tickformat=".1%",
+        yaxis_title="answers mentioning",
+        xaxis_title="",
+        xaxis={"type": "category"},
+        **_LAYOUT,
+    )
     return fig

@@ -33,9 +33,13 @@ class ConsoleContext:
 
 def load(settings: Settings) -> ConsoleContext:
     """The context for this run, published for the pages."""
-    ctx = ConsoleContext(settings.database_url, settings.console_read_only,
-                         settings.console_password is not None, settings.max_attempts,
-                         settings.lease_seconds)
+    ctx = ConsoleContext(
+        settings.database_url,
+        settings.console_read_only,
+        settings.console_password is not None,
+        settings.max_attempts,
+        settings.lease_seconds,
+    )
     st.session_state[_KEY] = ctx
     return ctx
 

@@ -47,8 +47,11 @@ def database_banner() -> Iterator[None]:
         yield
     except DatabaseUnavailable as exc:
         log.warning("console query failed: %s", exc, extra={"action": "console_db_unavailable"})
-        st.error("**Database unavailable.** The console retries on the next refresh.\n\n"
-                 + md_escape(str(exc)), icon="🔌")
+        st.error(
+            "**Database unavailable.** The console retries on the next refresh.\n\n"
+            + md_escape(str(exc)),
+            icon="🔌",
+        )
     except SchemaOutOfDate as exc:
         st.error(md_escape(str(exc)), icon="🛠")
 
@@ -85,10 +88,18 @@ def batch_history(url: str) -> list[insights.BatchSummary]:
 
 
 @st.cache_data(ttl=LIVE_TTL, show_spinner=False)
-def jobs_page(url: str, query: insights.JobQuery, sort: insights.SortKey, *, descending: bool,
-              limit: int, offset: int) -> insights.JobPage:
-    return insights.list_jobs_page(engine_for(url), query, sort=sort, descending=descending,
-                                   limit=limit, offset=offset)
+def jobs_page(
+    url: str,
+    query: insights.JobQuery,
+    sort: insights.SortKey,
+    *,
+    descending: bool,
+    limit: int,
+    offset: int,
+) -> insights.JobPage:
+    return insights.list_jobs_page(
+        engine_for(url), query, sort=sort, descending=descending, limit=limit, offset=offset
+    )
 
 
 def matching_job_ids(url: str, query: insights.JobQuery) -> list[int]:
@@ -117,16 +128,19 @@ def brand_visibility(url: str, first_key: str, last_key: str) -> list[insights.B
 
 
 @st.cache_data(ttl=SLOW_TTL, show_spinner=False)
-def brand_trend(url: str, first_key: str, last_key: str,
-                entity_ids: tuple[int, ...]) -> list[insights.BrandDay]:
+def brand_trend(
+    url: str, first_key: str, last_key: str, entity_ids: tuple[int, ...]
+) -> list[insights.BrandDay]:
     return insights.brand_trend(engine_for(url), first_key, last_key, entity_ids)
 
 
 @st.cache_data(ttl=LIVE_TTL, show_spinner=False)
-def workers(url: str, stale_after_seconds: float,
-            include_stopped: bool) -> list[insights.WorkerStatus]:
-    return insights.worker_statuses(engine_for(url), stale_after_seconds=stale_after_seconds,
-                                    include_stopped=include_stopped)
+def workers(
+    url: str, stale_after_seconds: float, include_stopped: bool
+) -> list[insights.WorkerStatus]:
+    return insights.worker_statuses(
+        engine_for(url), stale_after_seconds=stale_after_seconds, include_stopped=include_stopped
+    )
 
 
 @st.cache_data(ttl=SLOW_TTL, show_spinner=False)

@@ -30,8 +30,9 @@ def selected_from_last_render(name: str) -> list[int]:
     return [shown[r] for r in rows if 0 <= r < len(shown)]
 
 
-def selectable_jobs(df: pd.DataFrame, name: str, *,
-                    column_config: dict[str, Any] | None = None) -> list[int]:
+def selectable_jobs(
+    df: pd.DataFrame, name: str, *, column_config: dict[str, Any] | None = None
+) -> list[int]:
     """Render `df` (an `id` column of job ids) with multi-row selection; returns selected ids."""
     ids = [int(i) for i in df["id"]] if len(df) else []
     selected = [i for i in selected_from_last_render(name) if i in set(ids)]
@@ -40,7 +41,13 @@ def selectable_jobs(df: pd.DataFrame, name: str, *,
     st.session_state[f"{name}:key"] = key
     st.session_state[f"{name}:snapshot"] = {key: ids}
     positions = {job_id: row for row, job_id in enumerate(ids)}
-    st.dataframe(df, key=key, on_select="rerun", selection_mode="multi-row", hide_index=True,
-                 column_config=column_config,
-                 selection_default={"selection": {"rows": [positions[i] for i in selected]}})
+    st.dataframe(
+        df,
+        key=key,
+        on_select="rerun",
+        selection_mode="multi-row",
+        hide_index=True,
+        column_config=column_config,
+        selection_default={"selection": {"rows": [positions[i] for i in selected]}},
+    )
     return selected

@@ -58,6 +58,7 @@ class NewPrompt:
 
 # --- prompts -----------------------------------------------------------------------------------
 
+
 def import_prompts(engine: Engine, prompts: Sequence[NewPrompt], *, actor: str = "cli") -> int:
     """Insert prompts, all or nothing; an already-active identical text is left alone.
 
@@ -70,12 +71,23 @@ def import_prompts(engine: Engine, prompts: Sequence[NewPrompt], *, actor: str =
         with write_tx(engine) as conn:
             now = utcnow()
             active = set(conn.scalars(select(Prompt.text).where(Prompt.is_active)))
-            rows = [{"text": p.text, "category": p.category, "runs": p.runs, "is_active": True,
-                     "created_at": now, "updated_at": now} for p in prompts if p.text not in active]
+            rows = [
+                {
+                    "text": p.text,
+                    "category": p.category,
+                    "runs": p.runs,
+                    "is_active": True,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for p in prompts
+                if p.text not in active
+            ]
             if rows:
                 conn.execute(insert(Prompt), rows)
             write_audit(conn, actor, "prompts_import", {"rows": len(prompts)}, len(rows), now)
             return len(rows)
+
     return retry_locked(engine, run)
 
 
@@ -86,41 +98,68 @@ def _check_prompt(p: NewPrompt, where: str) -> None:
         # PostgreSQL refuses NUL in text and SQLite would silently cut the prompt there.
         raise InvalidInput(f"{where}: prompt text contains control character U+{ord(bad):04X}")
     if len(p.text) > MAX_PROMPT_CHARS:
-        raise InvalidInput(f"{where}: prompt text is {len(p.text)} characters "
-                           f"(at most {MAX_PROMPT_CHARS})")
+        raise InvalidInput(
+            f"{where}: prompt text is {len(p.text)} characters (at most {MAX_PROMPT_CHARS})"
+        )
     if p.runs < 1:
         raise InvalidInput(f"{where}: runs must be a whole number >= 1, got {p.runs}")
 
 
 def list_prompts(engine: Engine, *, active_only: bool = False) -> list[PromptRow]:
     """All prompts (or the active ones), oldest first."""
-    query = select(Prompt.id, Prompt.text, Prompt.category, Prompt.runs, Prompt.is_active,
-                   Prompt.last_run_at).order_by(Prompt.id)
+    query = select(
+        Prompt.id, Prompt.text, Prompt.category, Prompt.runs, Prompt.is_active, Prompt.last_run_at
+    ).order_by(Prompt.id)
     if active_only:
         query = query.where(Prompt.is_active)
     with read_tx(engine) as conn:
         return [PromptRow(**row._mapping) for row in conn.execute(query)]
 
 
-def update_prompt(engine: Engine, prompt_id: int, *, text: str | None = None,
-                  category: str | None = None, runs: int | None = None,
-                  is_active: bool | None = None, actor: str = "console") -> None:
+def update_prompt(
+    engine: Engine,
+    prompt_id: int,
+    *,
+    text: str | None = None,
+    category: str | None = None,
+    runs: int | None = None,
+    is_active: bool | None = None,
+    actor: str = "console",
+) -> None:
     """Edit a prompt. Raises NotFound, or InvalidInput for a bad value or a duplicate text."""
-    values: dict[str, object] = {k: v for k, v in {
-        "text": text, "category": category, "runs": runs, "is_active": is_active}.items()
-        if v is not None}
+    values: dict[str, object] = {
+        k: v
+        for k, v in {
+            "text": text,
+            "category": category,
+            "runs": runs,
+            "is_active": is_active,
+        }.items()
+        if v is not None
+    }
     if text is not None or runs is not None:
-        _check_prompt(NewPrompt(text if text is not None else "x", None,
-                                runs if runs is not None else 1), f"prompt {prompt_id}")
+        _check_prompt(
+            NewPrompt(text if text is not None else "x", None, runs if runs is not None else 1),
+            f"prompt {prompt_id}",
+        )
     _update_row(engine, Prompt, prompt_id, values, actor, "prompt_update")
 
 
 # --- models ------------------------------------------------------------------------------------
 
-def add_model(engine: Engine, *, provider: str, name: str, label: str | None = None,
-              base_url: str | None = None, max_concurrency: int | None = None,
-              input_usd_per_mtok: float | None = None, output_usd_per_mtok: float | None = None,
-              actor: str = "cli") -> int:
+
+def add_model(
+    engine: Engine,
+    *,
+    provider: str,
+    name: str,
+    label: str | None = None,
+    base_url: str | None = None,
+    max_concurrency: int | None = None,
+    input_usd_per_mtok: float | None = None,
+    output_usd_per_mtok: float | None = None,
+    actor: str = "cli",
+) -> int:
     """Add a model (or update the existing one with the same provider and name); returns its id.
 
     Raises InvalidInput for an unknown provider, a compatible model without base_url, or a bad cap.
@@ -128,29 +167,40 @@ def add_model(engine: Engine, *, provider: str, name: str, label: str | None = N
     _check_model(provider, name, base_url, max_concurrency)
     _check_price("input price", input_usd_per_mtok)
     _check_price("output price", output_usd_per_mtok)
-    values = {"label": label or name, "base_url": base_url, "max_concurrency": max_concurrency,
-              "input_usd_per_mtok": input_usd_per_mtok, "output_usd_per_mtok": output_usd_per_mtok,
-              "is_active": True}
+    values = {
+        "label": label or name,
+        "base_url": base_url,
+        "max_concurrency": max_concurrency,
+        "input_usd_per_mtok": input_usd_per_mtok,
+        "output_usd_per_mtok": output_usd_per_mtok,
+        "is_active": True,
+    }
 
     def run() -> int:
         with write_tx(engine) as conn:
             now = utcnow()
-            existing = conn.scalar(select(Model.id).where(Model.provider == provider,
-                                                          Model.name == name))
+            existing = conn.scalar(
+                select(Model.id).where(Model.provider == provider, Model.name == name)
+            )
             if existing is not None:
-                conn.execute(update(Model).where(Model.id == existing)
-                             .values(**values, updated_at=now))
+                conn.execute(
+                    update(Model).where(Model.id == existing).values(**values, updated_at=now)
+                )
                 return int(existing)
-            new_id = conn.execute(insert(Model).values(
-                provider=provider, name=name, created_at=now, updated_at=now, **values)
-                .returning(Model.id)).scalar_one()
+            new_id = conn.execute(
+                insert(Model)
+                .values(provider=provider, name=name, created_at=now, updated_at=now, **values)
+                .returning(Model.id)
+            ).scalar_one()
             write_audit(conn, actor, "model_add", {"provider": provider, "name": name}, 1, now)
             return int(new_id)
+
     return retry_locked(engine, run)
 
 
-def _check_model(provider: str, name: str, base_url: str | None,
-                 max_concurrency: int | None) -> None:
+def _check_model(
+    provider: str, name: str, base_url: str | None, max_concurrency: int | None
+) -> None:
     if provider not in {p.value for p in Provider}:
         raise InvalidInput(f"unknown provider {provider!r}: use openai, openrouter or compatible")
     if not name.strip():
@@ -165,8 +215,9 @@ def _check_model(provider: str, name: str, base_url: str | None,
 def _check_base_url(base_url: str) -> None:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname or " " in base_url:
-        raise InvalidInput(f"base URL must be an http:// or https:// URL with a host, "
-                           f"got {base_url!r}")
+        raise InvalidInput(
+            f"base URL must be an http:// or https:// URL with a host, got {base_url!r}"
+        )
 
 
 def _check_max_concurrency(value: int | None) -> None:
@@ -176,39 +227,70 @@ def _check_max_concurrency(value: int | None) -> None:
 
 def _check_price(name: str, value: float | None) -> None:
     if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_USD_PER_MTOK):
-        raise InvalidInput(f"{name} must be a USD amount per million tokens from 0 to "
-                           f"{MAX_USD_PER_MTOK:,}, got {value}")
+        raise InvalidInput(
+            f"{name} must be a USD amount per million tokens from 0 to "
+            f"{MAX_USD_PER_MTOK:,}, got {value}"
+        )
 
 
 def list_models(engine: Engine, *, active_only: bool = False) -> list[ModelRow]:
     """All models (or the active ones), oldest first."""
-    query = select(Model.id, Model.provider, Model.name, Model.label, Model.base_url,
-                   Model.is_active, Model.max_concurrency, Model.supports_json_schema,
-                   Model.input_usd_per_mtok, Model.output_usd_per_mtok).order_by(Model.id)
+    query = select(
+        Model.id,
+        Model.provider,
+        Model.name,
+        Model.label,
+        Model.base_url,
+        Model.is_active,
+        Model.max_concurrency,
+        Model.supports_json_schema,
+        Model.input_usd_per_mtok,
+        Model.output_usd_per_mtok,
+    ).order_by(Model.id)
     if active_only:
         query = query.where(Model.is_active)
     with read_tx(engine) as conn:
         return [ModelRow(**row._mapping) for row in conn.execute(query)]
 
 
-def update_model(engine: Engine, model_id: int, *, label: str | None = None,
-                 base_url: str | None = None, is_active: bool | None = None,
-                 max_concurrency: int | None = None, clear_max_concurrency: bool = False,
-                 actor: str = "console") -> None:
+def update_model(
+    engine: Engine,
+    model_id: int,
+    *,
+    label: str | None = None,
+    base_url: str | None = None,
+    is_active: bool | None = None,
+    max_concurrency: int | None = None,
+    clear_max_concurrency: bool = False,
+    actor: str = "console",
+) -> None:
     """Edit a model. Raises NotFound, or InvalidInput for a bad value."""
     _check_max_concurrency(max_concurrency)
     if base_url is not None:
         _check_base_url(base_url)
-    values: dict[str, object] = {k: v for k, v in {
-        "label": label, "base_url": base_url, "is_active": is_active,
-        "max_concurrency": max_concurrency}.items() if v is not None}
+    values: dict[str, object] = {
+        k: v
+        for k, v in {
+            "label": label,
+            "base_url": base_url,
+            "is_active": is_active,
+            "max_concurrency": max_concurrency,
+        }.items()
+        if v is not None
+    }
     if clear_max_concurrency:
         values["max_concurrency"] = None
     _update_row(engine, Model, model_id, values, actor, "model_update")
 
 
-def _update_row(engine: Engine, table: type[Prompt] | type[Model], row_id: int,
-                values: dict[str, object], actor: str, action: str) -> None:
+def _update_row(
+    engine: Engine,
+    table: type[Prompt] | type[Model],
+    row_id: int,
+    values: dict[str, object],
+    actor: str,
+    action: str,
+) -> None:
     if not values:
         return
 
@@ -216,14 +298,17 @@ def _update_row(engine: Engine, table: type[Prompt] | type[Model], row_id: int,
         with write_tx(engine) as conn:
             now = utcnow()
             try:
-                done = conn.execute(update(table).where(table.id == row_id)
-                                    .values(**values, updated_at=now))
+                done = conn.execute(
+                    update(table).where(table.id == row_id).values(**values, updated_at=now)
+                )
             except IntegrityError as exc:
-                raise InvalidInput(f"{table.__tablename__} {row_id}: {values} conflicts with "
-                                   "an existing row") from exc
+                raise InvalidInput(
+                    f"{table.__tablename__} {row_id}: {values} conflicts with an existing row"
+                ) from exc
             if done.rowcount != 1:
                 raise NotFound(f"no {table.__tablename__[:-1]} with id {row_id}")
             write_audit(conn, actor, action, {"id": row_id, **values}, 1, now)
+
     retry_locked(engine, run)
 
 
@@ -238,6 +323,7 @@ def resolve_model(engine: Engine, ref: str) -> ModelRow:
 
 
 # --- entity catalog ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class EntityRow:
@@ -268,15 +354,20 @@ class NewEntity:
 
 def add_entities(engine: Engine, entities: Sequence[NewEntity]) -> None:
     """Add brands and their aliases in one transaction; existing keys (entity or alias) are kept."""
+
     def run() -> None:
         with write_tx(engine) as conn:
             ids = ensure_entities(conn, {e.key: e.name for e in entities}, utcnow())
             wanted = {k: (ids[e.key], a) for e in entities for a, k in e.aliases.items()}
             known = set(conn.scalars(select(EntityAlias.key).where(EntityAlias.key.in_(wanted))))
-            rows = [{"entity_id": entity_id, "alias": alias, "key": key}
-                    for key, (entity_id, alias) in wanted.items() if key not in known]
+            rows = [
+                {"entity_id": entity_id, "alias": alias, "key": key}
+                for key, (entity_id, alias) in wanted.items()
+                if key not in known
+            ]
             if rows:
                 conn.execute(insert(EntityAlias), rows)
+
     retry_locked(engine, run)
 
 

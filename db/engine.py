@@ -22,8 +22,15 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 from db.errors import ConfigError, DatabaseUnavailable
 
 # Engine is re-exported: runner and console name the type without importing SQLAlchemy.
-__all__ = ["Engine", "is_sqlite", "make_engine", "read_tx", "retry_locked", "translate_errors",
-           "write_tx"]
+__all__ = [
+    "Engine",
+    "is_sqlite",
+    "make_engine",
+    "read_tx",
+    "retry_locked",
+    "translate_errors",
+    "write_tx",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +58,13 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if parsed.drivername == "postgresql":  # plain postgresql:// means psycopg 3 here
         parsed = parsed.set(drivername="postgresql+psycopg")
     try:
-        return create_engine(parsed, pool_pre_ping=True, pool_size=pool_size,
-                             max_overflow=pool_size, pool_recycle=1800)
+        return create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_recycle=1800,
+        )
     except (ArgumentError, NoSuchModuleError) as exc:
         raise ConfigError(f"DATABASE_URL cannot be used: {exc}") from exc
 
@@ -122,8 +134,11 @@ def retry_locked(engine: Engine, operation: Callable[[], T]) -> T:
         except DatabaseUnavailable as exc:
             if not _lost_lock_conflict(engine, exc) or attempt == LOCK_RETRIES - 1:
                 raise
-            log.warning("lock conflict retried: %s", exc, extra={"action": "db_lock_retry",
-                                                                  "attempt": attempt + 1})
+            log.warning(
+                "lock conflict retried: %s",
+                exc,
+                extra={"action": "db_lock_retry", "attempt": attempt + 1},
+            )
             time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
 

@@ -48,11 +48,16 @@ MAX_MINUTES = 24 * 60  # the per-minute chart covers at most the last day of a b
 SNIPPET_CHARS = 300  # listings carry this much of a prompt or error; the detail has it all
 
 SortKey = Literal["id", "finished_at", "updated_at", "attempt_count"]
-SORT_COLUMNS: dict[str, Any] = {"id": J.id, "finished_at": J.finished_at,
-                                "updated_at": J.updated_at, "attempt_count": J.attempt_count}
+SORT_COLUMNS: dict[str, Any] = {
+    "id": J.id,
+    "finished_at": J.finished_at,
+    "updated_at": J.updated_at,
+    "attempt_count": J.attempt_count,
+}
 
 
 # --- batches and the overview ------------------------------------------------------------------
+
 
 def batch_keys(engine: Engine, *, limit: int = 60) -> list[str]:
     """The newest `limit` batch keys that have jobs, newest first.
@@ -94,10 +99,17 @@ def batch_overview(engine: Engine, batch_key: str, *, now: datetime | None = Non
     at = now or utcnow()
     since = at - timedelta(minutes=RATE_WINDOW_MINUTES)
     with read_tx(engine) as conn:
-        rows = conn.execute(select(J.status, func.count()).where(J.batch_key == batch_key)
-                            .group_by(J.status)).all()
-        recent = int(conn.scalar(select(func.count()).select_from(J).where(
-            J.batch_key == batch_key, J.finished_at >= since)) or 0)
+        rows = conn.execute(
+            select(J.status, func.count()).where(J.batch_key == batch_key).group_by(J.status)
+        ).all()
+        recent = int(
+            conn.scalar(
+                select(func.count())
+                .select_from(J)
+                .where(J.batch_key == batch_key, J.finished_at >= since)
+            )
+            or 0
+        )
     counts = {s.value: 0 for s in JobStatus}
     counts.update({status: int(n) for status, n in rows})
     total = sum(counts.values())
@@ -118,13 +130,22 @@ class ModelProgress:
 
 def progress_by_model(engine: Engine, batch_key: str) -> list[ModelProgress]:
     """Jobs per (model, status) of one batch."""
-    counts = (select(J.model_id, J.status, func.count().label("n"))
-              .where(J.batch_key == batch_key).group_by(J.model_id, J.status).subquery())
-    query = (select(counts.c.model_id, Model.label, counts.c.status, counts.c.n)
-             .join(Model, Model.id == counts.c.model_id).order_by(Model.label, counts.c.status))
+    counts = (
+        select(J.model_id, J.status, func.count().label("n"))
+        .where(J.batch_key == batch_key)
+        .group_by(J.model_id, J.status)
+        .subquery()
+    )
+    query = (
+        select(counts.c.model_id, Model.label, counts.c.status, counts.c.n)
+        .join(Model, Model.id == counts.c.model_id)
+        .order_by(Model.label, counts.c.status)
+    )
     with read_tx(engine) as conn:
-        return [ModelProgress(int(m), label, status, int(n))
-                for m, label, status, n in conn.execute(query)]
+        return [
+            ModelProgress(int(m), label, status, int(n))
+            for m, label, status, n in conn.execute(query)
+        ]
 
 
 @dataclass(frozen=True)
@@ -138,11 +159,17 @@ def completions_per_minute(engine: Engine, batch_key: str) -> list[MinuteCount]:
     """Jobs of a batch that succeeded / failed in each minute, oldest first (at most a day)."""
     with read_tx(engine) as conn:
         minute = _minute(conn, J.finished_at)
-        query = (select(minute.label("minute"),
-                        func.sum(case((J.status == JobStatus.SUCCEEDED.value, 1), else_=0)),
-                        func.sum(case((J.status == JobStatus.FAILED.value, 1), else_=0)))
-                 .where(J.batch_key == batch_key, J.finished_at.is_not(None))
-                 .group_by(minute).order_by(minute.desc()).limit(MAX_MINUTES))
+        query = (
+            select(
+                minute.label("minute"),
+                func.sum(case((J.status == JobStatus.SUCCEEDED.value, 1), else_=0)),
+                func.sum(case((J.status == JobStatus.FAILED.value, 1), else_=0)),
+            )
+            .where(J.batch_key == batch_key, J.finished_at.is_not(None))
+            .group_by(minute)
+            .order_by(minute.desc())
+            .limit(MAX_MINUTES)
+        )
         rows = conn.execute(query).all()
     return [MinuteCount(_as_utc(m), int(ok or 0), int(bad or 0)) for m, ok, bad in reversed(rows)]
 
@@ -189,14 +216,28 @@ def batch_history(engine: Engine, *, limit: int = 14) -> list[BatchSummary]:
     keys = batch_keys(engine, limit=limit)
     if not keys:
         return []
-    jobs = (select(J.batch_key, func.count(),
-                   func.sum(case((J.status == JobStatus.SUCCEEDED.value, 1), else_=0)),
-                   func.sum(case((J.status == JobStatus.FAILED.value, 1), else_=0)),
-                   func.min(J.created_at), func.max(J.finished_at))
-            .where(J.batch_key.in_(keys)).group_by(J.batch_key))
-    usage = (select(Response.batch_key, func.sum(Response.prompt_tokens),
-                    func.sum(Response.completion_tokens), func.sum(Response.cost))
-             .where(Response.batch_key.in_(keys)).group_by(Response.batch_key))
+    jobs = (
+        select(
+            J.batch_key,
+            func.count(),
+            func.sum(case((J.status == JobStatus.SUCCEEDED.value, 1), else_=0)),
+            func.sum(case((J.status == JobStatus.FAILED.value, 1), else_=0)),
+            func.min(J.created_at),
+            func.max(J.finished_at),
+        )
+        .where(J.batch_key.in_(keys))
+        .group_by(J.batch_key)
+    )
+    usage = (
+        select(
+            Response.batch_key,
+            func.sum(Response.prompt_tokens),
+            func.sum(Response.completion_tokens),
+            func.sum(Response.cost),
+        )
+        .where(Response.batch_key.in_(keys))
+        .group_by(Response.batch_key)
+    )
     with read_tx(engine) as conn:
         counted = {row[0]: row for row in conn.execute(jobs)}
         used = {row[0]: row for row in conn.execute(usage)}
@@ -204,10 +245,19 @@ def batch_history(engine: Engine, *, limit: int = 14) -> list[BatchSummary]:
     for key in keys:
         _, n, ok, bad, first, last = counted[key]
         _, p_tok, c_tok, cost = used.get(key, (key, 0, 0, 0.0))
-        out.append(BatchSummary(
-            key, int(n), int(ok or 0), int(bad or 0),
-            _maybe_utc(first), _maybe_utc(last),
-            int(p_tok or 0), int(c_tok or 0), float(cost or 0.0)))
+        out.append(
+            BatchSummary(
+                key,
+                int(n),
+                int(ok or 0),
+                int(bad or 0),
+                _maybe_utc(first),
+                _maybe_utc(last),
+                int(p_tok or 0),
+                int(c_tok or 0),
+                float(cost or 0.0),
+            )
+        )
     return out
 
 
@@ -216,6 +266,7 @@ def _maybe_utc(value: datetime | str | None) -> datetime | None:
 
 
 # --- jobs ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class JobQuery:
@@ -238,8 +289,13 @@ class JobQuery:
         if self.model_ids:
             parts.append(J.model_id.in_(self.model_ids))
         if self.prompt_text.strip():
-            parts.append(J.prompt_id.in_(select(Prompt.id).where(
-                Prompt.text.icontains(self.prompt_text.strip(), autoescape=True))))
+            parts.append(
+                J.prompt_id.in_(
+                    select(Prompt.id).where(
+                        Prompt.text.icontains(self.prompt_text.strip(), autoescape=True)
+                    )
+                )
+            )
         if self.error_kind:
             parts.append(J.error_kind == self.error_kind)
         if self.error_text.strip():
@@ -272,22 +328,49 @@ class JobPage:
     total_capped: bool  # True: at least `total` match (more were not counted)
 
 
-def list_jobs_page(engine: Engine, query: JobQuery, *, sort: SortKey = "id",
-                   descending: bool = True, limit: int = 50, offset: int = 0) -> JobPage:
+def list_jobs_page(
+    engine: Engine,
+    query: JobQuery,
+    *,
+    sort: SortKey = "id",
+    descending: bool = True,
+    limit: int = 50,
+    offset: int = 0,
+) -> JobPage:
     """One page of matching jobs, sorted server-side (ties by id), and their capped count."""
     # The page's ids first, from prompt_jobs alone (an index walk), then the joins for those
     # rows only: joining first lets the planner sort all matches before the LIMIT.
-    page_ids = (select(J.id).where(query.clause()).order_by(*_order(sort, descending))
-                .limit(max(1, min(limit, MAX_PAGE_SIZE))).offset(max(offset, 0)).subquery())
-    rows_q = (select(J.id, J.batch_key, J.status, Model.label,
-                     func.substr(Prompt.text, 1, SNIPPET_CHARS), J.run_index, J.attempt_count,
-                     J.max_attempts, J.error_kind, func.substr(J.error_message, 1, SNIPPET_CHARS),
-                     J.finished_at, J.updated_at)
-              .join(page_ids, page_ids.c.id == J.id)
-              .join(Prompt, Prompt.id == J.prompt_id).join(Model, Model.id == J.model_id)
-              .order_by(*_order(sort, descending)))
-    capped: Select[Any] = (select(literal_column("1")).select_from(J).where(query.clause())
-                           .limit(COUNT_CAP + 1))
+    page_ids = (
+        select(J.id)
+        .where(query.clause())
+        .order_by(*_order(sort, descending))
+        .limit(max(1, min(limit, MAX_PAGE_SIZE)))
+        .offset(max(offset, 0))
+        .subquery()
+    )
+    rows_q = (
+        select(
+            J.id,
+            J.batch_key,
+            J.status,
+            Model.label,
+            func.substr(Prompt.text, 1, SNIPPET_CHARS),
+            J.run_index,
+            J.attempt_count,
+            J.max_attempts,
+            J.error_kind,
+            func.substr(J.error_message, 1, SNIPPET_CHARS),
+            J.finished_at,
+            J.updated_at,
+        )
+        .join(page_ids, page_ids.c.id == J.id)
+        .join(Prompt, Prompt.id == J.prompt_id)
+        .join(Model, Model.id == J.model_id)
+        .order_by(*_order(sort, descending))
+    )
+    capped: Select[Any] = (
+        select(literal_column("1")).select_from(J).where(query.clause()).limit(COUNT_CAP + 1)
+    )
     with read_tx(engine) as conn:
         rows = [JobListRow(*row) for row in conn.execute(rows_q)]
         total = int(conn.scalar(select(func.count()).select_from(capped.subquery())) or 0)
@@ -302,8 +385,7 @@ def _order(sort: SortKey, descending: bool) -> list[Any]:
     return order
 
 
-def matching_job_ids(engine: Engine, query: JobQuery, *,
-                     limit: int = MAX_ACTION_JOBS) -> list[int]:
+def matching_job_ids(engine: Engine, query: JobQuery, *, limit: int = MAX_ACTION_JOBS) -> list[int]:
     """Ids of the jobs matching `query` (at most `limit` + 1, so a caller can tell "too many")."""
     ids_q = select(J.id).where(query.clause()).order_by(J.id).limit(limit + 1)
     with read_tx(engine) as conn:
@@ -380,22 +462,61 @@ MAX_MENTION_ROWS = 500
 
 def job_detail(engine: Engine, job_id: int) -> JobDetail | None:
     """One job with its attempts (oldest first), response and mentions; None when unknown."""
-    job_q = (select(J.id, J.batch_key, J.status, J.run_index, J.attempt_count, J.max_attempts,
-                    J.error_kind, J.error_message, J.scheduled_for, J.started_at, J.finished_at,
-                    J.created_at, J.updated_at, J.locked_by, J.lease_expires_at, J.prompt_id,
-                    Prompt.text, J.model_id, Model.label, Model.name, Model.provider)
-             .join(Prompt, Prompt.id == J.prompt_id).join(Model, Model.id == J.model_id)
-             .where(J.id == job_id))
-    attempts_q = (select(JobAttempt.attempt, JobAttempt.worker_id, JobAttempt.started_at,
-                         JobAttempt.finished_at, JobAttempt.outcome, JobAttempt.error_kind,
-                         JobAttempt.error_message, JobAttempt.latency_ms)
-                  .where(JobAttempt.job_id == job_id).order_by(JobAttempt.attempt)
-                  .limit(MAX_ATTEMPT_ROWS))
-    response_q = (select(Response.id, Response.answer, Response.output_mode,
-                         Response.finish_reason, Response.prompt_tokens,
-                         Response.completion_tokens, Response.cost, Response.latency_ms,
-                         Response.request_id, Response.created_at)
-                  .where(Response.job_id == job_id))
+    job_q = (
+        select(
+            J.id,
+            J.batch_key,
+            J.status,
+            J.run_index,
+            J.attempt_count,
+            J.max_attempts,
+            J.error_kind,
+            J.error_message,
+            J.scheduled_for,
+            J.started_at,
+            J.finished_at,
+            J.created_at,
+            J.updated_at,
+            J.locked_by,
+            J.lease_expires_at,
+            J.prompt_id,
+            Prompt.text,
+            J.model_id,
+            Model.label,
+            Model.name,
+            Model.provider,
+        )
+        .join(Prompt, Prompt.id == J.prompt_id)
+        .join(Model, Model.id == J.model_id)
+        .where(J.id == job_id)
+    )
+    attempts_q = (
+        select(
+            JobAttempt.attempt,
+            JobAttempt.worker_id,
+            JobAttempt.started_at,
+            JobAttempt.finished_at,
+            JobAttempt.outcome,
+            JobAttempt.error_kind,
+            JobAttempt.error_message,
+            JobAttempt.latency_ms,
+        )
+        .where(JobAttempt.job_id == job_id)
+        .order_by(JobAttempt.attempt)
+        .limit(MAX_ATTEMPT_ROWS)
+    )
+    response_q = select(
+        Response.id,
+        Response.answer,
+        Response.output_mode,
+        Response.finish_reason,
+        Response.prompt_tokens,
+        Response.completion_tokens,
+        Response.cost,
+        Response.latency_ms,
+        Response.request_id,
+        Response.created_at,
+    ).where(Response.job_id == job_id)
     with read_tx(engine) as conn:
         job = conn.execute(job_q).one_or_none()
         if job is None:
@@ -404,20 +525,27 @@ def job_detail(engine: Engine, job_id: int) -> JobDetail | None:
         response = conn.execute(response_q).one_or_none()
         mentions = _mentions_of(conn, response[0]) if response is not None else []
     core = dict(zip(_JOB_FIELDS, job, strict=True))
-    return JobDetail(**core, attempts=attempts,
-                     response=ResponseRow(*tuple(response)[1:]) if response is not None else None,
-                     mentions=mentions)
+    return JobDetail(
+        **core,
+        attempts=attempts,
+        response=ResponseRow(*tuple(response)[1:]) if response is not None else None,
+        mentions=mentions,
+    )
 
 
 def _mentions_of(conn: Connection, response_id: int) -> list[MentionRow]:
-    query = (select(Mention.position, Entity.name, Mention.raw_name, Mention.char_offset)
-             .join(Entity, Entity.id == Mention.entity_id)
-             .where(Mention.response_id == response_id).order_by(Mention.position)
-             .limit(MAX_MENTION_ROWS))
+    query = (
+        select(Mention.position, Entity.name, Mention.raw_name, Mention.char_offset)
+        .join(Entity, Entity.id == Mention.entity_id)
+        .where(Mention.response_id == response_id)
+        .order_by(Mention.position)
+        .limit(MAX_MENTION_ROWS)
+    )
     return [MentionRow(*row) for row in conn.execute(query)]
 
 
 # --- failures -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class FailureGroup:
@@ -433,18 +561,37 @@ class FailureGroup:
 
 def failure_groups(engine: Engine, batch_key: str, *, limit: int = 500) -> list[FailureGroup]:
     """Failed jobs of a batch grouped by (error kind, message, model), largest groups first."""
-    groups = (select(J.error_kind, J.error_message, J.model_id, func.count().label("n"),
-                     func.max(J.finished_at).label("last"))
-              .where(J.batch_key == batch_key, J.status == JobStatus.FAILED.value)
-              .group_by(J.error_kind, J.error_message, J.model_id).subquery())
-    query = (select(groups.c.error_kind, groups.c.error_message, groups.c.model_id, Model.label,
-                    groups.c.n, groups.c.last)
-             .join(Model, Model.id == groups.c.model_id)
-             .order_by(groups.c.n.desc(), groups.c.error_kind, Model.label).limit(limit))
+    groups = (
+        select(
+            J.error_kind,
+            J.error_message,
+            J.model_id,
+            func.count().label("n"),
+            func.max(J.finished_at).label("last"),
+        )
+        .where(J.batch_key == batch_key, J.status == JobStatus.FAILED.value)
+        .group_by(J.error_kind, J.error_message, J.model_id)
+        .subquery()
+    )
+    query = (
+        select(
+            groups.c.error_kind,
+            groups.c.error_message,
+            groups.c.model_id,
+            Model.label,
+            groups.c.n,
+            groups.c.last,
+        )
+        .join(Model, Model.id == groups.c.model_id)
+        .order_by(groups.c.n.desc(), groups.c.error_kind, Model.label)
+        .limit(limit)
+    )
     with read_tx(engine) as conn:
         rows = conn.execute(query).all()
-    return [FailureGroup(kind, message, int(model_id), label, int(n), _maybe_utc(last))
-            for kind, message, model_id, label, n, last in rows]
+    return [
+        FailureGroup(kind, message, int(model_id), label, int(n), _maybe_utc(last))
+        for kind, message, model_id, label, n, last in rows
+    ]
 
 
 def error_kinds(engine: Engine, batch_key: str | None) -> list[str]:
@@ -457,6 +604,7 @@ def error_kinds(engine: Engine, batch_key: str | None) -> list[str]:
 
 
 # --- mentions -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class BrandVisibility:
@@ -480,28 +628,47 @@ class BrandVisibility:
 ALL_MODELS = "All models"
 
 
-def brand_visibility(engine: Engine, first_key: str, last_key: str, *,
-                     limit: int = 30) -> list[BrandVisibility]:
+def brand_visibility(
+    engine: Engine, first_key: str, last_key: str, *, limit: int = 30
+) -> list[BrandVisibility]:
     """Per brand, per model and over all models, for batches first_key..last_key (inclusive).
 
     Only the `limit` brands mentioned most over all models are returned.
     """
     in_range = and_(Response.batch_key >= first_key, Response.batch_key <= last_key)
     answered = Response.output_mode != "refusal"
-    top = (select(Mention.entity_id).join(Response, Response.id == Mention.response_id)
-           .where(in_range).group_by(Mention.entity_id)
-           .order_by(func.count().desc(), Mention.entity_id).limit(limit))
-    per_model = (select(Mention.entity_id, Entity.name, Response.model_id, func.count(),
-                        func.avg(Mention.position))
-                 .join(Response, Response.id == Mention.response_id)
-                 .join(Entity, Entity.id == Mention.entity_id)
-                 .where(in_range, Mention.entity_id.in_(top))
-                 .group_by(Mention.entity_id, Entity.name, Response.model_id))
-    answers_q = (select(Response.model_id, func.count()).where(in_range, answered)
-                 .group_by(Response.model_id))
-    mentions_q = (select(Response.model_id, func.count())
-                  .join(Mention, Mention.response_id == Response.id).where(in_range)
-                  .group_by(Response.model_id))
+    top = (
+        select(Mention.entity_id)
+        .join(Response, Response.id == Mention.response_id)
+        .where(in_range)
+        .group_by(Mention.entity_id)
+        .order_by(func.count().desc(), Mention.entity_id)
+        .limit(limit)
+    )
+    per_model = (
+        select(
+            Mention.entity_id,
+            Entity.name,
+            Response.model_id,
+            func.count(),
+            func.avg(Mention.position),
+        )
+        .join(Response, Response.id == Mention.response_id)
+        .join(Entity, Entity.id == Mention.entity_id)
+        .where(in_range, Mention.entity_id.in_(top))
+        .group_by(Mention.entity_id, Entity.name, Response.model_id)
+    )
+    answers_q = (
+        select(Response.model_id, func.count())
+        .where(in_range, answered)
+        .group_by(Response.model_id)
+    )
+    mentions_q = (
+        select(Response.model_id, func.count())
+        .join(Mention, Mention.response_id == Response.id)
+        .where(in_range)
+        .group_by(Response.model_id)
+    )
     with read_tx(engine) as conn:
         rows = conn.execute(per_model).all()
         answers = {int(m): int(n) for m, n in conn.execute(answers_q)}
@@ -510,31 +677,69 @@ def brand_visibility(engine: Engine, first_key: str, last_key: str, *,
     return _visibility_rows(rows, answers, mentions, labels)
 
 
-def _visibility_rows(rows: Sequence[Any], answers: dict[int, int], mentions: dict[int, int],
-                     labels: dict[int, str]) -> list[BrandVisibility]:
+def _visibility_rows(
+    rows: Sequence[Any], answers: dict[int, int], mentions: dict[int, int], labels: dict[int, str]
+) -> list[BrandVisibility]:
     out: list[BrandVisibility] = []
     totals: dict[tuple[int, str], list[float]] = {}
     for entity_id, name, model_id, n, avg_pos in rows:
-        out.append(_visibility(int(entity_id), name, int(model_id), labels.get(model_id, "?"),
-                               n=int(n), answers=answers.get(model_id, 0),
-                               mentions=mentions.get(model_id, 0), avg_position=float(avg_pos)))
+        out.append(
+            _visibility(
+                int(entity_id),
+                name,
+                int(model_id),
+                labels.get(model_id, "?"),
+                n=int(n),
+                answers=answers.get(model_id, 0),
+                mentions=mentions.get(model_id, 0),
+                avg_position=float(avg_pos),
+            )
+        )
         acc = totals.setdefault((int(entity_id), name), [0, 0.0])
         acc[0] += int(n)
         acc[1] += float(avg_pos) * int(n)
     all_answers, all_mentions = sum(answers.values()), sum(mentions.values())
     for (entity_id, name), (n, pos_sum) in totals.items():
-        out.append(_visibility(entity_id, name, None, ALL_MODELS, n=int(n), answers=all_answers,
-                               mentions=all_mentions, avg_position=pos_sum / n if n else 0.0))
-    return sorted(out, key=lambda v: (v.model_id is not None, v.model, -v.answers_mentioning,
-                                      v.brand))
+        out.append(
+            _visibility(
+                entity_id,
+                name,
+                None,
+                ALL_MODELS,
+                n=int(n),
+                answers=all_answers,
+                mentions=all_mentions,
+                avg_position=pos_sum / n if n else 0.0,
+            )
+        )
+    return sorted(
+        out, key=lambda v: (v.model_id is not None, v.model, -v.answers_mentioning, v.brand)
+    )
 
 
-def _visibility(entity_id: int, name: str, model_id: int | None, model: str, *, n: int,
-                answers: int, mentions: int, avg_position: float) -> BrandVisibility:
+def _visibility(
+    entity_id: int,
+    name: str,
+    model_id: int | None,
+    model: str,
+    *,
+    n: int,
+    answers: int,
+    mentions: int,
+    avg_position: float,
+) -> BrandVisibility:
     # One mention per (response, entity) (uq_mentions_response_entity): mentions = answers.
-    return BrandVisibility(entity_id, name, model_id, model, n, answers,
-                           n / answers if answers else 0.0, n / mentions if mentions else 0.0,
-                           avg_position)
+    return BrandVisibility(
+        entity_id,
+        name,
+        model_id,
+        model,
+        n,
+        answers,
+        n / answers if answers else 0.0,
+        n / mentions if mentions else 0.0,
+        avg_position,
+    )
 
 
 @dataclass(frozen=True)
@@ -545,39 +750,54 @@ class BrandDay:
     mention_rate: float  # answers of that day mentioning the brand / answers of that day
 
 
-def brand_trend(engine: Engine, first_key: str, last_key: str,
-                entity_ids: Sequence[int]) -> list[BrandDay]:
+def brand_trend(
+    engine: Engine, first_key: str, last_key: str, entity_ids: Sequence[int]
+) -> list[BrandDay]:
     """Each brand's mention rate per batch (day), oldest first; at most 50 brands."""
     ids = list(entity_ids)[:50]
     if not ids:
         return []
     in_range = and_(Response.batch_key >= first_key, Response.batch_key <= last_key)
-    per_day = (select(Response.batch_key, Mention.entity_id, Entity.name, func.count())
-               .join(Mention, Mention.response_id == Response.id)
-               .join(Entity, Entity.id == Mention.entity_id)
-               .where(in_range, Mention.entity_id.in_(ids))
-               .group_by(Response.batch_key, Mention.entity_id, Entity.name)
-               .order_by(Response.batch_key))
-    answers_q = (select(Response.batch_key, func.count())
-                 .where(in_range, Response.output_mode != "refusal").group_by(Response.batch_key))
+    per_day = (
+        select(Response.batch_key, Mention.entity_id, Entity.name, func.count())
+        .join(Mention, Mention.response_id == Response.id)
+        .join(Entity, Entity.id == Mention.entity_id)
+        .where(in_range, Mention.entity_id.in_(ids))
+        .group_by(Response.batch_key, Mention.entity_id, Entity.name)
+        .order_by(Response.batch_key)
+    )
+    answers_q = (
+        select(Response.batch_key, func.count())
+        .where(in_range, Response.output_mode != "refusal")
+        .group_by(Response.batch_key)
+    )
     with read_tx(engine) as conn:
         answers = {k: int(n) for k, n in conn.execute(answers_q)}
         rows = conn.execute(per_day).all()
-    return [BrandDay(key, int(entity_id), name, int(n) / answers[key] if answers.get(key) else 0.0)
-            for key, entity_id, name, n in rows]
+    return [
+        BrandDay(key, int(entity_id), name, int(n) / answers[key] if answers.get(key) else 0.0)
+        for key, entity_id, name, n in rows
+    ]
 
 
 # --- workers ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class WorkerStatus(WorkerRow):
     stale: bool  # not stopped, yet not seen for longer than the stale threshold
 
 
-def worker_statuses(engine: Engine, *, stale_after_seconds: float, include_stopped: bool = False,
-                    now: datetime | None = None) -> list[WorkerStatus]:
+def worker_statuses(
+    engine: Engine,
+    *,
+    stale_after_seconds: float,
+    include_stopped: bool = False,
+    now: datetime | None = None,
+) -> list[WorkerStatus]:
     """Registered worker processes, most recently seen first, stale ones marked."""
     cutoff = (now or utcnow()) - timedelta(seconds=stale_after_seconds)
-    return [WorkerStatus(**asdict(w), stale=w.stopped_at is None and w.last_seen_at < cutoff)
-            for w in list_workers(engine, include_stopped=include_stopped)]
-
+    return [
+        WorkerStatus(**asdict(w), stale=w.stopped_at is None and w.last_seen_at < cutoff)
+        for w in list_workers(engine, include_stopped=include_stopped)
+    ]

@@ -58,8 +58,10 @@ def current_revision(engine: Engine) -> str | None:
     with read_tx(engine) as conn:
         revisions = _stamped_revisions(conn)
     if len(revisions) > 1:
-        raise SchemaOutOfDate(f"the database schema of {_where(engine)} is at several revisions "
-                              f"({', '.join(revisions)}); run `promptbatch db upgrade`")
+        raise SchemaOutOfDate(
+            f"the database schema of {_where(engine)} is at several revisions "
+            f"({', '.join(revisions)}); run `promptbatch db upgrade`"
+        )
     return revisions[0] if revisions else None
 
 
@@ -74,8 +76,9 @@ def require_current(engine: Engine) -> None:
     current = current_revision(engine)
     if current != HEAD_REVISION:
         state = "empty" if current is None else f"at revision {current}"
-        raise SchemaOutOfDate(f"the database schema of {_where(engine)} is {state}; "
-                              "run `promptbatch db upgrade`")
+        raise SchemaOutOfDate(
+            f"the database schema of {_where(engine)} is {state}; run `promptbatch db upgrade`"
+        )
 
 
 def _where(engine: Engine) -> str:

@@ -64,8 +64,13 @@ class Prompt(Base):
     __table_args__ = (
         CheckConstraint("runs >= 1", name="ck_prompts_runs"),
         CheckConstraint("length(text) BETWEEN 1 AND 4000", name="ck_prompts_text_length"),
-        Index("uq_prompts_active_text", "text", unique=True,
-              sqlite_where=text("is_active"), postgresql_where=text("is_active")),
+        Index(
+            "uq_prompts_active_text",
+            "text",
+            unique=True,
+            sqlite_where=text("is_active"),
+            postgresql_where=text("is_active"),
+        ),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     text: Mapped[str] = mapped_column(Text)
@@ -80,10 +85,12 @@ class Prompt(Base):
 class Model(Base):
     __tablename__ = "models"
     __table_args__ = (
-        CheckConstraint("provider IN ('openai', 'openrouter', 'compatible')",
-                        name="ck_models_provider"),
-        CheckConstraint("max_concurrency IS NULL OR max_concurrency >= 1",
-                        name="ck_models_max_concurrency"),
+        CheckConstraint(
+            "provider IN ('openai', 'openrouter', 'compatible')", name="ck_models_provider"
+        ),
+        CheckConstraint(
+            "max_concurrency IS NULL OR max_concurrency >= 1", name="ck_models_max_concurrency"
+        ),
         UniqueConstraint("provider", "name", name="uq_models_provider_name"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -104,11 +111,13 @@ class Model(Base):
 class PromptJob(Base):
     __tablename__ = "prompt_jobs"
     __table_args__ = (
-        UniqueConstraint("prompt_id", "model_id", "run_index", "batch_key",
-                         name="uq_prompt_jobs_key"),
+        UniqueConstraint(
+            "prompt_id", "model_id", "run_index", "batch_key", name="uq_prompt_jobs_key"
+        ),
         CheckConstraint(
             "status IN ('queued', 'processing', 'succeeded', 'failed', 'skipped', 'cancelled')",
-            name="ck_prompt_jobs_status"),
+            name="ck_prompt_jobs_status",
+        ),
         CheckConstraint("run_index >= 0", name="ck_prompt_jobs_run_index"),
         Index("ix_prompt_jobs_status", "status"),
         Index("ix_prompt_jobs_scheduled_for", "scheduled_for"),
@@ -117,12 +126,21 @@ class PromptJob(Base):
         Index("ix_prompt_jobs_batch_key_status", "batch_key", "status"),
         Index("ix_prompt_jobs_batch_key_finished_at", "batch_key", "finished_at"),
         # The claim reads only queued rows in claim order: a small partial index stays hot.
-        Index("ix_prompt_jobs_claim", "priority", "scheduled_for", "id",
-              sqlite_where=text("status = 'queued'"), postgresql_where=text("status = 'queued'")),
+        Index(
+            "ix_prompt_jobs_claim",
+            "priority",
+            "scheduled_for",
+            "id",
+            sqlite_where=text("status = 'queued'"),
+            postgresql_where=text("status = 'queued'"),
+        ),
         # The reaper reads only processing rows by lease expiry.
-        Index("ix_prompt_jobs_lease", "lease_expires_at",
-              sqlite_where=text("status = 'processing'"),
-              postgresql_where=text("status = 'processing'")),
+        Index(
+            "ix_prompt_jobs_lease",
+            "lease_expires_at",
+            sqlite_where=text("status = 'processing'"),
+            postgresql_where=text("status = 'processing'"),
+        ),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
@@ -163,14 +181,17 @@ class JobAttempt(Base):
 class Response(Base):
     __tablename__ = "responses"
     __table_args__ = (
-        CheckConstraint("output_mode IN ('structured', 'json', 'text_fallback', 'refusal')",
-                        name="ck_responses_output_mode"),
+        CheckConstraint(
+            "output_mode IN ('structured', 'json', 'text_fallback', 'refusal')",
+            name="ck_responses_output_mode",
+        ),
         Index("ix_responses_batch_key", "batch_key"),
         Index("ix_responses_model_id", "model_id"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("prompt_jobs.id", ondelete="CASCADE"),
-                                        unique=True)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("prompt_jobs.id", ondelete="CASCADE"), unique=True
+    )
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     batch_key: Mapped[str] = mapped_column(String(10))

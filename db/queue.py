@@ -47,27 +47,39 @@ ANALYZE_AFTER_JOBS = 1_000  # an enqueue creating this many jobs refreshes plann
 
 # --- enqueue ---------------------------------------------------------------------------------
 
-def enqueue_batch(engine: Engine, batch_key: str, *, max_attempts: int,
-                  actor: str = "runner") -> EnqueueResult:
+
+def enqueue_batch(
+    engine: Engine, batch_key: str, *, max_attempts: int, actor: str = "runner"
+) -> EnqueueResult:
     """Create the batch's jobs: every active prompt x active model x run, in one statement.
 
     Idempotent through the unique key (prompt_id, model_id, run_index, batch_key): existing jobs are
     left alone (cases C9, C10). Concurrent enqueues of the same batch are serialized by an advisory
     lock on PostgreSQL and BEGIN IMMEDIATE on SQLite, so neither deadlocks (case C11).
     """
+
     def run() -> EnqueueResult:
         with write_tx(engine) as conn:
             _lock_batch(conn, batch_key)
             now = utcnow()
             expected = _expected_jobs(conn)
-            created = 0 if _present_jobs(conn, batch_key) == expected else _inserted(
-                conn, conn.execute(_enqueue_statement(conn, batch_key, max_attempts, now),
-                                   execution_options={"preserve_rowcount": True}).rowcount)
+            created = (
+                0
+                if _present_jobs(conn, batch_key) == expected
+                else _inserted(
+                    conn,
+                    conn.execute(
+                        _enqueue_statement(conn, batch_key, max_attempts, now),
+                        execution_options={"preserve_rowcount": True},
+                    ).rowcount,
+                )
+            )
             _analyze_after_bulk_insert(conn, created)
             if created:  # a prompt's last run is the last enqueue that gave it jobs
                 conn.execute(update(Prompt).where(Prompt.is_active).values(last_run_at=now))
             write_audit(conn, actor, "enqueue", {"batch_key": batch_key}, created, now)
             return EnqueueResult(batch_key, created, max(expected - created, 0))
+
     return retry_locked(engine, run)
 
 
@@ -79,16 +91,23 @@ def _present_jobs(conn: Connection, batch_key: str) -> int:
     conflicting inserts, 0.86 s -> about 0.1 s (bench/ item 1). The unique key makes the count
     exact; the batch lock keeps it true until commit.
     """
-    return int(conn.scalar(
-        select(func.count()).select_from(J)
-        .join(Prompt, and_(Prompt.id == J.prompt_id, Prompt.is_active))
-        .join(Model, and_(Model.id == J.model_id, Model.is_active))
-        .where(J.batch_key == batch_key, J.run_index < Prompt.runs)) or 0)
+    return int(
+        conn.scalar(
+            select(func.count())
+            .select_from(J)
+            .join(Prompt, and_(Prompt.id == J.prompt_id, Prompt.is_active))
+            .join(Model, and_(Model.id == J.model_id, Model.is_active))
+            .where(J.batch_key == batch_key, J.run_index < Prompt.runs)
+        )
+        or 0
+    )
 
 
 def _lock_batch(conn: Connection, batch_key: str) -> None:
     if not is_sqlite(conn):
-        conn.execute(select(func.pg_advisory_xact_lock(zlib.crc32(f"enqueue:{batch_key}".encode()))))
+        conn.execute(
+            select(func.pg_advisory_xact_lock(zlib.crc32(f"enqueue:{batch_key}".encode())))
+        )
 
 
 def _analyze_after_bulk_insert(conn: Connection, created: int) -> None:
@@ -119,20 +138,41 @@ def _run_numbers() -> CTE:
 def _enqueue_statement(conn: Connection, batch_key: str, max_attempts: int, now: datetime) -> Any:
     runs = _run_numbers()
     source = (
-        select(Prompt.id, Model.id, runs.c.n, literal(batch_key), literal(JobStatus.QUEUED.value),
-               literal(0), literal(0), literal(max_attempts), literal(now, J.scheduled_for.type),
-               literal(now, J.created_at.type), literal(now, J.updated_at.type))
+        select(
+            Prompt.id,
+            Model.id,
+            runs.c.n,
+            literal(batch_key),
+            literal(JobStatus.QUEUED.value),
+            literal(0),
+            literal(0),
+            literal(max_attempts),
+            literal(now, J.scheduled_for.type),
+            literal(now, J.created_at.type),
+            literal(now, J.updated_at.type),
+        )
         .select_from(Prompt)
         .join(Model, true())
         .join(runs, runs.c.n < Prompt.runs)
         .where(Prompt.is_active, Model.is_active)
         .order_by(Prompt.id, Model.id, runs.c.n)
     )
-    columns = [*_KEY_COLUMNS, "status", "priority", "attempt_count", "max_attempts",
-               "scheduled_for", "created_at", "updated_at"]
+    columns = [
+        *_KEY_COLUMNS,
+        "status",
+        "priority",
+        "attempt_count",
+        "max_attempts",
+        "scheduled_for",
+        "created_at",
+        "updated_at",
+    ]
     dialect_insert = sqlite.insert if is_sqlite(conn) else postgresql.insert
-    return (dialect_insert(J).from_select(columns, source)
-            .on_conflict_do_nothing(index_elements=list(_KEY_COLUMNS)))
+    return (
+        dialect_insert(J)
+        .from_select(columns, source)
+        .on_conflict_do_nothing(index_elements=list(_KEY_COLUMNS))
+    )
 
 
 def _expected_jobs(conn: Connection) -> int:
@@ -143,8 +183,10 @@ def _expected_jobs(conn: Connection) -> int:
 
 # --- claim -----------------------------------------------------------------------------------
 
-def claim_jobs(engine: Engine, worker_id: str, limit: int, *, lease_seconds: float,
-               now: datetime | None = None) -> list[ClaimedJob]:
+
+def claim_jobs(
+    engine: Engine, worker_id: str, limit: int, *, lease_seconds: float, now: datetime | None = None
+) -> list[ClaimedJob]:
     """Move up to `limit` due queued jobs to 'processing' for `worker_id` and return them.
 
     One transaction; order (priority, scheduled_for, id) across all models; jobs of inactive
@@ -159,11 +201,18 @@ def claim_jobs(engine: Engine, worker_id: str, limit: int, *, lease_seconds: flo
     def run() -> list[ClaimedJob]:
         with write_tx(engine) as conn:
             return claim_jobs_in(conn, worker_id, limit, lease_seconds=lease_seconds, now=now)
+
     return retry_locked(engine, run)
 
 
-def claim_jobs_in(conn: Connection, worker_id: str, limit: int, *, lease_seconds: float,
-                  now: datetime | None = None) -> list[ClaimedJob]:
+def claim_jobs_in(
+    conn: Connection,
+    worker_id: str,
+    limit: int,
+    *,
+    lease_seconds: float,
+    now: datetime | None = None,
+) -> list[ClaimedJob]:
     """claim_jobs inside the caller's write transaction (see db.results.complete_and_claim)."""
     if limit < 1:
         return []
@@ -178,8 +227,11 @@ def claim_jobs_in(conn: Connection, worker_id: str, limit: int, *, lease_seconds
 
 
 def _active_models(conn: Connection) -> list[Row[int, int | None]]:
-    return list(conn.execute(select(Model.id, Model.max_concurrency).where(Model.is_active)
-                             .order_by(Model.id)))  # one lock order for every claimer
+    return list(
+        conn.execute(
+            select(Model.id, Model.max_concurrency).where(Model.is_active).order_by(Model.id)
+        )
+    )  # one lock order for every claimer
 
 
 # The claim when no active model is capped (the common case) in ONE statement of fixed text,
@@ -220,14 +272,14 @@ def claim_plan(engine: Engine, limit: int) -> list[str]:
     now = utcnow()
     params = _claim_params(limit, "explain", now, now + timedelta(seconds=60))
     with engine.connect() as conn, conn.begin() as tx:
-        plan = [row[0] for row in conn.execute(text(f"EXPLAIN ANALYZE {_CLAIM_PG.text}"),
-                                               params)]
+        plan = [row[0] for row in conn.execute(text(f"EXPLAIN ANALYZE {_CLAIM_PG.text}"), params)]
         tx.rollback()
     return plan
 
 
-def _claim_uncapped_pg(conn: Connection, limit: int, worker_id: str, now: datetime,
-                       lease_until: datetime) -> list[ClaimedJob] | None:
+def _claim_uncapped_pg(
+    conn: Connection, limit: int, worker_id: str, now: datetime, lease_until: datetime
+) -> list[ClaimedJob] | None:
     """The claimed jobs in claim order, or None when a model is capped (nothing was taken)."""
     rows = list(conn.execute(_CLAIM_PG, _claim_params(limit, worker_id, now, lease_until)))
     if rows[0].capped:
@@ -236,8 +288,9 @@ def _claim_uncapped_pg(conn: Connection, limit: int, worker_id: str, now: dateti
     return [_claimed(r, worker_id) for r in taken]
 
 
-def _claim_params(limit: int, worker_id: str, now: datetime,
-                  lease_until: datetime) -> dict[str, Any]:
+def _claim_params(
+    limit: int, worker_id: str, now: datetime, lease_until: datetime
+) -> dict[str, Any]:
     return {"now": now, "limit": limit, "worker_id": worker_id, "lease_until": lease_until}
 
 
@@ -246,34 +299,46 @@ def _claim_order(row: Any) -> tuple[int, datetime, int]:
     return row.priority, row.scheduled_for, row.id
 
 
-def _pick_ids(conn: Connection, models: Sequence[Row[int, int | None]], limit: int,
-              now: datetime) -> list[int]:
+def _pick_ids(
+    conn: Connection, models: Sequence[Row[int, int | None]], limit: int, now: datetime
+) -> list[int]:
     # Each model group's first jobs are locked, then the best `limit` of them are taken: one
     # query per group keeps a capped model's quota exact, the merge keeps the order global.
     order = sorted(_candidates(conn, models, limit, now), key=_claim_order)
     return [r.id for r in order[:limit]]
 
 
-def _take(conn: Connection, ids: list[int], worker_id: str, now: datetime,
-          lease_until: datetime) -> list[ClaimedJob]:
+def _take(
+    conn: Connection, ids: list[int], worker_id: str, now: datetime, lease_until: datetime
+) -> list[ClaimedJob]:
     """Mark the picked jobs 'processing' for `worker_id` and return them in claim order."""
     if not ids:
         return []
-    stmt = (update(J).where(J.id.in_(ids), J.status == JobStatus.QUEUED.value)
-            .values(status=JobStatus.PROCESSING.value, locked_by=worker_id,
-                    lease_expires_at=lease_until, started_at=now, updated_at=now,
-                    attempt_count=J.attempt_count + 1))
+    stmt = (
+        update(J)
+        .where(J.id.in_(ids), J.status == JobStatus.QUEUED.value)
+        .values(
+            status=JobStatus.PROCESSING.value,
+            locked_by=worker_id,
+            lease_expires_at=lease_until,
+            started_at=now,
+            updated_at=now,
+            attempt_count=J.attempt_count + 1,
+        )
+    )
     if is_sqlite(conn):  # SQLite's RETURNING cannot read the tables of UPDATE ... FROM
         return _load_claimed(conn, list(conn.scalars(stmt.returning(J.id))), worker_id)
     # PostgreSQL: the update returns the job with its prompt and model (one round trip less).
-    stmt = (stmt.where(Prompt.id == J.prompt_id, Model.id == J.model_id)
-            .returning(*_CLAIMED_COLUMNS, J.priority, J.scheduled_for))
+    stmt = stmt.where(Prompt.id == J.prompt_id, Model.id == J.model_id).returning(
+        *_CLAIMED_COLUMNS, J.priority, J.scheduled_for
+    )
     rows = sorted(conn.execute(stmt), key=_claim_order)
     return [_claimed(r, worker_id) for r in rows]
 
 
-def _candidates(conn: Connection, models: Sequence[Row[int, int | None]], limit: int,
-                now: datetime) -> list[Row[int, int, datetime]]:
+def _candidates(
+    conn: Connection, models: Sequence[Row[int, int | None]], limit: int, now: datetime
+) -> list[Row[int, int, datetime]]:
     """Up to `limit` due jobs of the uncapped models, and up to min(limit, free slots) of each
     capped model, locked for this transaction."""
     uncapped = [m.id for m in models if m.max_concurrency is None]
@@ -289,26 +354,49 @@ def _free_slots(conn: Connection, model_id: int, cap: int) -> int:
     """Slots left under a model's max_concurrency; locks the model row until the claim commits."""
     if not is_sqlite(conn):  # SQLite's IMMEDIATE transaction already serializes claimers
         conn.execute(select(Model.id).where(Model.id == model_id).with_for_update())
-    busy = conn.scalar(select(func.count()).select_from(J).where(
-        J.model_id == model_id, J.status == JobStatus.PROCESSING.value))
+    busy = conn.scalar(
+        select(func.count())
+        .select_from(J)
+        .where(J.model_id == model_id, J.status == JobStatus.PROCESSING.value)
+    )
     return cap - int(busy or 0)
 
 
-def _claimable(conn: Connection, model_ids: Sequence[int], limit: int,
-               now: datetime) -> Select[int, int, datetime]:
+def _claimable(
+    conn: Connection, model_ids: Sequence[int], limit: int, now: datetime
+) -> Select[int, int, datetime]:
     prompt_active = exists().where(Prompt.id == J.prompt_id, Prompt.is_active)
-    query = (select(J.id, J.priority, J.scheduled_for)
-             .where(J.status == JobStatus.QUEUED.value, J.scheduled_for <= now,
-                    J.model_id.in_(model_ids), prompt_active)
-             .order_by(J.priority, J.scheduled_for, J.id)
-             .limit(limit))
+    query = (
+        select(J.id, J.priority, J.scheduled_for)
+        .where(
+            J.status == JobStatus.QUEUED.value,
+            J.scheduled_for <= now,
+            J.model_id.in_(model_ids),
+            prompt_active,
+        )
+        .order_by(J.priority, J.scheduled_for, J.id)
+        .limit(limit)
+    )
     return query if is_sqlite(conn) else query.with_for_update(skip_locked=True, of=J)
 
 
-_CLAIMED_COLUMNS = (J.id, J.prompt_id, J.model_id, J.run_index, J.batch_key, J.attempt_count,
-                    J.max_attempts, J.started_at, Prompt.text, Model.provider, Model.name,
-                    Model.base_url, Model.supports_json_schema, Model.input_usd_per_mtok,
-                    Model.output_usd_per_mtok)
+_CLAIMED_COLUMNS = (
+    J.id,
+    J.prompt_id,
+    J.model_id,
+    J.run_index,
+    J.batch_key,
+    J.attempt_count,
+    J.max_attempts,
+    J.started_at,
+    Prompt.text,
+    Model.provider,
+    Model.name,
+    Model.base_url,
+    Model.supports_json_schema,
+    Model.input_usd_per_mtok,
+    Model.output_usd_per_mtok,
+)
 
 
 def _load_claimed(conn: Connection, ids: list[int], worker_id: str) -> list[ClaimedJob]:
@@ -316,26 +404,42 @@ def _load_claimed(conn: Connection, ids: list[int], worker_id: str) -> list[Clai
         return []
     rows = conn.execute(
         select(*_CLAIMED_COLUMNS)
-        .join(Prompt, Prompt.id == J.prompt_id).join(Model, Model.id == J.model_id)
-        .where(J.id.in_(ids)).order_by(J.priority, J.scheduled_for, J.id))
+        .join(Prompt, Prompt.id == J.prompt_id)
+        .join(Model, Model.id == J.model_id)
+        .where(J.id.in_(ids))
+        .order_by(J.priority, J.scheduled_for, J.id)
+    )
     return [_claimed(r, worker_id) for r in rows]
 
 
 def _claimed(r: Any, worker_id: str) -> ClaimedJob:
     """A row of _CLAIMED_COLUMNS as the ClaimedJob handed to a worker."""
-    return ClaimedJob(id=r.id, prompt_id=r.prompt_id, model_id=r.model_id,
-                      run_index=r.run_index, batch_key=r.batch_key, attempt=r.attempt_count,
-                      max_attempts=r.max_attempts, worker_id=worker_id, prompt_text=r.text,
-                      provider=r.provider, model_name=r.name, base_url=r.base_url,
-                      supports_json_schema=r.supports_json_schema,
-                      input_usd_per_mtok=r.input_usd_per_mtok,
-                      output_usd_per_mtok=r.output_usd_per_mtok, started_at=r.started_at)
+    return ClaimedJob(
+        id=r.id,
+        prompt_id=r.prompt_id,
+        model_id=r.model_id,
+        run_index=r.run_index,
+        batch_key=r.batch_key,
+        attempt=r.attempt_count,
+        max_attempts=r.max_attempts,
+        worker_id=worker_id,
+        prompt_text=r.text,
+        provider=r.provider,
+        model_name=r.name,
+        base_url=r.base_url,
+        supports_json_schema=r.supports_json_schema,
+        input_usd_per_mtok=r.input_usd_per_mtok,
+        output_usd_per_mtok=r.output_usd_per_mtok,
+        started_at=r.started_at,
+    )
 
 
 # --- lease upkeep ----------------------------------------------------------------------------
 
-def heartbeat(engine: Engine, worker_id: str, job_ids: Sequence[int], *,
-              lease_seconds: float) -> set[int]:
+
+def heartbeat(
+    engine: Engine, worker_id: str, job_ids: Sequence[int], *, lease_seconds: float
+) -> set[int]:
     """Extend the leases of a worker's in-flight jobs in one statement; returns the ids still held.
 
     An id missing from the result was cancelled or taken over: its result will be dropped.
@@ -346,12 +450,18 @@ def heartbeat(engine: Engine, worker_id: str, job_ids: Sequence[int], *,
     def run() -> set[int]:
         with write_tx(engine) as conn:
             now = utcnow()
-            stmt = (update(J)
-                    .where(J.id.in_(job_ids), J.locked_by == worker_id,
-                           J.status == JobStatus.PROCESSING.value)
-                    .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-                    .returning(J.id))
+            stmt = (
+                update(J)
+                .where(
+                    J.id.in_(job_ids),
+                    J.locked_by == worker_id,
+                    J.status == JobStatus.PROCESSING.value,
+                )
+                .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+                .returning(J.id)
+            )
             return set(conn.scalars(stmt))
+
     return retry_locked(engine, run)
 
 
@@ -363,13 +473,25 @@ def release_jobs(engine: Engine, worker_id: str, job_ids: Sequence[int]) -> int:
     def run() -> int:
         with write_tx(engine) as conn:
             now = utcnow()
-            stmt = (update(J)
-                    .where(J.id.in_(job_ids), J.locked_by == worker_id,
-                           J.status == JobStatus.PROCESSING.value)
-                    .values(status=JobStatus.QUEUED.value, attempt_count=J.attempt_count - 1,
-                            locked_by=None, lease_expires_at=None, started_at=None,
-                            scheduled_for=now, updated_at=now))
+            stmt = (
+                update(J)
+                .where(
+                    J.id.in_(job_ids),
+                    J.locked_by == worker_id,
+                    J.status == JobStatus.PROCESSING.value,
+                )
+                .values(
+                    status=JobStatus.QUEUED.value,
+                    attempt_count=J.attempt_count - 1,
+                    locked_by=None,
+                    lease_expires_at=None,
+                    started_at=None,
+                    scheduled_for=now,
+                    updated_at=now,
+                )
+            )
             return conn.execute(stmt).rowcount
+
     return retry_locked(engine, run)
 
 
@@ -379,66 +501,124 @@ def reap_expired(engine: Engine) -> list[tuple[int, str]]:
     Idempotent and safe to run from every runner at once. Each reaped attempt is recorded in
     job_attempts with error_kind 'lease_expired'. Returns (job_id, new status) pairs.
     """
+
     def run() -> list[tuple[int, str]]:
         with write_tx(engine) as conn:
             now = utcnow()
             spent = J.attempt_count >= J.max_attempts
-            stmt = (update(J)
-                    .where(J.status == JobStatus.PROCESSING.value, J.lease_expires_at < now)
-                    .values(status=case((spent, JobStatus.FAILED.value),
-                                        else_=JobStatus.QUEUED.value),
-                            finished_at=case((spent, now), else_=None),
-                            error_kind=ErrorKind.LEASE_EXPIRED.value,
-                            error_message=literal("lease expired: worker ")
-                            + func.coalesce(J.locked_by, "?") + literal(" stopped heartbeating"),
-                            locked_by=None, lease_expires_at=None, scheduled_for=now,
-                            updated_at=now)
-                    .returning(J.id, J.status, J.attempt_count, J.started_at, J.error_message))
+            stmt = (
+                update(J)
+                .where(J.status == JobStatus.PROCESSING.value, J.lease_expires_at < now)
+                .values(
+                    status=case((spent, JobStatus.FAILED.value), else_=JobStatus.QUEUED.value),
+                    finished_at=case((spent, now), else_=None),
+                    error_kind=ErrorKind.LEASE_EXPIRED.value,
+                    error_message=literal("lease expired: worker ")
+                    + func.coalesce(J.locked_by, "?")
+                    + literal(" stopped heartbeating"),
+                    locked_by=None,
+                    lease_expires_at=None,
+                    scheduled_for=now,
+                    updated_at=now,
+                )
+                .returning(J.id, J.status, J.attempt_count, J.started_at, J.error_message)
+            )
             rows = conn.execute(stmt).all()
             for r in rows:
-                record_attempt(conn, r.id, r.attempt_count, worker_id=None,
-                                started_at=r.started_at, finished_at=now, outcome="lost",
-                                error_kind=ErrorKind.LEASE_EXPIRED.value,
-                                error_message=r.error_message)
+                record_attempt(
+                    conn,
+                    r.id,
+                    r.attempt_count,
+                    worker_id=None,
+                    started_at=r.started_at,
+                    finished_at=now,
+                    outcome="lost",
+                    error_kind=ErrorKind.LEASE_EXPIRED.value,
+                    error_message=r.error_message,
+                )
             return [(r.id, r.status) for r in rows]
+
     return retry_locked(engine, run)
 
 
 def skip_inactive(engine: Engine) -> int:
     """Mark queued jobs of deactivated prompts or models as 'skipped'; returns how many."""
+
     def run() -> int:
         with write_tx(engine) as conn:
             now = utcnow()
-            inactive = (~exists().where(Prompt.id == J.prompt_id, Prompt.is_active)
-                        | ~exists().where(Model.id == J.model_id, Model.is_active))
-            stmt = (update(J).where(J.status == JobStatus.QUEUED.value, inactive)
-                    .values(status=JobStatus.SKIPPED.value, finished_at=now, updated_at=now,
-                            error_kind=None, error_message="prompt or model deactivated"))
+            inactive = ~exists().where(
+                Prompt.id == J.prompt_id, Prompt.is_active
+            ) | ~exists().where(Model.id == J.model_id, Model.is_active)
+            stmt = (
+                update(J)
+                .where(J.status == JobStatus.QUEUED.value, inactive)
+                .values(
+                    status=JobStatus.SKIPPED.value,
+                    finished_at=now,
+                    updated_at=now,
+                    error_kind=None,
+                    error_message="prompt or model deactivated",
+                )
+            )
             return conn.execute(stmt).rowcount
+
     return retry_locked(engine, run)
 
 
 # --- shared writers --------------------------------------------------------------------------
 
-def record_attempt(conn: Connection, job_id: int, attempt: int, *, worker_id: str | None,
-                   started_at: datetime | None, finished_at: datetime, outcome: str,
-                   error_kind: str | None, error_message: str | None,
-                   latency_ms: int | None = None, request_id: str | None = None) -> None:
-    conn.execute(insert(JobAttempt).values(
-        job_id=job_id, attempt=attempt, worker_id=worker_id, started_at=started_at,
-        finished_at=finished_at, outcome=outcome, error_kind=error_kind,
-        error_message=error_message, latency_ms=latency_ms, request_id=request_id))
+
+def record_attempt(
+    conn: Connection,
+    job_id: int,
+    attempt: int,
+    *,
+    worker_id: str | None,
+    started_at: datetime | None,
+    finished_at: datetime,
+    outcome: str,
+    error_kind: str | None,
+    error_message: str | None,
+    latency_ms: int | None = None,
+    request_id: str | None = None,
+) -> None:
+    conn.execute(
+        insert(JobAttempt).values(
+            job_id=job_id,
+            attempt=attempt,
+            worker_id=worker_id,
+            started_at=started_at,
+            finished_at=finished_at,
+            outcome=outcome,
+            error_kind=error_kind,
+            error_message=error_message,
+            latency_ms=latency_ms,
+            request_id=request_id,
+        )
+    )
 
 
-def write_audit(conn: Connection, actor: str, action: str, target: dict[str, Any], count: int,
-                at: datetime) -> None:
+def write_audit(
+    conn: Connection, actor: str, action: str, target: dict[str, Any], count: int, at: datetime
+) -> None:
     """Append an audit_log row (target as sorted JSON) in the caller's transaction."""
-    conn.execute(insert(AuditLog).values(
-        at=at, actor=actor, action=action, target=json.dumps(target, sort_keys=True, default=str),
-        count=count))
+    conn.execute(
+        insert(AuditLog).values(
+            at=at,
+            actor=actor,
+            action=action,
+            target=json.dumps(target, sort_keys=True, default=str),
+            count=count,
+        )
+    )
 
 
 def fence(job_id: int, worker_id: str, attempt: int) -> Any:
     """The WHERE clause every write for a claimed job carries (DESIGN.md, "Fencing")."""
-    return and_(J.id == job_id, J.status == JobStatus.PROCESSING.value,
-                J.locked_by == worker_id, J.attempt_count == attempt)
+    return and_(
+        J.id == job_id,
+        J.status == JobStatus.PROCESSING.value,
+        J.locked_by == worker_id,
+        J.attempt_count == attempt,
+    )

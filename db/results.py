@@ -39,8 +39,9 @@ class FailureOutcome(StrEnum):
     DROPPED = "dropped"  # the fence matched nothing: the worker no longer holds the job
 
 
-def complete_job(engine: Engine, job: ClaimedJob, answer: AnswerRecord, cost_usd: float | None
-                 ) -> bool:
+def complete_job(
+    engine: Engine, job: ClaimedJob, answer: AnswerRecord, cost_usd: float | None
+) -> bool:
     """Save the answer, its mentions, the attempt and status 'succeeded' in one transaction.
 
     Returns False (and writes nothing) when the worker no longer holds the job.
@@ -62,34 +63,52 @@ def complete_jobs(engine: Engine, completions: Sequence[Completion]) -> list[boo
     def run() -> list[bool]:
         with write_tx(engine) as conn:
             return _complete_in(conn, completions, utcnow())
+
     return retry_locked(engine, run)
 
 
-def complete_and_claim(engine: Engine, completions: Sequence[Completion], worker_id: str,
-                       limit: int, *, lease_seconds: float
-                       ) -> tuple[list[bool], list[ClaimedJob]]:
+def complete_and_claim(
+    engine: Engine,
+    completions: Sequence[Completion],
+    worker_id: str,
+    limit: int,
+    *,
+    lease_seconds: float,
+) -> tuple[list[bool], list[ClaimedJob]]:
     """complete_jobs, then claim_jobs for up to `limit` jobs, in ONE transaction: a busy worker
     acknowledges its finished jobs and takes their replacements in one commit.
 
     The completions are written before the claim, so a capped model's finished jobs free their
     slots for it. All or nothing, like complete_jobs: an error claims nothing either.
     """
+
     def run() -> tuple[list[bool], list[ClaimedJob]]:
         with write_tx(engine) as conn:
             now = utcnow()
             saved = _complete_in(conn, completions, now) if completions else []
-            return saved, claim_jobs_in(conn, worker_id, limit, lease_seconds=lease_seconds,
-                                        now=now)
+            return saved, claim_jobs_in(
+                conn, worker_id, limit, lease_seconds=lease_seconds, now=now
+            )
+
     return retry_locked(engine, run)
 
 
-def _complete_in(conn: Connection, completions: Sequence[Completion], now: datetime
-                 ) -> list[bool]:
-    saved = (_complete_sqlite(conn, completions, now) if is_sqlite(conn)
-             else _complete_pg(conn, completions, now))
+def _complete_in(conn: Connection, completions: Sequence[Completion], now: datetime) -> list[bool]:
+    saved = (
+        _complete_sqlite(conn, completions, now)
+        if is_sqlite(conn)
+        else _complete_pg(conn, completions, now)
+    )
     keys = [(c.job.id, c.job.attempt) for c in completions]  # a stale attempt of a job can sit
-    _insert_mentions(conn, [(saved[key], c.answer.mentions)  # next to its current one
-                            for key, c in zip(keys, completions, strict=True) if key in saved], now)
+    _insert_mentions(
+        conn,
+        [
+            (saved[key], c.answer.mentions)  # next to its current one
+            for key, c in zip(keys, completions, strict=True)
+            if key in saved
+        ],
+        now,
+    )
     return [key in saved for key in keys]
 
 
@@ -137,46 +156,74 @@ FROM response AS r JOIN done AS d ON d.id = r.job_id
 """)
 
 
-def _complete_pg(conn: Connection, completions: Sequence[Completion], now: datetime
-                 ) -> dict[tuple[int, int], int]:
+def _complete_pg(
+    conn: Connection, completions: Sequence[Completion], now: datetime
+) -> dict[tuple[int, int], int]:
     """Response id by (job id, attempt) for the completions whose fence matched."""
     jobs = [c.job for c in completions]
     answers = [c.answer for c in completions]
     params = {
-        "now": now, "job_id": [j.id for j in jobs], "worker_id": [j.worker_id for j in jobs],
-        "attempt": [j.attempt for j in jobs], "started_at": [j.started_at for j in jobs],
-        "answer": [a.answer for a in answers], "raw_body": [a.raw_body for a in answers],
+        "now": now,
+        "job_id": [j.id for j in jobs],
+        "worker_id": [j.worker_id for j in jobs],
+        "attempt": [j.attempt for j in jobs],
+        "started_at": [j.started_at for j in jobs],
+        "answer": [a.answer for a in answers],
+        "raw_body": [a.raw_body for a in answers],
         "output_mode": [a.output_mode.value for a in answers],
         "finish_reason": [a.finish_reason for a in answers],
         "prompt_tokens": [a.prompt_tokens for a in answers],
         "completion_tokens": [a.completion_tokens for a in answers],
-        "cost": [c.cost_usd for c in completions], "latency_ms": [a.latency_ms for a in answers],
-        "request_id": [a.request_id for a in answers]}
+        "cost": [c.cost_usd for c in completions],
+        "latency_ms": [a.latency_ms for a in answers],
+        "request_id": [a.request_id for a in answers],
+    }
     return {(row.job_id, row.attempt): row.id for row in conn.execute(_COMPLETE_PG, params)}
 
 
-def _complete_sqlite(conn: Connection, completions: Sequence[Completion], now: datetime
-                     ) -> dict[tuple[int, int], int]:
+def _complete_sqlite(
+    conn: Connection, completions: Sequence[Completion], now: datetime
+) -> dict[tuple[int, int], int]:
     """Response id by (job id, attempt) for the completions whose fence matched (SQLite:
     statements per job, one transaction and one commit for all)."""
     saved = {}
     for c in completions:
         job, answer = c.job, c.answer
-        done = conn.execute(update(J).where(fence(job.id, job.worker_id, job.attempt)).values(
-            status=JobStatus.SUCCEEDED.value, finished_at=now, updated_at=now,
-            error_kind=None, error_message=None, locked_by=None, lease_expires_at=None))
+        done = conn.execute(
+            update(J)
+            .where(fence(job.id, job.worker_id, job.attempt))
+            .values(
+                status=JobStatus.SUCCEEDED.value,
+                finished_at=now,
+                updated_at=now,
+                error_kind=None,
+                error_message=None,
+                locked_by=None,
+                lease_expires_at=None,
+            )
+        )
         if done.rowcount != 1:
             continue
         saved[(job.id, job.attempt)] = _insert_response(conn, c, now)
-        record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
-                       started_at=job.started_at, finished_at=now, outcome="succeeded",
-                       error_kind=None, error_message=None, latency_ms=answer.latency_ms,
-                       request_id=answer.request_id)
+        record_attempt(
+            conn,
+            job.id,
+            job.attempt,
+            worker_id=job.worker_id,
+            started_at=job.started_at,
+            finished_at=now,
+            outcome="succeeded",
+            error_kind=None,
+            error_message=None,
+            latency_ms=answer.latency_ms,
+            request_id=answer.request_id,
+        )
     return saved
 
 
-def record_failure(engine: Engine, job: ClaimedJob, failure: FailureRecord,
-                   backoff_seconds: float) -> FailureOutcome:
+def record_failure(
+    engine: Engine, job: ClaimedJob, failure: FailureRecord, backoff_seconds: float
+) -> FailureOutcome:
     """Record a failed attempt: back to 'queued' after `backoff_seconds` when the error is transient
     and attempts are left, else 'failed'. Fenced like every write for a claimed job.
     """
@@ -186,57 +233,103 @@ def record_failure(engine: Engine, job: ClaimedJob, failure: FailureRecord,
     def run() -> FailureOutcome:
         with write_tx(engine) as conn:
             now = utcnow()
-            values = {"status": JobStatus.QUEUED.value if retry else JobStatus.FAILED.value,
-                      "error_kind": failure.kind.value, "error_message": failure.message[:4000],
-                      "locked_by": None, "lease_expires_at": None, "updated_at": now,
-                      "scheduled_for": now + timedelta(seconds=backoff_seconds) if retry else now,
-                      "finished_at": None if retry else now}
-            done = conn.execute(update(J).where(fence(job.id, job.worker_id, job.attempt))
-                                .values(**values))
+            values = {
+                "status": JobStatus.QUEUED.value if retry else JobStatus.FAILED.value,
+                "error_kind": failure.kind.value,
+                "error_message": failure.message[:4000],
+                "locked_by": None,
+                "lease_expires_at": None,
+                "updated_at": now,
+                "scheduled_for": now + timedelta(seconds=backoff_seconds) if retry else now,
+                "finished_at": None if retry else now,
+            }
+            done = conn.execute(
+                update(J).where(fence(job.id, job.worker_id, job.attempt)).values(**values)
+            )
             if done.rowcount != 1:
                 return FailureOutcome.DROPPED
-            record_attempt(conn, job.id, job.attempt, worker_id=job.worker_id,
-                            started_at=job.started_at, finished_at=now, outcome=outcome.value,
-                            error_kind=failure.kind.value, error_message=failure.message[:4000],
-                            latency_ms=failure.latency_ms, request_id=failure.request_id)
+            record_attempt(
+                conn,
+                job.id,
+                job.attempt,
+                worker_id=job.worker_id,
+                started_at=job.started_at,
+                finished_at=now,
+                outcome=outcome.value,
+                error_kind=failure.kind.value,
+                error_message=failure.message[:4000],
+                latency_ms=failure.latency_ms,
+                request_id=failure.request_id,
+            )
             return outcome
+
     return retry_locked(engine, run)
 
 
 def mark_json_schema_unsupported(engine: Engine, model_id: int) -> None:
     """Remember that a model's provider rejects json_schema, so later calls go straight to the
     fallback (case C16)."""
+
     def run() -> None:
         with write_tx(engine) as conn:
-            conn.execute(update(Model).where(Model.id == model_id)
-                         .values(supports_json_schema=False, updated_at=utcnow()))
+            conn.execute(
+                update(Model)
+                .where(Model.id == model_id)
+                .values(supports_json_schema=False, updated_at=utcnow())
+            )
+
     retry_locked(engine, run)
 
 
 def _insert_response(conn: Connection, c: Completion, now: datetime) -> int:
     job, answer = c.job, c.answer
-    stmt = insert(Response).values(
-        job_id=job.id, prompt_id=job.prompt_id, model_id=job.model_id, batch_key=job.batch_key,
-        run_index=job.run_index, answer=answer.answer, raw_body=answer.raw_body,
-        output_mode=answer.output_mode.value, finish_reason=answer.finish_reason,
-        prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
-        cost=c.cost_usd, latency_ms=answer.latency_ms, request_id=answer.request_id,
-        created_at=now).returning(Response.id)
+    stmt = (
+        insert(Response)
+        .values(
+            job_id=job.id,
+            prompt_id=job.prompt_id,
+            model_id=job.model_id,
+            batch_key=job.batch_key,
+            run_index=job.run_index,
+            answer=answer.answer,
+            raw_body=answer.raw_body,
+            output_mode=answer.output_mode.value,
+            finish_reason=answer.finish_reason,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            cost=c.cost_usd,
+            latency_ms=answer.latency_ms,
+            request_id=answer.request_id,
+            created_at=now,
+        )
+        .returning(Response.id)
+    )
     return int(conn.execute(stmt).scalar_one())
 
 
-def _insert_mentions(conn: Connection,
-                     saved: Sequence[tuple[int, Sequence[MentionRecord]]], now: object) -> None:
+def _insert_mentions(
+    conn: Connection, saved: Sequence[tuple[int, Sequence[MentionRecord]]], now: object
+) -> None:
     """The mentions of saved responses, given as (response id, mentions) pairs: one entity lookup
     and one multi-row insert for all of them."""
     names = {m.key: m.display for _, mentions in saved for m in mentions}
     if not names:
         return
     entity_ids = ensure_entities(conn, names, now)
-    conn.execute(insert(Mention), [
-        {"response_id": response_id, "entity_id": entity_ids[m.key],
-         "raw_name": m.raw_name[:300], "position": m.position, "char_offset": m.char_offset}
-        for response_id, mentions in saved for m in mentions])
+    conn.execute(
+        insert(Mention),
+        [
+            {
+                "response_id": response_id,
+                "entity_id": entity_ids[m.key],
+                "raw_name": m.raw_name[:300],
+                "position": m.position,
+                "char_offset": m.char_offset,
+            }
+            for response_id, mentions in saved
+            for m in mentions
+        ],
+    )
 
 
 def ensure_entities(conn: Connection, names_by_key: dict[str, str], now: object) -> dict[str, int]:

@@ -23,8 +23,9 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"  # an operator cancelled it; a late result is dropped
 
 
-ENDED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SKIPPED,
-                            JobStatus.CANCELLED})
+ENDED_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SKIPPED, JobStatus.CANCELLED}
+)
 REQUEUEABLE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SKIPPED})
 CANCELLABLE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.PROCESSING})
 
@@ -53,8 +54,15 @@ class ErrorKind(enum.StrEnum):
         return self in _TRANSIENT
 
 
-_TRANSIENT = frozenset({ErrorKind.RATE_LIMITED, ErrorKind.TIMEOUT, ErrorKind.CONNECTION,
-                        ErrorKind.SERVER_ERROR, ErrorKind.LEASE_EXPIRED})
+_TRANSIENT = frozenset(
+    {
+        ErrorKind.RATE_LIMITED,
+        ErrorKind.TIMEOUT,
+        ErrorKind.CONNECTION,
+        ErrorKind.SERVER_ERROR,
+        ErrorKind.LEASE_EXPIRED,
+    }
+)
 
 
 class OutputMode(enum.StrEnum):

@@ -35,41 +35,76 @@ class WorkerRow(WorkerInfo):
 
 def register_worker(engine: Engine, info: WorkerInfo) -> None:
     """Insert the worker's registry row."""
+
     def run() -> None:
         with write_tx(engine) as conn:
             now = utcnow()
-            conn.execute(insert(Worker).values(
-                id=info.id, runner_id=info.runner_id, hostname=info.hostname, pid=info.pid,
-                processes=info.processes, threads=info.threads, in_flight=0, started_at=now,
-                last_seen_at=now))
+            conn.execute(
+                insert(Worker).values(
+                    id=info.id,
+                    runner_id=info.runner_id,
+                    hostname=info.hostname,
+                    pid=info.pid,
+                    processes=info.processes,
+                    threads=info.threads,
+                    in_flight=0,
+                    started_at=now,
+                    last_seen_at=now,
+                )
+            )
+
     retry_locked(engine, run)
 
 
 def touch_worker(engine: Engine, worker_id: str, in_flight: int) -> None:
     """Refresh last_seen_at and the in-flight count."""
+
     def run() -> None:
         with write_tx(engine) as conn:
-            conn.execute(update(Worker).where(Worker.id == worker_id)
-                         .values(last_seen_at=utcnow(), in_flight=in_flight))
+            conn.execute(
+                update(Worker)
+                .where(Worker.id == worker_id)
+                .values(last_seen_at=utcnow(), in_flight=in_flight)
+            )
+
     retry_locked(engine, run)
 
 
 def stop_worker(engine: Engine, worker_id: str) -> None:
     """Mark the worker stopped."""
+
     def run() -> None:
         with write_tx(engine) as conn:
             now = utcnow()
-            conn.execute(update(Worker).where(Worker.id == worker_id)
-                         .values(stopped_at=now, last_seen_at=now, in_flight=0))
+            conn.execute(
+                update(Worker)
+                .where(Worker.id == worker_id)
+                .values(stopped_at=now, last_seen_at=now, in_flight=0)
+            )
+
     retry_locked(engine, run)
 
 
-def list_workers(engine: Engine, *, include_stopped: bool = False,
-                 limit: int = 500) -> list[WorkerRow]:
+def list_workers(
+    engine: Engine, *, include_stopped: bool = False, limit: int = 500
+) -> list[WorkerRow]:
     """Registered workers, most recently seen first."""
-    query = select(Worker.id, Worker.runner_id, Worker.hostname, Worker.pid, Worker.processes,
-                   Worker.threads, Worker.in_flight, Worker.started_at, Worker.last_seen_at,
-                   Worker.stopped_at).order_by(Worker.last_seen_at.desc()).limit(limit)
+    query = (
+        select(
+            Worker.id,
+            Worker.runner_id,
+            Worker.hostname,
+            Worker.pid,
+            Worker.processes,
+            Worker.threads,
+            Worker.in_flight,
+            Worker.started_at,
+            Worker.last_seen_at,
+            Worker.stopped_at,
+        )
+        .order_by(Worker.last_seen_at.desc())
+        .limit(limit)
+    )
     if not include_stopped:
         query = query.where(Worker.stopped_at.is_(None))
     with read_tx(engine) as conn:

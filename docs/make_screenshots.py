@@ -19,8 +19,14 @@ from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "docs" / "screenshots"
-PAGES = {"overview": "", "jobs": "jobs", "failures": "failures",
-         "prompts_models": "prompts_models", "mentions": "mentions", "workers": "workers"}
+PAGES = {
+    "overview": "",
+    "jobs": "jobs",
+    "failures": "failures",
+    "prompts_models": "prompts_models",
+    "mentions": "mentions",
+    "workers": "workers",
+}
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
@@ -38,14 +44,26 @@ def seed(env: dict[str, str]) -> None:
     """The demo batch, then a flaky simulated model whose jobs retry and some fail."""
     cli(env, "demo", "--no-console")
     port = free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "runner", "simulator", "--port", str(port)],
-                           env=env, cwd=ROOT)
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "runner", "simulator", "--port", str(port)], env=env, cwd=ROOT
+    )
     time.sleep(2)
     try:
-        cli(env, "models", "add", "--provider", "compatible", "--label",
-            "Llama 3.1 70B (simulated, flaky)", "--name",
+        cli(
+            env,
+            "models",
+            "add",
+            "--provider",
+            "compatible",
+            "--label",
+            "Llama 3.1 70B (simulated, flaky)",
+            "--name",
             "sim-llama-3.1-70b@error500=4,latency=50",
-            "--base-url", f"http://127.0.0.1:{port}/v1", "--max-concurrency", "4")
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "--max-concurrency",
+            "4",
+        )
         cli(env, "enqueue")
         cli({**env, "PROMPTBATCH_MAX_ATTEMPTS": "2"}, "run", "--drain")
     finally:
@@ -55,8 +73,9 @@ def seed(env: dict[str, str]) -> None:
 
 def shoot(env: dict[str, str]) -> None:
     port = free_port()
-    console = subprocess.Popen([sys.executable, "-m", "runner", "console", "--port", str(port)],
-                               env=env, cwd=ROOT)
+    console = subprocess.Popen(
+        [sys.executable, "-m", "runner", "console", "--port", str(port)], env=env, cwd=ROOT
+    )
     time.sleep(6)
     try:
         with sync_playwright() as pw:
@@ -68,8 +87,8 @@ def shoot(env: dict[str, str]) -> None:
                 page.wait_for_timeout(3000)
                 # Streamlit draws skeletons first; wait until every element has rendered.
                 page.wait_for_function(
-                    "() => !document.querySelector('[data-testid=\"stSkeleton\"]')",
-                    timeout=60_000)
+                    "() => !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=60_000
+                )
                 page.wait_for_timeout(2000)
                 page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
             browser.close()

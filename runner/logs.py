@@ -15,8 +15,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line with the record's `extra` fields (action, job_id, ...)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        data = {"at": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                "message": record.getMessage()}
+        data = {
+            "at": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         data.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)

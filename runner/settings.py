@@ -21,15 +21,20 @@ class Settings(BaseSettings):
     """promptbatch settings. Every field reads PROMPTBATCH_<NAME>; DATABASE_URL, OPENAI_API_KEY,
     OPENROUTER_API_KEY, CONSOLE_PASSWORD and CONSOLE_READ_ONLY are read without the prefix too."""
 
-    model_config = SettingsConfigDict(env_prefix="PROMPTBATCH_", extra="ignore",
-                                      populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="PROMPTBATCH_", extra="ignore", populate_by_name=True
+    )
 
-    database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias=AliasChoices(
-        "DATABASE_URL", "PROMPTBATCH_DATABASE_URL"))
-    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices(
-        "OPENAI_API_KEY", "PROMPTBATCH_OPENAI_API_KEY"))
-    openrouter_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices(
-        "OPENROUTER_API_KEY", "PROMPTBATCH_OPENROUTER_API_KEY"))
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices("DATABASE_URL", "PROMPTBATCH_DATABASE_URL"),
+    )
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("OPENAI_API_KEY", "PROMPTBATCH_OPENAI_API_KEY")
+    )
+    openrouter_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "PROMPTBATCH_OPENROUTER_API_KEY")
+    )
     compatible_api_key: SecretStr | None = None  # for `compatible` servers that want one
     openrouter_referer: str = "https://github.com/promptbatch/promptbatch"  # HTTP-Referer
     openrouter_title: str = "promptbatch"  # X-Title (OpenRouter app attribution)
@@ -49,13 +54,20 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False  # one JSON object per log line
 
-    console_password: SecretStr | None = Field(None, validation_alias=AliasChoices(
-        "CONSOLE_PASSWORD", "PROMPTBATCH_CONSOLE_PASSWORD"))  # set: every console page needs it
-    console_read_only: bool = Field(False, validation_alias=AliasChoices(
-        "CONSOLE_READ_ONLY", "PROMPTBATCH_CONSOLE_READ_ONLY"))  # true: no action is offered
+    console_password: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("CONSOLE_PASSWORD", "PROMPTBATCH_CONSOLE_PASSWORD")
+    )  # set: every console page needs it
+    console_read_only: bool = Field(
+        False, validation_alias=AliasChoices("CONSOLE_READ_ONLY", "PROMPTBATCH_CONSOLE_READ_ONLY")
+    )  # true: no action is offered
 
-    @field_validator("console_password", "openai_api_key", "openrouter_api_key",
-                     "compatible_api_key", mode="before")
+    @field_validator(
+        "console_password",
+        "openai_api_key",
+        "openrouter_api_key",
+        "compatible_api_key",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `KEY=` in an env file means "not set", never an empty secret that matches nothing.
@@ -82,7 +94,9 @@ class Settings(BaseSettings):
 
     def api_key(self, provider: str) -> str | None:
         """The API key for a provider, or None when it is not set."""
-        secret = {Provider.OPENAI.value: self.openai_api_key,
-                  Provider.OPENROUTER.value: self.openrouter_api_key,
-                  Provider.COMPATIBLE.value: self.compatible_api_key}.get(provider)
+        secret = {
+            Provider.OPENAI.value: self.openai_api_key,
+            Provider.OPENROUTER.value: self.openrouter_api_key,
+            Provider.COMPATIBLE.value: self.compatible_api_key,
+        }.get(provider)
         return secret.get_secret_value() if secret else None

@@ -15,8 +15,9 @@ from db.engine import make_engine
 from db.migrate import upgrade
 from runner.simulator.server import SimulatorServer, running_simulator
 
-PG_URL = os.environ.get("PROMPTBATCH_TEST_PG_URL",
-                        "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "PROMPTBATCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 REQUIRE_PG = os.environ.get("PROMPTBATCH_TEST_REQUIRE_PG") == "1"
 FIXTURES = Path(__file__).with_name("fixtures")
 

@@ -25,12 +25,23 @@ from db.models import JobAttempt, PromptJob, utcnow
 from db.types import AnswerRecord, ClaimedJob, EnqueueResult, MentionRecord, OutputMode
 
 BATCH = "2026-11-30"
-BRANDS = ("HubSpot", "Salesforce", "Pipedrive", "Zoho CRM", "Freshsales", "Monday", "Close",
-          "Copper", "Attio", "Folk")
+BRANDS = (
+    "HubSpot",
+    "Salesforce",
+    "Pipedrive",
+    "Zoho CRM",
+    "Freshsales",
+    "Monday",
+    "Close",
+    "Copper",
+    "Attio",
+    "Folk",
+)
 J = PromptJob
 
 
 # --- catalog and batches ---------------------------------------------------------------------
+
 
 def make_prompts(engine: Engine, n: int, *, runs: int = 1, prefix: str = "prompt") -> list[int]:
     """Create `n` active prompts with `runs` runs each; returns their ids, oldest first."""
@@ -40,16 +51,32 @@ def make_prompts(engine: Engine, n: int, *, runs: int = 1, prefix: str = "prompt
     return [by_text[t] for t in texts]
 
 
-def make_models(engine: Engine, n: int, *, max_concurrency: int | None = None,
-                prefix: str = "model") -> list[int]:
+def make_models(
+    engine: Engine, n: int, *, max_concurrency: int | None = None, prefix: str = "model"
+) -> list[int]:
     """Create `n` active compatible models; returns their ids."""
-    return [catalog.add_model(engine, provider="compatible", name=f"{prefix}-{i}",
-                              base_url="http://127.0.0.1:9/v1", max_concurrency=max_concurrency,
-                              actor="test") for i in range(n)]
+    return [
+        catalog.add_model(
+            engine,
+            provider="compatible",
+            name=f"{prefix}-{i}",
+            base_url="http://127.0.0.1:9/v1",
+            max_concurrency=max_concurrency,
+            actor="test",
+        )
+        for i in range(n)
+    ]
 
 
-def make_batch(engine: Engine, *, prompts: int, models: int, runs: int = 1,
-               batch_key: str = BATCH, max_attempts: int = 3) -> EnqueueResult:
+def make_batch(
+    engine: Engine,
+    *,
+    prompts: int,
+    models: int,
+    runs: int = 1,
+    batch_key: str = BATCH,
+    max_attempts: int = 3,
+) -> EnqueueResult:
     """Create prompts x models and enqueue `runs` jobs each for `batch_key`."""
     make_prompts(engine, prompts, runs=runs)
     make_models(engine, models)
@@ -59,12 +86,27 @@ def make_batch(engine: Engine, *, prompts: int, models: int, runs: int = 1,
 def answer(mentions: Sequence[str] = (), *, text_: str | None = None) -> AnswerRecord:
     """A structured answer naming `mentions` in order (positions and offsets from the text)."""
     body = text_ or "Top picks: " + ", ".join(mentions) + "."
-    records = tuple(MentionRecord(raw_name=name, display=name, key=brand_key(name),
-                                  position=i, char_offset=body.index(name))
-                    for i, name in enumerate(mentions, start=1))
-    return AnswerRecord(answer=body, raw_body="{}", output_mode=OutputMode.STRUCTURED,
-                        finish_reason="stop", prompt_tokens=12, completion_tokens=40,
-                        latency_ms=5, request_id="req-test", mentions=records)
+    records = tuple(
+        MentionRecord(
+            raw_name=name,
+            display=name,
+            key=brand_key(name),
+            position=i,
+            char_offset=body.index(name),
+        )
+        for i, name in enumerate(mentions, start=1)
+    )
+    return AnswerRecord(
+        answer=body,
+        raw_body="{}",
+        output_mode=OutputMode.STRUCTURED,
+        finish_reason="stop",
+        prompt_tokens=12,
+        completion_tokens=40,
+        latency_ms=5,
+        request_id="req-test",
+        mentions=records,
+    )
 
 
 def brand_key(name: str) -> str:
@@ -72,6 +114,7 @@ def brand_key(name: str) -> str:
 
 
 # --- direct reads and writes -----------------------------------------------------------------
+
 
 def job(engine: Engine, job_id: int) -> Any:
     """The job's row (all columns)."""
@@ -94,8 +137,11 @@ def count(engine: Engine, table: Any, **where: Any) -> int:
 def attempts(engine: Engine, job_id: int) -> list[Any]:
     """The job's job_attempts rows, oldest first."""
     with read_tx(engine) as conn:
-        return list(conn.execute(select(JobAttempt).where(JobAttempt.job_id == job_id)
-                                 .order_by(JobAttempt.attempt)).all())
+        return list(
+            conn.execute(
+                select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.attempt)
+            ).all()
+        )
 
 
 def set_jobs(engine: Engine, ids: Sequence[int], **values: Any) -> None:
@@ -114,16 +160,19 @@ def expire_lease(engine: Engine, ids: Sequence[int]) -> None:
     set_jobs(engine, ids, lease_expires_at=utcnow() - timedelta(minutes=1))
 
 
-def claim_all(engine: Engine, worker_id: str, *, lease_seconds: float = 60,
-              now: datetime | None = None) -> list[ClaimedJob]:
+def claim_all(
+    engine: Engine, worker_id: str, *, lease_seconds: float = 60, now: datetime | None = None
+) -> list[ClaimedJob]:
     """Claim every due job for one worker."""
     return queue.claim_jobs(engine, worker_id, 100_000, lease_seconds=lease_seconds, now=now)
 
 
 # --- processes -------------------------------------------------------------------------------
 
-def run_processes(target: Callable[..., Any], args: Sequence[tuple[Any, ...]], *,
-                  timeout: float = 120) -> list[Any]:
+
+def run_processes(
+    target: Callable[..., Any], args: Sequence[tuple[Any, ...]], *, timeout: float = 120
+) -> list[Any]:
     """Run target(*a) in one spawn child per `a`, all released at once; returns their results.
 
     A child's exception is re-raised here with the child's traceback.
@@ -131,8 +180,9 @@ def run_processes(target: Callable[..., Any], args: Sequence[tuple[Any, ...]], *
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(len(args))
     out = ctx.Queue()
-    children = [ctx.Process(target=_child, args=(target, barrier, out, i, a))
-                for i, a in enumerate(args)]
+    children = [
+        ctx.Process(target=_child, args=(target, barrier, out, i, a)) for i, a in enumerate(args)
+    ]
     for child in children:
         child.start()
     try:
@@ -152,8 +202,9 @@ def run_processes(target: Callable[..., Any], args: Sequence[tuple[Any, ...]], *
     return [value for _, value, _ in sorted(found, key=lambda r: r[0])]
 
 
-def run_threads(target: Callable[..., Any], args: Sequence[tuple[Any, ...]], *,
-                timeout: float = 120) -> list[Any]:
+def run_threads(
+    target: Callable[..., Any], args: Sequence[tuple[Any, ...]], *, timeout: float = 120
+) -> list[Any]:
     """Run target(*a) in one thread per `a`, all released at once; returns their results.
 
     Each target builds its own engine from the URL it is given, like a process would.
@@ -180,8 +231,9 @@ def run_threads(target: Callable[..., Any], args: Sequence[tuple[Any, ...]], *,
     return [found[i] for i in range(len(args))]
 
 
-def _child(target: Callable[..., Any], barrier: Any, out: Any, index: int,
-           args: tuple[Any, ...]) -> None:
+def _child(
+    target: Callable[..., Any], barrier: Any, out: Any, index: int, args: tuple[Any, ...]
+) -> None:
     try:
         barrier.wait(timeout=60)
         out.put((index, target(*args), ""))

@@ -23,15 +23,27 @@ BATCH = "2026-11-30"
 
 def fast_settings(db_url: str, **overrides: object) -> Settings:
     """Settings for tests: fast backoff, short timeouts; `overrides` by field name."""
-    values: dict[str, object] = {"database_url": db_url, "backoff_base": 0.01,
-                                 "backoff_cap": 0.05, "request_timeout": 5.0,
-                                 "poll_interval": 0.05, "lease_seconds": 30.0}
+    values: dict[str, object] = {
+        "database_url": db_url,
+        "backoff_base": 0.01,
+        "backoff_cap": 0.05,
+        "request_timeout": 5.0,
+        "poll_interval": 0.05,
+        "lease_seconds": 30.0,
+    }
     values.update(overrides)
     return Settings.model_validate(values)
 
 
-def one_job(engine: Engine, model_name: str, base_url: str, *, prompt: str = CRM_PROMPT,
-            max_attempts: int = 3, runs: int = 1) -> None:
+def one_job(
+    engine: Engine,
+    model_name: str,
+    base_url: str,
+    *,
+    prompt: str = CRM_PROMPT,
+    max_attempts: int = 3,
+    runs: int = 1,
+) -> None:
     """One active prompt on one compatible model, enqueued for BATCH."""
     catalog.import_prompts(engine, [NewPrompt(prompt, "crm", runs)])
     catalog.add_model(engine, provider="compatible", name=model_name, base_url=base_url)
@@ -54,7 +66,6 @@ def run_once(engine: Engine, settings: Settings, worker: str = "w1") -> JobOutco
         client.close()
 
 
-
 def only_job(engine: Engine) -> dict[str, object]:
     """The single job's row as a dict."""
     with read_tx(engine) as conn:
@@ -68,14 +79,20 @@ def responses(engine: Engine) -> list[dict[str, object]]:
 
 def mentions(engine: Engine) -> list[dict[str, object]]:
     with read_tx(engine) as conn:
-        return [dict(r) for r in conn.execute(
-            select(Mention.__table__).order_by(Mention.position)).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(select(Mention.__table__).order_by(Mention.position)).mappings()
+        ]
 
 
 def attempts(engine: Engine) -> list[dict[str, object]]:
     with read_tx(engine) as conn:
-        return [dict(r) for r in conn.execute(
-            select(JobAttempt.__table__).order_by(JobAttempt.attempt)).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(JobAttempt.__table__).order_by(JobAttempt.attempt)
+            ).mappings()
+        ]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

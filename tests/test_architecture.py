@@ -21,14 +21,22 @@ pytestmark = pytest.mark.subprocess
 def _lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
     # The copy comes first on sys.path, ahead of the editable install of the real tree.
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=tree, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def _copy_tree(tmp_path: Path) -> Path:
     for package in ("db", "runner", "console"):
-        shutil.copytree(ROOT / package, tmp_path / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "data"))
+        shutil.copytree(
+            ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__", "data")
+        )
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     return tmp_path
 
@@ -39,16 +47,23 @@ def test_the_tree_keeps_every_contract(tmp_path):
     assert "0 broken" in result.stdout
 
 
-@pytest.mark.parametrize(("module", "line", "contract"), [
-    ("runner/simulator/faults.py", "import runner.worker.jobs", "runner's rooms"),
-    ("runner/extraction/find.py", "import runner.llm.client", "runner's rooms"),
-    ("runner/llm/answers.py", "import runner.extraction.resolve", "runner's rooms"),
-    ("console/charts.py", "import runner.worker.supervisor", "console and runner above db"),
-    ("db/queue.py", "import runner.settings", "console and runner above db"),
-    ("runner/worker/jobs.py", "import sqlalchemy", "only db builds SQL"),
-    ("runner/worker/jobs.py", "import openai", "only runner.llm uses the openai SDK"),
-    ("runner/simulator/answers.py", "import db.queue", "the simulator plays an outside provider"),
-])
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("runner/simulator/faults.py", "import runner.worker.jobs", "runner's rooms"),
+        ("runner/extraction/find.py", "import runner.llm.client", "runner's rooms"),
+        ("runner/llm/answers.py", "import runner.extraction.resolve", "runner's rooms"),
+        ("console/charts.py", "import runner.worker.supervisor", "console and runner above db"),
+        ("db/queue.py", "import runner.settings", "console and runner above db"),
+        ("runner/worker/jobs.py", "import sqlalchemy", "only db builds SQL"),
+        ("runner/worker/jobs.py", "import openai", "only runner.llm uses the openai SDK"),
+        (
+            "runner/simulator/answers.py",
+            "import db.queue",
+            "the simulator plays an outside provider",
+        ),
+    ],
+)
 def test_a_forbidden_import_breaks_the_lint(tmp_path, module, line, contract):
     tree = _copy_tree(tmp_path)
     target = tree / module

@@ -24,8 +24,14 @@ pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("PROMPTBATCH_CHROMIUM", "/usr/bin/chromium")
 REQUIRE = os.environ.get("PROMPTBATCH_TEST_REQUIRE_BROWSER") == "1"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-PAGES = {"overview": "", "jobs": "jobs", "failures": "failures",
-         "prompts_models": "prompts_models", "mentions": "mentions", "workers": "workers"}
+PAGES = {
+    "overview": "",
+    "jobs": "jobs",
+    "failures": "failures",
+    "prompts_models": "prompts_models",
+    "mentions": "mentions",
+    "workers": "workers",
+}
 
 
 def _missing() -> str | None:
@@ -70,10 +76,20 @@ def console(tmp_path: Path) -> Iterator[tuple[str, str]]:
     env = {**os.environ, "DATABASE_URL": db_url, "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"}
     env.pop("CONSOLE_PASSWORD", None)
     env.pop("CONSOLE_READ_ONLY", None)
-    proc = subprocess.Popen([sys.executable, "-c", "from runner.cli.commands import main; main()",
-                             "console", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from runner.cli.commands import main; main()",
+            "console",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)

@@ -20,13 +20,24 @@ from runner.worker.scheduler import utc_batch_key
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(db_url: str, *args: str,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("PROMPTBATCH_", "OPENAI_", "OPENROUTER_"))}
+def cli(
+    db_url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PROMPTBATCH_", "OPENAI_", "OPENROUTER_"))
+    }
     full_env.update({"DATABASE_URL": db_url, **(env or {})})
-    return subprocess.run([sys.executable, "-m", "runner", *args], env=full_env, cwd=ROOT,
-                          text=True, capture_output=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        env=full_env,
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def assert_user_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -50,8 +61,17 @@ def test_setup_enqueue_status_jobs_roundtrip(db_url, tmp_path):
     assert "2 prompts created" in cli(db_url, "prompts", "import", csv).stdout
     assert "0 prompts created, 2 already present" in cli(db_url, "prompts", "import", csv).stdout
     for name in ("m1", "m2"):
-        added = cli(db_url, "models", "add", "--provider", "compatible", "--name", name,
-                    "--base-url", "http://127.0.0.1:9/v1")
+        added = cli(
+            db_url,
+            "models",
+            "add",
+            "--provider",
+            "compatible",
+            "--name",
+            name,
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        )
         assert added.returncode == 0, added.stderr
     first = json.loads(cli(db_url, "enqueue", "--json").stdout)
     assert first == {"batch_key": utc_batch_key(), "created": 10, "existing": 0}
@@ -68,14 +88,20 @@ def test_setup_enqueue_status_jobs_roundtrip(db_url, tmp_path):
     assert json.loads(cli(db_url, "status", "--json").stdout)["counts"]["queued"] == 10
 
 
-@pytest.mark.parametrize(("body", "needle"), [
-    ("text,category,runs\nok prompt,crm,2\n,crm,2\n", ":3: prompt text is empty"),
-    ("text,category,runs\nok prompt,crm,2\n" + "x" * 4001 + ",crm,1\n", "4001 characters"),
-    ("text,category,runs\nsame,crm,2\nsame,crm,1\n", ":3: duplicate prompt (same text as line 2)"),
-    ("text,category,runs\nok prompt,crm,0\n", "runs must be a whole number"),
-    ("text,category,runs\nok prompt,crm,two\n", "got 'two'"),
-    ("text,runs\nok prompt,2\n", "missing column(s) category"),
-])
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("text,category,runs\nok prompt,crm,2\n,crm,2\n", ":3: prompt text is empty"),
+        ("text,category,runs\nok prompt,crm,2\n" + "x" * 4001 + ",crm,1\n", "4001 characters"),
+        (
+            "text,category,runs\nsame,crm,2\nsame,crm,1\n",
+            ":3: duplicate prompt (same text as line 2)",
+        ),
+        ("text,category,runs\nok prompt,crm,0\n", "runs must be a whole number"),
+        ("text,category,runs\nok prompt,crm,two\n", "got 'two'"),
+        ("text,runs\nok prompt,2\n", "missing column(s) category"),
+    ],
+)
 def test_bad_prompts_csv_is_refused_whole(engine: Engine, db_url, tmp_path, body, needle):
     result = cli(db_url, "prompts", "import", write_csv(tmp_path, body))
     assert_user_error(result, needle)
@@ -92,33 +118,62 @@ def test_batch_key_must_be_a_date(db_url, engine, key):
 
 
 def test_unknown_model_provider_and_missing_base_url(db_url, engine):
-    assert_user_error(cli(db_url, "models", "add", "--provider", "anthropic", "--name", "x"),
-                      "unknown provider 'anthropic'")
-    assert_user_error(cli(db_url, "models", "add", "--provider", "compatible", "--name", "x"),
-                      "needs --base-url")
+    assert_user_error(
+        cli(db_url, "models", "add", "--provider", "anthropic", "--name", "x"),
+        "unknown provider 'anthropic'",
+    )
+    assert_user_error(
+        cli(db_url, "models", "add", "--provider", "compatible", "--name", "x"), "needs --base-url"
+    )
 
 
 def test_missing_api_key_for_a_provider_in_use(db_url, engine):
     catalog.add_model(engine, provider="openrouter", name="openai/gpt-4o-mini")
-    assert_user_error(cli(db_url, "run", "--drain"), "OPENROUTER_API_KEY is not set",
-                      "openai/gpt-4o-mini")
+    assert_user_error(
+        cli(db_url, "run", "--drain"), "OPENROUTER_API_KEY is not set", "openai/gpt-4o-mini"
+    )
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--max-concurrency", "99999999999999999999"], "max concurrency must be from 1 to 10000"),
-    (["--input-price", "nan"], "input price must be a USD amount"),
-    (["--output-price", "-1"], "output price must be a USD amount"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--max-concurrency", "99999999999999999999"], "max concurrency must be from 1 to 10000"),
+        (["--input-price", "nan"], "input price must be a USD amount"),
+        (["--output-price", "-1"], "output price must be a USD amount"),
+    ],
+)
 def test_bad_model_values(db_url, engine, args, needle):
-    result = cli(db_url, "models", "add", "--provider", "compatible", "--name", "m",
-                 "--base-url", "http://127.0.0.1:9/v1", *args)
+    result = cli(
+        db_url,
+        "models",
+        "add",
+        "--provider",
+        "compatible",
+        "--name",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        *args,
+    )
     assert_user_error(result, needle)
     assert catalog.list_models(engine) == []
 
 
 def test_base_url_needs_a_host(db_url, engine):
-    assert_user_error(cli(db_url, "models", "add", "--provider", "compatible", "--name", "m",
-                          "--base-url", "http://"), "URL with a host")
+    assert_user_error(
+        cli(
+            db_url,
+            "models",
+            "add",
+            "--provider",
+            "compatible",
+            "--name",
+            "m",
+            "--base-url",
+            "http://",
+        ),
+        "URL with a host",
+    )
 
 
 def test_control_characters_in_prompts_are_refused(engine, db_url, tmp_path):
@@ -146,11 +201,14 @@ def test_schema_missing_says_how_to_fix(db_url):
     assert_user_error(cli(db_url, "status"), "promptbatch db upgrade")
 
 
-@pytest.mark.parametrize(("url", "needle"), [
-    ("not a url", "DATABASE_URL is not a valid database URL"),
-    ("mysql://root@127.0.0.1/test", "DATABASE_URL must be sqlite"),
-    ("postgresql+psycopg://postgres@127.0.0.1:1/test", "database postgresql+psycopg://"),
-])
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("not a url", "DATABASE_URL is not a valid database URL"),
+        ("mysql://root@127.0.0.1/test", "DATABASE_URL must be sqlite"),
+        ("postgresql+psycopg://postgres@127.0.0.1:1/test", "database postgresql+psycopg://"),
+    ],
+)
 def test_bad_database_url(url, needle):
     assert_user_error(cli(url, "status"), needle)
 
@@ -158,6 +216,5 @@ def test_bad_database_url(url, needle):
 def test_bad_setting_names_the_variable(tmp_path):
     result = cli(f"sqlite:///{tmp_path}/x.db", "status", env={"PROMPTBATCH_THREADS": "0"})
     assert_user_error(result, "PROMPTBATCH_THREADS".removeprefix("PROMPTBATCH_"))
-    result = cli(f"sqlite:///{tmp_path}/x.db", "status",
-                 env={"PROMPTBATCH_REQUEST_TIMEOUT": "inf"})
+    result = cli(f"sqlite:///{tmp_path}/x.db", "status", env={"PROMPTBATCH_REQUEST_TIMEOUT": "inf"})
     assert_user_error(result, "REQUEST_TIMEOUT")

@@ -46,8 +46,9 @@ def test_services_and_their_shape(compose):
     assert services["simulator"]["profiles"] == ["demo"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("runner", "console"):
-        assert services[name]["depends_on"]["migrate"]["condition"] == \
-            "service_completed_successfully"
+        assert (
+            services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        )
     runner = services["runner"]
     assert "container_name" not in runner and "ports" not in runner  # --scale runner=3 works
     assert any(str(p).endswith(":8501") for p in services["console"]["ports"])

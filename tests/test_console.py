@@ -70,19 +70,24 @@ def select_rows(at: AppTest, table: str, ids: list[int]) -> None:
     """Select the rows showing `ids` in the selectable table `table`, as a click would."""
     (frame,) = [d for d in at.dataframe if (d.key or "").startswith(f"{table}:")]
     shown = list(frame.value["id"])
-    at.session_state[frame.key] = {"selection": {"rows": [shown.index(i) for i in ids],
-                                                 "columns": [], "cells": []}}
+    at.session_state[frame.key] = {
+        "selection": {"rows": [shown.index(i) for i in ids], "columns": [], "cells": []}
+    }
     at.run()
 
 
 def count_by_status(engine: Engine, batch: str) -> dict[str, int]:
     with read_tx(engine) as conn:
-        rows = conn.execute(select(PromptJob.status, func.count())
-                            .where(PromptJob.batch_key == batch).group_by(PromptJob.status))
+        rows = conn.execute(
+            select(PromptJob.status, func.count())
+            .where(PromptJob.batch_key == batch)
+            .group_by(PromptJob.status)
+        )
         return {status: int(n) for status, n in rows}
 
 
 # --- every page -----------------------------------
+
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders(monkeypatch, db_url, seeded, page):
@@ -113,6 +118,7 @@ def test_overview_pause_toggle_stops_live_refresh(monkeypatch, db_url, seeded):
 
 
 # --- jobs -----------------------------------
+
 
 def jobs_table(at: AppTest) -> list[int]:
     (frame,) = [d for d in at.dataframe if (d.key or "").startswith("jobs_table:")]
@@ -158,8 +164,9 @@ def test_requeue_selected_changes_exactly_those_jobs(monkeypatch, db_url, engine
     confirm(at)
     after = statuses(engine)
     assert after[target] == "queued"
-    assert {k: v for k, v in after.items() if k != target} == \
-        {k: v for k, v in before.items() if k != target}
+    assert {k: v for k, v in after.items() if k != target} == {
+        k: v for k, v in before.items() if k != target
+    }
     assert "1 re-queued" in texts(at)
     row = job_row(engine, target)
     assert row.max_attempts == row.attempt_count + 3 and row.error_kind is None
@@ -179,8 +186,7 @@ def test_cancel_all_matching_cancels_only_cancellable_matches(monkeypatch, db_ur
     assert "2 cancelled" in texts(at)
 
 
-def test_job_detail_shows_attempts_answer_as_plain_text_and_mentions(monkeypatch, db_url,
-                                                                     seeded):
+def test_job_detail_shows_attempts_answer_as_plain_text_and_mentions(monkeypatch, db_url, seeded):
     at = open_page(app(monkeypatch, db_url), "jobs")
     at.number_input(key="jobs_detail_id").set_value(seeded.succeeded[0]).run()
     codes = [c.value for c in at.code]
@@ -198,6 +204,7 @@ def test_job_detail_shows_attempts_answer_as_plain_text_and_mentions(monkeypatch
 
 
 # --- failures -----------------------------------
+
 
 def test_failures_grouped_by_error_with_counts_per_model(monkeypatch, db_url, seeded):
     at = open_page(app(monkeypatch, db_url), "failures")
@@ -238,8 +245,7 @@ def test_c20_stale_selection_never_touches_the_new_failure(monkeypatch, db_url, 
     assert after[job_a] == "queued" and after[job_b] == "failed"
 
 
-def test_c20_click_resolves_against_the_table_the_operator_saw(monkeypatch, db_url, engine,
-                                                             seeded):
+def test_c20_click_resolves_against_the_table_the_operator_saw(monkeypatch, db_url, engine, seeded):
     """C20 without a refresh in between: B arrives between the selection and the click."""
     at = open_page(app(monkeypatch, db_url), "failures")
     (frame,) = [d for d in at.dataframe if (d.key or "").startswith("failures_table:")]
@@ -296,16 +302,20 @@ ACTION_LABELS = ("Re-queue", "Cancel", "Confirm", "Enqueue", "Add ", "Save ")
 @pytest.mark.parametrize("page", ["jobs", "failures", "prompts_models"])
 def test_read_only_offers_no_action(monkeypatch, db_url, seeded, page):
     at = open_page(app(monkeypatch, db_url, CONSOLE_READ_ONLY="1"), page)
-    offered = [b.label for b in [*at.button, *at.get("form_submit_button")]
-               if b.label.startswith(ACTION_LABELS) and not b.disabled]
+    offered = [
+        b.label
+        for b in [*at.button, *at.get("form_submit_button")]
+        if b.label.startswith(ACTION_LABELS) and not b.disabled
+    ]
     assert offered == []
 
 
 def test_read_only_accepts_no_action(monkeypatch, db_url, engine, seeded):
     at = open_page(app(monkeypatch, db_url, CONSOLE_READ_ONLY="1"), "failures")
     before = statuses(engine)
-    at.session_state["pending_action"] = PendingAction("t0k3n", "requeue", tuple(seeded.failed),
-                                                       "forged", "failures")
+    at.session_state["pending_action"] = PendingAction(
+        "t0k3n", "requeue", tuple(seeded.failed), "forged", "failures"
+    )
     at.run()
     confirm(at)
     assert statuses(engine) == before
@@ -320,8 +330,9 @@ def test_password_gates_every_page_per_session(monkeypatch, db_url, engine, seed
     at.text_input[0].set_value("wrong")  # a form: the value goes with the submit
     at.get("form_submit_button")[0].click().run()
     assert "Wrong password" in texts(at) and not at.metric
-    at.session_state["pending_action"] = PendingAction("t0k3n", "requeue", tuple(seeded.failed),
-                                                       "forged", "failures")
+    at.session_state["pending_action"] = PendingAction(
+        "t0k3n", "requeue", tuple(seeded.failed), "forged", "failures"
+    )
     at.run()
     assert not [b for b in at.button if (b.key or "").startswith("confirm:")]
     at.text_input[0].set_value("s3cret-pw")
@@ -333,6 +344,7 @@ def test_password_gates_every_page_per_session(monkeypatch, db_url, engine, seed
 
 
 # --- prompts & models -----------------------------------
+
 
 def test_prompts_and_models_edit_and_enqueue(monkeypatch, db_url, engine, seeded):
     at = open_page(app(monkeypatch, db_url), "prompts_models")
@@ -354,6 +366,7 @@ def test_prompts_and_models_edit_and_enqueue(monkeypatch, db_url, engine, seeded
 
 
 # --- mentions and workers -----------------------------------
+
 
 def test_mentions_rates_and_share_of_voice(monkeypatch, db_url, seeded):
     at = open_page(app(monkeypatch, db_url), "mentions")
@@ -378,15 +391,24 @@ def test_workers_marks_the_stale_one(monkeypatch, db_url, seeded):
 
 # --- the dependency rule -----------------------------------
 
+
 def test_console_imports_only_db_and_settings():
     """console -> db only: no sqlalchemy, no runner worker code (DESIGN.md)."""
     bad = []
     for path in (APP.parent).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            bad += [f"{path.name}: {n}" for n in names
-                    if n.split(".")[0] == "sqlalchemy"
-                    or (n.split(".")[0] == "runner" and n != "runner.settings")]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            bad += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.split(".")[0] == "sqlalchemy"
+                or (n.split(".")[0] == "runner" and n != "runner.settings")
+            ]
     assert bad == []
     assert Path(APP).exists()

@@ -47,12 +47,27 @@ class Seeded:
 
 def answer(brands: tuple[str, ...], body: str | None = None) -> AnswerRecord:
     text = body or "For a small team: " + ", ".join(brands) + "."
-    mentions = tuple(MentionRecord(raw_name=b, display=b, key=b.casefold().replace(" ", ""),
-                                   position=i, char_offset=text.index(b))
-                     for i, b in enumerate(brands, start=1))
-    return AnswerRecord(answer=text, raw_body="{}", output_mode=OutputMode.STRUCTURED,
-                        finish_reason="stop", prompt_tokens=100, completion_tokens=250,
-                        latency_ms=900, request_id="req-1", mentions=mentions)
+    mentions = tuple(
+        MentionRecord(
+            raw_name=b,
+            display=b,
+            key=b.casefold().replace(" ", ""),
+            position=i,
+            char_offset=text.index(b),
+        )
+        for i, b in enumerate(brands, start=1)
+    )
+    return AnswerRecord(
+        answer=text,
+        raw_body="{}",
+        output_mode=OutputMode.STRUCTURED,
+        finish_reason="stop",
+        prompt_tokens=100,
+        completion_tokens=250,
+        latency_ms=900,
+        request_id="req-1",
+        mentions=mentions,
+    )
 
 
 def seed(engine: Engine, *, batch: str | None = None) -> Seeded:
@@ -62,30 +77,45 @@ def seed(engine: Engine, *, batch: str | None = None) -> Seeded:
     previous = (datetime.fromisoformat(key) - timedelta(days=1)).date().isoformat()
     texts = [HOSTILE_PROMPT] + [f"Which CRM suits a team of {n}?" for n in range(2, 7)]
     catalog.import_prompts(engine, [NewPrompt(t, "crm", 1) for t in texts], actor="test")
-    model_ids = [catalog.add_model(engine, provider="compatible", name=name, label=label,
-                                   base_url="http://127.0.0.1:9/v1", actor="test",
-                                   input_usd_per_mtok=0.15, output_usd_per_mtok=0.6)
-                 for name, label in (("sim-a", "Sim A"), ("sim-b", "Sim B"))]
+    model_ids = [
+        catalog.add_model(
+            engine,
+            provider="compatible",
+            name=name,
+            label=label,
+            base_url="http://127.0.0.1:9/v1",
+            actor="test",
+            input_usd_per_mtok=0.15,
+            output_usd_per_mtok=0.6,
+        )
+        for name, label in (("sim-a", "Sim A"), ("sim-b", "Sim B"))
+    ]
     out = Seeded(key, previous, model_ids)
     queue.enqueue_batch(engine, previous, max_attempts=3, actor="test")
     for i, job in enumerate(claim_all(engine)):
-        results.complete_job(engine, job, answer(BRANDS[i % 3: i % 3 + 3]), 0.0004)
+        results.complete_job(engine, job, answer(BRANDS[i % 3 : i % 3 + 3]), 0.0004)
     queue.enqueue_batch(engine, key, max_attempts=3, actor="test")
     jobs = claim_all(engine)
     for i, job in enumerate(jobs[:6]):
         body = HOSTILE_ANSWER if i == 0 else None
-        brands = ("HubSpot", "Salesforce", "Pipedrive") if i == 0 else BRANDS[i % 4: i % 4 + 2]
+        brands = ("HubSpot", "Salesforce", "Pipedrive") if i == 0 else BRANDS[i % 4 : i % 4 + 2]
         results.complete_job(engine, job, answer(brands, body), 0.0005)
         out.succeeded.append(job.id)
-    for job, kind, message in zip(jobs[6:9], (ErrorKind.BAD_REQUEST, ErrorKind.BAD_REQUEST,
-                                              ErrorKind.AUTH),
-                                  ("Invalid schema for response_format <b>x</b>",
-                                   "Invalid schema for response_format <b>x</b>",
-                                   "401 Incorrect API key provided"), strict=True):
+    for job, kind, message in zip(
+        jobs[6:9],
+        (ErrorKind.BAD_REQUEST, ErrorKind.BAD_REQUEST, ErrorKind.AUTH),
+        (
+            "Invalid schema for response_format <b>x</b>",
+            "Invalid schema for response_format <b>x</b>",
+            "401 Incorrect API key provided",
+        ),
+        strict=True,
+    ):
         results.record_failure(engine, job, FailureRecord(kind, message, latency_ms=50), 0)
         out.failed.append(job.id)
-    results.record_failure(engine, jobs[9], FailureRecord(ErrorKind.RATE_LIMITED, "429 slow down"),
-                           60)
+    results.record_failure(
+        engine, jobs[9], FailureRecord(ErrorKind.RATE_LIMITED, "429 slow down"), 60
+    )
     out.queued.append(jobs[9].id)
     out.processing.append(jobs[10].id)
     operations.cancel_jobs(engine, job_ids=[jobs[11].id], actor="test")
@@ -95,24 +125,30 @@ def seed(engine: Engine, *, batch: str | None = None) -> Seeded:
 
 
 def claim_all(engine: Engine) -> list[ClaimedJob]:
-    return sorted(queue.claim_jobs(engine, "host-1:101:0", 1000, lease_seconds=600),
-                  key=lambda j: j.id)
+    return sorted(
+        queue.claim_jobs(engine, "host-1:101:0", 1000, lease_seconds=600), key=lambda j: j.id
+    )
 
 
 def register_workers(engine: Engine) -> None:
     for wid, pid in (("host-1:101:0", 101), ("host-2:202:0", 202)):
-        workers.register_worker(engine, workers.WorkerInfo(wid, f"runner-{pid}",
-                                                           wid.split(":")[0], pid, 2, 4))
+        workers.register_worker(
+            engine, workers.WorkerInfo(wid, f"runner-{pid}", wid.split(":")[0], pid, 2, 4)
+        )
     workers.touch_worker(engine, "host-1:101:0", 1)
     with write_tx(engine) as conn:  # host-2 went silent ten minutes ago
-        conn.execute(update(Worker).where(Worker.id == "host-2:202:0")
-                     .values(last_seen_at=datetime.now(UTC) - timedelta(minutes=10)))
+        conn.execute(
+            update(Worker)
+            .where(Worker.id == "host-2:202:0")
+            .values(last_seen_at=datetime.now(UTC) - timedelta(minutes=10))
+        )
 
 
 def fail_one_more(engine: Engine) -> int:
     """A new failure arrives (case C20): the queued job is claimed and fails permanently."""
-    (job,) = queue.claim_jobs(engine, "host-1:101:0", 1, lease_seconds=600,
-                              now=datetime.now(UTC) + timedelta(minutes=5))
+    (job,) = queue.claim_jobs(
+        engine, "host-1:101:0", 1, lease_seconds=600, now=datetime.now(UTC) + timedelta(minutes=5)
+    )
     results.record_failure(engine, job, FailureRecord(ErrorKind.AUTH, "401 new failure"), 0)
     return job.id
 
@@ -130,17 +166,23 @@ def job_row(engine: Engine, job_id: int) -> Any:
 
 def audit_rows(engine: Engine, action: str) -> list[tuple[str, int]]:
     with read_tx(engine) as conn:
-        rows = conn.execute(select(AuditLog.target, AuditLog.count)
-                            .where(AuditLog.action == action, AuditLog.actor == "console")
-                            .order_by(AuditLog.id))
+        rows = conn.execute(
+            select(AuditLog.target, AuditLog.count)
+            .where(AuditLog.action == action, AuditLog.actor == "console")
+            .order_by(AuditLog.id)
+        )
         return [(str(target), int(n)) for target, n in rows]
 
 
 def app(monkeypatch: pytest.MonkeyPatch, url: str, **env: str) -> AppTest:
     """An AppTest on console/app.py against `url`, with extra environment (e.g. passwords)."""
     monkeypatch.setenv("DATABASE_URL", url)
-    for name in ("CONSOLE_PASSWORD", "CONSOLE_READ_ONLY", "PROMPTBATCH_CONSOLE_PASSWORD",
-                 "PROMPTBATCH_CONSOLE_READ_ONLY"):
+    for name in (
+        "CONSOLE_PASSWORD",
+        "CONSOLE_READ_ONLY",
+        "PROMPTBATCH_CONSOLE_PASSWORD",
+        "PROMPTBATCH_CONSOLE_READ_ONLY",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -150,7 +192,9 @@ def app(monkeypatch: pytest.MonkeyPatch, url: str, **env: str) -> AppTest:
 
 def texts(at: AppTest) -> str:
     """Everything the page shows as text, joined, Markdown escapes removed (for assertions)."""
-    parts = [str(getattr(e, "value", "")) for kind in ("markdown", "text", "code", "caption",
-                                                        "success", "error", "info", "warning")
-             for e in at.get(kind)]
+    parts = [
+        str(getattr(e, "value", ""))
+        for kind in ("markdown", "text", "code", "caption", "success", "error", "info", "warning")
+        for e in at.get(kind)
+    ]
     return re.sub(r"\\(.)", r"\1", "\n".join(parts))

@@ -92,8 +92,7 @@ def banners(at) -> list[str]:
     return [e.value for e in at.error]
 
 
-def test_c22_console_survives_terminated_sessions_and_an_outage(monkeypatch, db_url, engine,
-                                                                proxy):
+def test_c22_console_survives_terminated_sessions_and_an_outage(monkeypatch, db_url, engine, proxy):
     """C22: sessions terminated -> the next refresh shows data with no banner; server gone ->
     one clear banner, no traceback; server back -> data again, without restarting the console."""
     seeded = seed(engine)
@@ -107,8 +106,12 @@ def test_c22_console_survives_terminated_sessions_and_an_outage(monkeypatch, db_
 
     admin = create_engine(str(make_url(db_url).set(query={})), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        killed = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM "
-                                   "pg_stat_activity WHERE application_name = 'console_c22'"))
+        killed = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM "
+                "pg_stat_activity WHERE application_name = 'console_c22'"
+            )
+        )
         assert killed.scalar_one() >= 1
     admin.dispose()
     next(b for b in at.button if b.label == "Refresh now").click().run()

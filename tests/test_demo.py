@@ -18,8 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_demo(db_url: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTBATCH_")}
     env["DATABASE_URL"] = db_url
-    return subprocess.run([sys.executable, "-m", "runner", "demo", "--no-console"], env=env,
-                          cwd=ROOT, text=True, capture_output=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", "demo", "--no-console"],
+        env=env,
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def test_demo_runs_the_whole_batch_and_is_idempotent(db_url):

@@ -330,8 +330,15 @@ def test_text_extraction_orders_by_first_appearance() -> None:
     ]
 
 
-@pytest.mark.parametrize("text", ["Salesforce, HubSpot & Zoho CRM: 3 picks!", "Škoda Octavia",
-                                  "\u201cProton VPN\u201d vs NordVPN", "Straße ǅemal ﬁle"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Salesforce, HubSpot & Zoho CRM: 3 picks!",
+        "Škoda Octavia",
+        "\u201cProton VPN\u201d vs NordVPN",
+        "Straße ǅemal ﬁle",
+    ],
+)
 def test_fold_keeps_length_and_matches_char_by_char(text: str) -> None:
     """The ASCII fast path and the cached per-char path fold alike, one char for one char."""
     folded = find._fold(text)

@@ -32,16 +32,24 @@ def test_complete_jobs_writes_each_held_job_and_skips_the_rest(engine: Engine) -
     f.make_batch(engine, prompts=4, models=1)
     jobs = f.claim_all(engine, "w1")
     operations.cancel_jobs(engine, job_ids=[jobs[1].id], actor="op")
-    done = [Completion(job, f.answer(["Attio", f"Brand{n}"]), 0.001 * n)
-            for n, job in enumerate(jobs)]
+    done = [
+        Completion(job, f.answer(["Attio", f"Brand{n}"]), 0.001 * n) for n, job in enumerate(jobs)
+    ]
     assert results.complete_jobs(engine, done) == [True, False, True, True]
-    assert [f.job(engine, j.id).status for j in jobs] == ["succeeded", "cancelled",
-                                                          "succeeded", "succeeded"]
+    assert [f.job(engine, j.id).status for j in jobs] == [
+        "succeeded",
+        "cancelled",
+        "succeeded",
+        "succeeded",
+    ]
     with read_tx(engine) as conn:
         saved = conn.execute(select(Response.job_id, Response.cost).order_by(Response.job_id))
         named = conn.execute(select(Entity.name, Mention.response_id).join(Entity)).all()
-    assert [tuple(r) for r in saved] == [(jobs[0].id, 0.0), (jobs[2].id, 0.002),
-                                         (jobs[3].id, 0.003)]
+    assert [tuple(r) for r in saved] == [
+        (jobs[0].id, 0.0),
+        (jobs[2].id, 0.002),
+        (jobs[3].id, 0.003),
+    ]
     assert f.count(engine, JobAttempt) == 3
     assert sum(name == "Attio" for name, _ in named) == 3
     assert f.count(engine, Entity, name="Attio") == 1
@@ -54,8 +62,9 @@ def test_complete_jobs_is_all_or_nothing(engine: Engine) -> None:
     bad = f.answer(["HubSpot"])
     broken = type(bad)(**{**bad.__dict__, "mentions": bad.mentions * 2})
     with pytest.raises(IntegrityError):
-        results.complete_jobs(engine, [Completion(first, f.answer(), None),
-                                       Completion(second, broken, None)])
+        results.complete_jobs(
+            engine, [Completion(first, f.answer(), None), Completion(second, broken, None)]
+        )
     assert (f.count(engine, Response), f.count(engine, JobAttempt)) == (0, 0)
     assert {f.job(engine, j.id).status for j in (first, second)} == {"processing"}
 
@@ -67,8 +76,9 @@ def test_complete_and_claim_frees_a_capped_slot_in_the_same_transaction(engine: 
     f.make_models(engine, 1, max_concurrency=2)
     queue.enqueue_batch(engine, BATCH, max_attempts=3)
     first, second = f.claim_all(engine, "w1")
-    saved, claimed = results.complete_and_claim(engine, [Completion(first, f.answer(), None)],
-                                                "w1", 5, lease_seconds=30)
+    saved, claimed = results.complete_and_claim(
+        engine, [Completion(first, f.answer(), None)], "w1", 5, lease_seconds=30
+    )
     assert saved == [True]
     assert [j.id for j in claimed] == [second.id + 1]
     assert f.job(engine, claimed[0].id).locked_by == "w1"
@@ -80,8 +90,9 @@ def test_complete_and_claim_claims_nothing_when_the_write_fails(engine: Engine) 
     bad = f.answer(["HubSpot"])
     broken = type(bad)(**{**bad.__dict__, "mentions": bad.mentions * 2})
     with pytest.raises(IntegrityError):
-        results.complete_and_claim(engine, [Completion(first, broken, None)], "w1", 2,
-                                   lease_seconds=30)
+        results.complete_and_claim(
+            engine, [Completion(first, broken, None)], "w1", 2, lease_seconds=30
+        )
     assert f.job_ids(engine, status="queued") == [first.id + 1, first.id + 2]
 
 
@@ -99,8 +110,9 @@ def test_job_threads_block_until_their_batch_is_committed(engine: Engine) -> Non
         assert not any(fut.done() for fut in futures)
         batch = pending.take()
         resolve(batch, results.complete_jobs(engine, [c for c, _ in batch]))
-        outcome = {c.job.id: fut.result(timeout=10) for (c, _), fut in zip(batch, futures,
-                                                                           strict=True)}
+        outcome = {
+            c.job.id: fut.result(timeout=10) for (c, _), fut in zip(batch, futures, strict=True)
+        }
     assert outcome == {jobs[0].id: True, jobs[1].id: True, jobs[2].id: False}
 
 
@@ -142,8 +154,7 @@ def test_a_batch_put_back_is_written_first_next_turn(engine: Engine) -> None:
     jobs = f.claim_all(engine, "w1")
     pending = PendingCompletions(engine, threading.Event())
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(pending.complete, Completion(j, f.answer(), None))
-                   for j in jobs[:2]]
+        futures = [pool.submit(pending.complete, Completion(j, f.answer(), None)) for j in jobs[:2]]
         while len(pending) < 2:
             threading.Event().wait(0.01)
         first = pending.take()
@@ -159,7 +170,8 @@ def test_a_batch_put_back_is_written_first_next_turn(engine: Engine) -> None:
 
 
 def test_a_worker_whose_database_turns_read_only_exits_instead_of_hanging(
-        engine: Engine, db_url: str, sim: SimulatorServer) -> None:
+    engine: Engine, db_url: str, sim: SimulatorServer
+) -> None:
     """A failover to a read-only standby makes the claim loop fail with an error that is not
     'unavailable': the worker must end (so its supervisor replaces it) and stop renewing leases,
     not leave its job threads waiting for a commit that never comes."""
@@ -167,8 +179,9 @@ def test_a_worker_whose_database_turns_read_only_exits_instead_of_hanging(
         pytest.skip("SQLite reports a read-only database as unavailable: retried, not fatal")
     one_job(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url)
     settings = fast_settings(db_url, threads=2)
-    worker = Worker(settings, WorkerSpec(settings.model_dump(), "test", 0),
-                    StopFlag(mp.get_context("spawn")))
+    worker = Worker(
+        settings, WorkerSpec(settings.model_dump(), "test", 0), StopFlag(mp.get_context("spawn"))
+    )
     raised: list[BaseException] = []
     thread = threading.Thread(target=_run_worker, args=(worker, raised), daemon=True)
     thread.start()
@@ -203,8 +216,10 @@ def test_a_stale_attempt_beside_the_current_one_is_told_it_was_dropped(engine: E
     queue.reap_expired(engine)
     [current] = f.claim_all(engine, "w1")
     assert (current.id, current.attempt) == (stale.id, 2)
-    done = [Completion(stale, f.answer(["HubSpot"]), None),
-            Completion(current, f.answer(["Pipedrive"]), None)]
+    done = [
+        Completion(stale, f.answer(["HubSpot"]), None),
+        Completion(current, f.answer(["Pipedrive"]), None),
+    ]
     assert results.complete_jobs(engine, done) == [False, True]
     assert f.count(engine, Response) == 1
     with read_tx(engine) as conn:

@@ -55,7 +55,7 @@ def test_structured_answer_saved_with_mentions_in_order(engine, db_url, sim):
     assert [m["position"] for m in mentions(engine)] == [1, 2, 3, 4, 5]
     answer = str(response["answer"])
     for m in mentions(engine):  # positions come from the answer text
-        assert answer[int(m["char_offset"]):].lower().startswith(str(m["raw_name"]).lower())
+        assert answer[int(m["char_offset"]) :].lower().startswith(str(m["raw_name"]).lower())
 
 
 def test_refusal_saved_as_refusal_with_no_mentions(engine, db_url, sim):
@@ -109,8 +109,7 @@ def test_invalid_json_falls_back_to_text_and_catalog(engine, db_url, sim, brands
 
 def test_three_429s_then_success_counts_job_attempts(engine, db_url, sim):
     """C19: three 429s then a 200 -> one success; every attempt visible in job_attempts."""
-    one_job(engine, "sim-gpt-4o-mini@rate_limit=3,retry_after=0.01", sim.base_url,
-            max_attempts=5)
+    one_job(engine, "sim-gpt-4o-mini@rate_limit=3,retry_after=0.01", sim.base_url, max_attempts=5)
     assert run_until_done(engine, db_url) == ["retry", "retry", "retry", "succeeded"]
     job = only_job(engine)
     assert (job["status"], job["attempt_count"]) == ("succeeded", 4)
@@ -132,13 +131,18 @@ def test_attempts_spent_on_transient_errors_fail(engine, db_url, sim):
     one_job(engine, "sim-gpt-4o-mini@error500=9", sim.base_url, max_attempts=2)
     assert run_until_done(engine, db_url) == ["retry", "failed"]
     job = only_job(engine)
-    assert (job["status"], job["error_kind"], job["attempt_count"]) == \
-        ("failed", "server_error", 2)
+    assert (job["status"], job["error_kind"], job["attempt_count"]) == ("failed", "server_error", 2)
 
 
-@pytest.mark.parametrize(("fault", "kind"), [
-    ("status=401", ErrorKind.AUTH), ("status=402", ErrorKind.PAYMENT_REQUIRED),
-    ("status=404", ErrorKind.NOT_FOUND), ("status=400", ErrorKind.BAD_REQUEST)])
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        ("status=401", ErrorKind.AUTH),
+        ("status=402", ErrorKind.PAYMENT_REQUIRED),
+        ("status=404", ErrorKind.NOT_FOUND),
+        ("status=400", ErrorKind.BAD_REQUEST),
+    ],
+)
 def test_permanent_errors_fail_at_once(engine, db_url, sim, fault, kind):
     """C5: a 401 (and the other permanent kinds) fails on the first attempt."""
     one_job(engine, f"sim-gpt-4o-mini@{fault}", sim.base_url)
@@ -188,6 +192,7 @@ def test_status_reports_job_status(engine, db_url, sim):
     one_job(engine, "sim-gpt-4o-mini", sim.base_url, runs=2)
     run_until_done(engine, db_url)
     from db.stats import batch_counts
+
     counts = batch_counts(engine, "2026-11-30")
     succeeded, queued = counts.get(JobStatus.SUCCEEDED), counts.get(JobStatus.QUEUED)
     assert (succeeded, queued, counts.total) == (1, 1, 2)

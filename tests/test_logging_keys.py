@@ -20,8 +20,11 @@ def extra_keys() -> list[tuple[str, int, str]]:
                 continue
             for kw in node.keywords:
                 if kw.arg == "extra" and isinstance(kw.value, ast.Dict):
-                    found += [(str(path.relative_to(ROOT)), node.lineno, k.value)
-                              for k in kw.value.keys if isinstance(k, ast.Constant)]
+                    found += [
+                        (str(path.relative_to(ROOT)), node.lineno, k.value)
+                        for k in kw.value.keys
+                        if isinstance(k, ast.Constant)
+                    ]
     return found
 
 

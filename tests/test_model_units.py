@@ -37,8 +37,16 @@ def test_backticks_inside_json_strings_are_untouched():
     assert fenced is not None and fenced[0].answer == text
 
 
-@pytest.mark.parametrize("content", ["", "not json", '{"answer": "x"}', '{"mentions":[{"name":"Ac',
-                                     '{"answer": "x", "mentions": [], "extra": 1}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "not json",
+        '{"answer": "x"}',
+        '{"mentions":[{"name":"Ac',
+        '{"answer": "x", "mentions": [], "extra": 1}',
+    ],
+)
 def test_invalid_answers_are_rejected(content):
     assert parse_answer_json(content) is None
 
@@ -52,11 +60,22 @@ def test_retry_after_forms():
     assert retry_after_seconds(httpx.Headers()) is None
 
 
-@pytest.mark.parametrize(("status", "kind"), [
-    (400, ErrorKind.BAD_REQUEST), (401, ErrorKind.AUTH), (402, ErrorKind.PAYMENT_REQUIRED),
-    (403, ErrorKind.AUTH), (404, ErrorKind.NOT_FOUND), (408, ErrorKind.TIMEOUT),
-    (409, ErrorKind.SERVER_ERROR), (429, ErrorKind.RATE_LIMITED), (500, ErrorKind.SERVER_ERROR),
-    (503, ErrorKind.SERVER_ERROR), (418, ErrorKind.BAD_REQUEST)])
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, ErrorKind.BAD_REQUEST),
+        (401, ErrorKind.AUTH),
+        (402, ErrorKind.PAYMENT_REQUIRED),
+        (403, ErrorKind.AUTH),
+        (404, ErrorKind.NOT_FOUND),
+        (408, ErrorKind.TIMEOUT),
+        (409, ErrorKind.SERVER_ERROR),
+        (429, ErrorKind.RATE_LIMITED),
+        (500, ErrorKind.SERVER_ERROR),
+        (503, ErrorKind.SERVER_ERROR),
+        (418, ErrorKind.BAD_REQUEST),
+    ],
+)
 def test_status_kinds(status, kind):
     assert kind_for_status(status) is kind
     transient = status in (408, 409, 429) or status >= 500
@@ -74,6 +93,7 @@ def test_backoff_full_jitter_bounds_and_retry_after():
 def test_old_sqlite_is_refused_at_start(monkeypatch, tmp_path):
     """C14: an SQLite older than 3.35 (no RETURNING) gets a clear start-up error."""
     from db.engine import make_engine
+
     monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
     monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
     with pytest.raises(ConfigError, match=r"SQLite 3\.31\.1 is too old"):

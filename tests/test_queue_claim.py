@@ -79,8 +79,9 @@ def test_only_queued_jobs_claimed(engine: Engine) -> None:
     """Ended and processing jobs are never claimed."""
     f.make_batch(engine, prompts=5, models=1)
     ids = f.job_ids(engine)
-    for job_id, status in zip(ids, ["succeeded", "failed", "skipped", "cancelled", "queued"],
-                              strict=True):
+    for job_id, status in zip(
+        ids, ["succeeded", "failed", "skipped", "cancelled", "queued"], strict=True
+    ):
         f.set_jobs(engine, [job_id], status=status)
     assert [j.id for j in f.claim_all(engine, "w")] == [ids[4]]
 

@@ -21,9 +21,18 @@ from tests.factories import BATCH
 def _job_row(prompt: int, model: int, **override: object) -> dict[str, object]:
     now = utcnow()
     row: dict[str, object] = {
-        "prompt_id": prompt, "model_id": model, "run_index": 0, "batch_key": BATCH,
-        "status": "queued", "priority": 0, "attempt_count": 0, "max_attempts": 3,
-        "scheduled_for": now, "created_at": now, "updated_at": now}
+        "prompt_id": prompt,
+        "model_id": model,
+        "run_index": 0,
+        "batch_key": BATCH,
+        "status": "queued",
+        "priority": 0,
+        "attempt_count": 0,
+        "max_attempts": 3,
+        "scheduled_for": now,
+        "created_at": now,
+        "updated_at": now,
+    }
     row.update(override)
     return row
 
@@ -54,8 +63,9 @@ def test_null_in_unique_key_rejected(engine: Engine, column: str) -> None:
     [prompt_id] = f.make_prompts(engine, 1)
     [model_id] = f.make_models(engine, 1)
     with pytest.raises(IntegrityError), write_tx(engine) as conn:
-        conn.execute(PromptJob.__table__.insert().values(
-            **_job_row(prompt_id, model_id, **{column: None})))
+        conn.execute(
+            PromptJob.__table__.insert().values(**_job_row(prompt_id, model_id, **{column: None}))
+        )
     queue.enqueue_batch(engine, BATCH, max_attempts=3)
     queue.enqueue_batch(engine, BATCH, max_attempts=3)
     assert f.count(engine, PromptJob) == 1
@@ -134,8 +144,13 @@ def test_enqueue_respects_runs_per_prompt(engine: Engine) -> None:
     assert queue.enqueue_batch(engine, BATCH, max_attempts=3).created == 5
     assert f.count(engine, PromptJob, prompt_id=one, model_id=model_id, run_index=0) == 1
     assert f.count(engine, PromptJob, prompt_id=one) == 1
-    assert [f.count(engine, PromptJob, prompt_id=four, run_index=i) for i in range(5)] == \
-        [1, 1, 1, 1, 0]
+    assert [f.count(engine, PromptJob, prompt_id=four, run_index=i) for i in range(5)] == [
+        1,
+        1,
+        1,
+        1,
+        0,
+    ]
 
 
 def test_enqueue_stamps_last_run_at_and_audits(engine: Engine) -> None:
@@ -151,10 +166,15 @@ def test_enqueue_stamps_last_run_at_and_audits(engine: Engine) -> None:
     assert rows[active] >= before
     assert rows[inactive] is None
     with write_tx(engine) as conn:
-        audits = conn.execute(select(AuditLog.actor, AuditLog.target, AuditLog.count)
-                              .where(AuditLog.action == "enqueue").order_by(AuditLog.id)).all()
+        audits = conn.execute(
+            select(AuditLog.actor, AuditLog.target, AuditLog.count)
+            .where(AuditLog.action == "enqueue")
+            .order_by(AuditLog.id)
+        ).all()
     assert [(a.actor, json.loads(a.target), a.count) for a in audits] == [
-        ("scheduler", {"batch_key": BATCH}, 1), ("console", {"batch_key": BATCH}, 0)]
+        ("scheduler", {"batch_key": BATCH}, 1),
+        ("console", {"batch_key": BATCH}, 0),
+    ]
 
 
 def test_enqueue_with_nothing_active_creates_nothing(engine: Engine) -> None:
@@ -207,8 +227,9 @@ def test_concurrent_enqueue_processes(engine: Engine, db_url: str) -> None:
 def _shuffled_catalog(engine: Engine) -> None:
     """10 prompts (runs 1-3) x 3 models = 60 jobs, with prompt ids out of text order and a
     deactivated-then-reactivated prompt, so id order, text order and insertion order differ."""
-    ids = f.make_prompts(engine, 5, runs=2, prefix="b") + f.make_prompts(engine, 5, runs=2,
-                                                                        prefix="a")
+    ids = f.make_prompts(engine, 5, runs=2, prefix="b") + f.make_prompts(
+        engine, 5, runs=2, prefix="a"
+    )
     catalog.update_prompt(engine, ids[0], runs=3)
     catalog.update_prompt(engine, ids[1], runs=1)
     catalog.update_prompt(engine, ids[3], is_active=False)

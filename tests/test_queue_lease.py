@@ -50,7 +50,11 @@ def test_release_returns_jobs_without_spending_attempt(engine: Engine) -> None:
     for job_id in ids:
         row = f.job(engine, job_id)
         assert (row.status, row.attempt_count, row.locked_by, row.lease_expires_at) == (
-            "queued", 0, None, None)
+            "queued",
+            0,
+            None,
+            None,
+        )
     assert f.job(engine, theirs.id).status == "processing"
     assert f.count(engine, JobAttempt) == 0
     again = queue.claim_jobs(engine, "w3", 5, lease_seconds=60)
@@ -69,7 +73,11 @@ def test_expired_lease_requeued_with_attempt_spent(engine: Engine) -> None:
     assert queue.reap_expired(engine) == []
     row = f.job(engine, dead.id)
     assert (row.status, row.attempt_count, row.error_kind, row.locked_by) == (
-        "queued", 1, "lease_expired", None)
+        "queued",
+        1,
+        "lease_expired",
+        None,
+    )
     assert "dead-worker" in (row.error_message or "")
     assert f.job(engine, live.id).status == "processing"
     [lost] = f.attempts(engine, dead.id)
@@ -103,10 +111,15 @@ def test_failed_job_at_three_of_three_requeued_runs_again(engine: Engine) -> Non
         queue.reap_expired(engine)
     assert (f.job(engine, job.id).status, f.job(engine, job.id).attempt_count) == ("failed", 3)
     assert operations.requeue_jobs(engine, job_ids=[job.id], fresh_attempts=3, actor="op") == [
-        job.id]
+        job.id
+    ]
     row = f.job(engine, job.id)
-    assert (row.status, row.max_attempts, row.error_kind, row.finished_at) == ("queued", 6, None,
-                                                                              None)
+    assert (row.status, row.max_attempts, row.error_kind, row.finished_at) == (
+        "queued",
+        6,
+        None,
+        None,
+    )
     [again] = f.claim_all(engine, "w")
     assert (again.attempt, again.max_attempts) == (4, 6)
     assert results.complete_job(engine, again, f.answer(), None)
@@ -153,4 +166,7 @@ def test_reap_leaves_live_and_ended_jobs_alone(engine: Engine) -> None:
     f.set_jobs(engine, [done, queued], lease_expires_at=utcnow() - timedelta(minutes=5))
     assert queue.reap_expired(engine) == []
     assert [f.job(engine, i).status for i in (done, live, queued)] == [
-        "succeeded", "processing", "queued"]
+        "succeeded",
+        "processing",
+        "queued",
+    ]

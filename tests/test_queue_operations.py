@@ -28,9 +28,11 @@ def _fail(engine: Engine, worker: str = "w", kind: ErrorKind = ErrorKind.AUTH) -
 
 def _audits(engine: Engine) -> list[tuple[str, dict[str, object], int]]:
     with read_tx(engine) as conn:
-        rows = conn.execute(select(AuditLog.action, AuditLog.target, AuditLog.count)
-                            .where(AuditLog.action.in_(["requeue", "cancel"]))
-                            .order_by(AuditLog.id)).all()
+        rows = conn.execute(
+            select(AuditLog.action, AuditLog.target, AuditLog.count)
+            .where(AuditLog.action.in_(["requeue", "cancel"]))
+            .order_by(AuditLog.id)
+        ).all()
     return [(r.action, json.loads(r.target), r.count) for r in rows]
 
 
@@ -83,8 +85,7 @@ def test_concurrent_double_requeue_changes_once(engine: Engine, db_url: str) -> 
         own = make_engine(db_url)
         try:
             barrier.wait(timeout=30)
-            changed.append(operations.requeue_jobs(own, job_ids=[a], fresh_attempts=3,
-                                                   actor="op"))
+            changed.append(operations.requeue_jobs(own, job_ids=[a], fresh_attempts=3, actor="op"))
         finally:
             own.dispose()
 
@@ -118,15 +119,19 @@ def test_requeue_by_filter(engine: Engine) -> None:
     f.make_batch(engine, prompts=3, models=2)
     m1, _m2 = sorted({f.job(engine, i).model_id for i in f.job_ids(engine)})
     failed = [_fail(engine) for _ in range(4)]
-    changed = operations.requeue_jobs(engine, where=JobFilter(status="failed", batch_key=BATCH,
-                                                               model_id=m1),
-                                      fresh_attempts=3, actor="op")
+    changed = operations.requeue_jobs(
+        engine,
+        where=JobFilter(status="failed", batch_key=BATCH, model_id=m1),
+        fresh_attempts=3,
+        actor="op",
+    )
     in_m1 = [i for i in failed if f.job(engine, i).model_id == m1]
     assert changed == sorted(in_m1)
     assert 0 < len(changed) < 4
     assert f.count(engine, PromptJob, status="failed") == 4 - len(changed)
-    assert _audits(engine) == [("requeue", {"batch_key": BATCH, "model_id": m1,
-                                            "status": "failed"}, len(changed))]
+    assert _audits(engine) == [
+        ("requeue", {"batch_key": BATCH, "model_id": m1, "status": "failed"}, len(changed))
+    ]
 
 
 def test_cancel_by_filter_leaves_other_statuses(engine: Engine) -> None:
@@ -162,8 +167,9 @@ def test_requeue_skipped_and_cancelled(engine: Engine) -> None:
     skipped, cancelled = f.job_ids(engine)
     f.set_jobs(engine, [skipped], status="skipped")
     operations.cancel_jobs(engine, job_ids=[cancelled], actor="op")
-    assert operations.requeue_jobs(engine, job_ids=[skipped, cancelled], fresh_attempts=2,
-                                   actor="op") == [skipped, cancelled]
+    assert operations.requeue_jobs(
+        engine, job_ids=[skipped, cancelled], fresh_attempts=2, actor="op"
+    ) == [skipped, cancelled]
     assert [j.max_attempts for j in f.claim_all(engine, "w")] == [2, 2]
 
 

@@ -30,13 +30,21 @@ def test_complete_saves_everything_in_one_go(engine: Engine) -> None:
     assert row.finished_at is not None
     with read_tx(engine) as conn:
         response = conn.execute(select(Response).where(Response.job_id == job.id)).one()
-        mentions = conn.execute(select(Entity.name, Mention.position, Mention.char_offset)
-                                .join(Entity).order_by(Mention.position)).all()
-    assert (response.batch_key, response.output_mode, response.cost) == (BATCH, "structured",
-                                                                         0.0021)
+        mentions = conn.execute(
+            select(Entity.name, Mention.position, Mention.char_offset)
+            .join(Entity)
+            .order_by(Mention.position)
+        ).all()
+    assert (response.batch_key, response.output_mode, response.cost) == (
+        BATCH,
+        "structured",
+        0.0021,
+    )
     body = f.answer(["HubSpot", "Pipedrive"]).answer or ""
-    assert [tuple(m) for m in mentions] == [("HubSpot", 1, body.index("HubSpot")),
-                                            ("Pipedrive", 2, body.index("Pipedrive"))]
+    assert [tuple(m) for m in mentions] == [
+        ("HubSpot", 1, body.index("HubSpot")),
+        ("Pipedrive", 2, body.index("Pipedrive")),
+    ]
     [attempt] = f.attempts(engine, job.id)
     assert (attempt.attempt, attempt.outcome, attempt.worker_id) == (1, "succeeded", "w1")
 
@@ -51,8 +59,12 @@ def test_complete_is_all_or_nothing(engine: Engine) -> None:
     with pytest.raises(IntegrityError, match=r"(?i)unique"):
         results.complete_job(engine, job, broken, None)
     assert f.job(engine, job.id).status == "processing"
-    assert (f.count(engine, Response), f.count(engine, Mention), f.count(engine, Entity),
-            f.count(engine, JobAttempt)) == (0, 0, 0, 0)
+    assert (
+        f.count(engine, Response),
+        f.count(engine, Mention),
+        f.count(engine, Entity),
+        f.count(engine, JobAttempt),
+    ) == (0, 0, 0, 0)
     assert results.complete_job(engine, job, bad, None)
     assert f.count(engine, Response) == 1
 
@@ -68,8 +80,12 @@ def test_complete_after_cancel_writes_nothing(engine: Engine) -> None:
     failure = FailureRecord(ErrorKind.SERVER_ERROR, "HTTP 500")
     assert results.record_failure(engine, job, failure, 1) is FailureOutcome.DROPPED
     assert f.job(engine, job.id).status == "cancelled"
-    assert (f.count(engine, Response), f.count(engine, Mention), f.count(engine, Entity),
-            f.count(engine, JobAttempt)) == (0, 0, 0, 0)
+    assert (
+        f.count(engine, Response),
+        f.count(engine, Mention),
+        f.count(engine, Entity),
+        f.count(engine, JobAttempt),
+    ) == (0, 0, 0, 0)
 
 
 def test_late_complete_after_lease_takeover_dropped(engine: Engine) -> None:
@@ -89,7 +105,9 @@ def test_late_complete_after_lease_takeover_dropped(engine: Engine) -> None:
     with read_tx(engine) as conn:
         assert conn.scalar(select(Entity.name)) == "Salesforce"
     assert [(a.attempt, a.outcome, a.worker_id) for a in f.attempts(engine, first.id)] == [
-        (1, "lost", None), (2, "succeeded", "B")]
+        (1, "lost", None),
+        (2, "succeeded", "B"),
+    ]
 
 
 def test_same_worker_reclaim_fences_on_attempt(engine: Engine) -> None:
@@ -117,14 +135,22 @@ def test_transient_failure_retries_after_backoff(engine: Engine) -> None:
     assert results.record_failure(engine, job, failure, 30) is FailureOutcome.RETRY
     row = f.job(engine, job.id)
     assert (row.status, row.error_kind, row.locked_by, row.finished_at) == (
-        "queued", "rate_limited", None, None)
+        "queued",
+        "rate_limited",
+        None,
+        None,
+    )
     assert timedelta(seconds=29) <= row.scheduled_for - before <= timedelta(seconds=31)
     assert f.claim_all(engine, "w") == []
     [again] = f.claim_all(engine, "w", now=utcnow() + timedelta(seconds=31))
     assert again.attempt == 2
     [a1] = f.attempts(engine, job.id)
-    assert (a1.attempt, a1.outcome, a1.error_kind, a1.latency_ms) == (1, "retry", "rate_limited",
-                                                                        12)
+    assert (a1.attempt, a1.outcome, a1.error_kind, a1.latency_ms) == (
+        1,
+        "retry",
+        "rate_limited",
+        12,
+    )
 
 
 def test_permanent_failure_fails_at_once(engine: Engine) -> None:
@@ -134,8 +160,11 @@ def test_permanent_failure_fails_at_once(engine: Engine) -> None:
     failure = FailureRecord(ErrorKind.AUTH, "HTTP 401: invalid API key")
     assert results.record_failure(engine, job, failure, 30) is FailureOutcome.FAILED
     row = f.job(engine, job.id)
-    assert (row.status, row.error_kind, row.error_message) == ("failed", "auth",
-                                                               "HTTP 401: invalid API key")
+    assert (row.status, row.error_kind, row.error_message) == (
+        "failed",
+        "auth",
+        "HTTP 401: invalid API key",
+    )
     assert row.finished_at is not None
     assert [(a.outcome, a.error_kind) for a in f.attempts(engine, job.id)] == [("failed", "auth")]
 
@@ -152,7 +181,10 @@ def test_transient_failure_with_attempts_spent_fails(engine: Engine) -> None:
     row = f.job(engine, job.id)
     assert (row.status, row.attempt_count) == ("failed", 3)
     assert [(a.attempt, a.outcome) for a in f.attempts(engine, job.id)] == [
-        (1, "retry"), (2, "retry"), (3, "failed")]
+        (1, "retry"),
+        (2, "retry"),
+        (3, "failed"),
+    ]
 
 
 def test_entities_created_once_under_concurrency(engine: Engine, db_url: str) -> None:
@@ -175,8 +207,10 @@ def test_entities_created_once_under_concurrency(engine: Engine, db_url: str) ->
         finally:
             own.dispose()
 
-    threads = [threading.Thread(target=complete, args=(jobs[::2], brands)),
-               threading.Thread(target=complete, args=(jobs[1::2], brands[::-1]))]
+    threads = [
+        threading.Thread(target=complete, args=(jobs[::2], brands)),
+        threading.Thread(target=complete, args=(jobs[1::2], brands[::-1])),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -233,8 +267,7 @@ def test_reader_sees_progress_while_workers_write(engine: Engine) -> None:
     f.make_batch(engine, prompts=2, models=1)
     [job, _] = f.claim_all(engine, "w")
     with write_tx(engine) as conn:
-        conn.execute(PromptJob.__table__.update().where(PromptJob.id == job.id)
-                     .values(priority=5))
+        conn.execute(PromptJob.__table__.update().where(PromptJob.id == job.id).values(priority=5))
         started = time.monotonic()
         assert batch_counts(engine, BATCH).get(JobStatus.PROCESSING) == 2
         assert time.monotonic() - started < 2

@@ -23,8 +23,14 @@ def test_batch_counts_has_every_status(engine: Engine) -> None:
     results.complete_job(engine, first, f.answer(), None)
     results.record_failure(engine, second, FailureRecord(ErrorKind.AUTH, "401"), 0)
     counts = stats.batch_counts(engine, BATCH)
-    assert counts.counts == {"queued": 2, "processing": 0, "succeeded": 1, "failed": 1,
-                             "skipped": 0, "cancelled": 0}
+    assert counts.counts == {
+        "queued": 2,
+        "processing": 0,
+        "succeeded": 1,
+        "failed": 1,
+        "skipped": 0,
+        "cancelled": 0,
+    }
     assert counts.total == 4
 
 

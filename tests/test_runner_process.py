@@ -33,24 +33,43 @@ def sim() -> Iterator[SimulatorServer]:
 
 
 def runner_env(db_url: str, **settings: object) -> dict[str, str]:
-    env = {**os.environ, "DATABASE_URL": db_url, "PROMPTBATCH_LOG_LEVEL": "INFO",
-           "PROMPTBATCH_BACKOFF_BASE": "0.05", "PROMPTBATCH_BACKOFF_CAP": "0.2",
-           "PROMPTBATCH_POLL_INTERVAL": "0.1", "PROMPTBATCH_REAP_INTERVAL": "0.5"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "PROMPTBATCH_LOG_LEVEL": "INFO",
+        "PROMPTBATCH_BACKOFF_BASE": "0.05",
+        "PROMPTBATCH_BACKOFF_CAP": "0.2",
+        "PROMPTBATCH_POLL_INTERVAL": "0.1",
+        "PROMPTBATCH_REAP_INTERVAL": "0.5",
+    }
     env.update({f"PROMPTBATCH_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
 
 def start_runner(db_url: str, *args: str, **settings: object) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "runner", "run", *args],
-                            env=runner_env(db_url, **settings), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", *args],
+        env=runner_env(db_url, **settings),
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
-def seed(engine: Engine, model: str, base_url: str, *, prompts: int = 3, runs: int = 2,
-         extra_models: tuple[str, ...] = ()) -> int:
+def seed(
+    engine: Engine,
+    model: str,
+    base_url: str,
+    *,
+    prompts: int = 3,
+    runs: int = 2,
+    extra_models: tuple[str, ...] = (),
+) -> int:
     """Today's batch of `prompts` x models x `runs` jobs; returns the job count."""
-    catalog.import_prompts(engine, [NewPrompt(f"Which CRM should team {i} pick?", "crm", runs)
-                                    for i in range(prompts)])
+    catalog.import_prompts(
+        engine, [NewPrompt(f"Which CRM should team {i} pick?", "crm", runs) for i in range(prompts)]
+    )
     for name in (model, *extra_models):
         catalog.add_model(engine, provider="compatible", name=name, base_url=base_url)
     return queue.enqueue_batch(engine, utc_batch_key(), max_attempts=3).created
@@ -64,8 +83,9 @@ def count(engine: Engine, *where: object, table: type = PromptJob) -> int:
 def processing_pids(engine: Engine) -> set[int]:
     """Pids of worker processes holding a job (locked_by is host:pid:nonce)."""
     with read_tx(engine) as conn:
-        owners = conn.scalars(select(PromptJob.locked_by).where(
-            PromptJob.status == JobStatus.PROCESSING.value))
+        owners = conn.scalars(
+            select(PromptJob.locked_by).where(PromptJob.status == JobStatus.PROCESSING.value)
+        )
         return {int(o.split(":")[1]) for o in owners if o}
 
 
@@ -83,18 +103,30 @@ def finish(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str]
 def test_drain_processes_batch_and_exits_zero(engine, db_url, sim):
     """C4: workers build their own engines after start while the parent keeps querying; every
     response belongs to its own job."""
-    total = seed(engine, "sim-gpt-4o-mini", sim.base_url, prompts=20, runs=5,
-                 extra_models=("sim-claude-3.5-sonnet",))
+    total = seed(
+        engine,
+        "sim-gpt-4o-mini",
+        sim.base_url,
+        prompts=20,
+        runs=5,
+        extra_models=("sim-claude-3.5-sonnet",),
+    )
     assert total == 200
     code, err = finish(start_runner(db_url, "--drain", processes=2, threads=4))
     assert code == 0, err[-3000:]
     assert count(engine, PromptJob.status == "succeeded") == 200
     assert "connection" not in err.lower() or "error" not in err.lower()
     with read_tx(engine) as conn:
-        mismatched = conn.scalar(select(func.count()).select_from(Response).join(
-            PromptJob, PromptJob.id == Response.job_id).where(
-            (Response.prompt_id != PromptJob.prompt_id) | (Response.model_id != PromptJob.model_id)
-            | (Response.run_index != PromptJob.run_index)))
+        mismatched = conn.scalar(
+            select(func.count())
+            .select_from(Response)
+            .join(PromptJob, PromptJob.id == Response.job_id)
+            .where(
+                (Response.prompt_id != PromptJob.prompt_id)
+                | (Response.model_id != PromptJob.model_id)
+                | (Response.run_index != PromptJob.run_index)
+            )
+        )
         assert mismatched == 0
         assert conn.scalar(select(func.count(func.distinct(Response.job_id)))) == 200
 
@@ -114,8 +146,14 @@ def test_drain_enqueues_todays_missing_batch_itself(engine, db_url, sim):
 def test_drain_exits_one_when_jobs_failed(engine, db_url, sim):
     """C5: a 401 is a permanent failure on its first attempt (no retry, no backoff wait); the
     other jobs succeed; nothing hangs."""
-    seed(engine, "sim-gpt-4o-mini", sim.base_url, prompts=2, runs=2,
-         extra_models=("sim-gpt-4o-mini@status=401",))
+    seed(
+        engine,
+        "sim-gpt-4o-mini",
+        sim.base_url,
+        prompts=2,
+        runs=2,
+        extra_models=("sim-gpt-4o-mini@status=401",),
+    )
     code, err = finish(start_runner(db_url, "--drain", processes=1, threads=4))
     assert code == 1, err[-3000:]
     assert count(engine, PromptJob.status == "failed", PromptJob.error_kind == "auth") == 4
@@ -144,16 +182,21 @@ def test_runner_sigkilled_jobs_reclaimed_by_next_runner(engine, db_url, sim):
     """A whole runner SIGKILLed mid-job: the next runner reaps the expired leases (no command)
     and finishes every job once."""
     total = seed(engine, "sim-gpt-4o-mini@latency=2000", sim.base_url, prompts=2, runs=2)
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", "--drain"],
-                            env=runner_env(db_url, processes=1, threads=4, lease_seconds=2),
-                            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", "--drain"],
+        env=runner_env(db_url, processes=1, threads=4, lease_seconds=2),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for(lambda: count(engine, PromptJob.status == "processing") > 0, 120, "jobs in flight")
     os.killpg(proc.pid, signal.SIGKILL)  # supervisor and workers at once
     proc.wait()
     assert count(engine, PromptJob.status == "processing") > 0
-    code, err = finish(start_runner(db_url, "--drain", processes=1, threads=4, lease_seconds=2),
-                       timeout=240)
+    code, err = finish(
+        start_runner(db_url, "--drain", processes=1, threads=4, lease_seconds=2), timeout=240
+    )
     assert code == 0, err[-3000:]
     assert count(engine, PromptJob.status == "succeeded") == total
     assert count(engine, table=Response) == total
@@ -180,8 +223,11 @@ def test_sigterm_hands_back_prefetched_jobs_without_calling_the_model(engine, db
     # A model no other test here uses: the shared simulator may still be answering their calls.
     seed(engine, "sim-llama-3.1-70b@latency=3000", sim.base_url, prompts=10, runs=2)
     proc = start_runner(db_url, processes=1, threads=2, grace_seconds=20)
-    wait_for(lambda: count(engine, PromptJob.status == "processing") == 2 + prefetch(2), 120,
-             "running and prefetched jobs")
+    wait_for(
+        lambda: count(engine, PromptJob.status == "processing") == 2 + prefetch(2),
+        120,
+        "running and prefetched jobs",
+    )
     time.sleep(0.5)  # the two running calls are under way; the prefetched two wait for a slot
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
@@ -191,8 +237,9 @@ def test_sigterm_hands_back_prefetched_jobs_without_calling_the_model(engine, db
     assert count(engine, PromptJob.attempt_count > 0) == 2
     assert count(engine, table=JobAttempt) == 2
     with read_tx(engine) as conn:
-        answered = set(conn.scalars(select(Prompt.text).join(PromptJob).where(
-            PromptJob.status == "succeeded")))
+        answered = set(
+            conn.scalars(select(Prompt.text).join(PromptJob).where(PromptJob.status == "succeeded"))
+        )
     asked = {prompt for model, prompt, _ in sim.call_counts if model == "sim-llama-3.1-70b"}
     assert asked == answered  # no other prompt was asked
 

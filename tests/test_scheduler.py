@@ -47,8 +47,7 @@ class Recorder:
         return EnqueueResult(batch_key, 1, 0)
 
 
-def run_minutes(traveller: time_machine.Traveller, scheduler: BatchScheduler,
-                minutes: int) -> None:
+def run_minutes(traveller: time_machine.Traveller, scheduler: BatchScheduler, minutes: int) -> None:
     for _ in range(minutes):
         traveller.shift(timedelta(minutes=1))
         scheduler.tick()

@@ -15,9 +15,11 @@ def kpis(overview: insights.Overview) -> None:
     for col, status in zip(cols, JobStatus, strict=False):
         col.metric(status.value.capitalize(), f"{overview.get(status):,}")
     cols[6].metric("Done", f"{overview.done_fraction:.1%}", help="Jobs that ended, of all jobs")
-    cols[7].metric("ETA", eta_text(overview),
-                   help=f"From the completion rate over the last "
-                        f"{insights.RATE_WINDOW_MINUTES} minutes")
+    cols[7].metric(
+        "ETA",
+        eta_text(overview),
+        help=f"From the completion rate over the last {insights.RATE_WINDOW_MINUTES} minutes",
+    )
 
 
 def eta_text(overview: insights.Overview) -> str:
@@ -35,35 +37,65 @@ def live_section(url: str, batch_key: str, every: int | None) -> None:
         with data.database_banner():
             overview = data.overview(url, batch_key)
             kpis(overview)
-            st.caption(f"{overview.total:,} jobs · {overview.rate_per_minute:.1f} ended/min · "
-                       f"as of {overview.as_of:%H:%M:%S} UTC")
+            st.caption(
+                f"{overview.total:,} jobs · {overview.rate_per_minute:.1f} ended/min · "
+                f"as of {overview.as_of:%H:%M:%S} UTC"
+            )
             left, right = st.columns(2)
-            progress = pd.DataFrame([p.__dict__ for p in data.progress_by_model(url, batch_key)],
-                                    columns=["model_id", "model", "status", "jobs"])
+            progress = pd.DataFrame(
+                [p.__dict__ for p in data.progress_by_model(url, batch_key)],
+                columns=["model_id", "model", "status", "jobs"],
+            )
             left.plotly_chart(charts.progress_by_model(progress), key="chart_progress")
             per_minute = data.completions_per_minute(url, batch_key)
-            minutes = pd.DataFrame([m.__dict__ for m in per_minute],
-                                   columns=["minute", "succeeded", "failed"])
+            minutes = pd.DataFrame(
+                [m.__dict__ for m in per_minute], columns=["minute", "succeeded", "failed"]
+            )
             right.plotly_chart(charts.completions_per_minute(minutes), key="chart_minutes")
+
     live()
 
 
 def history_section(url: str) -> None:
     st.subheader("Last 14 batches")
     rows = data.batch_history(url)
-    table = pd.DataFrame([{
-        "batch": b.batch_key, "jobs": b.jobs, "succeeded": b.succeeded, "failed": b.failed,
-        "success_rate": b.success_rate,
-        "duration_min": None if b.duration_seconds is None else b.duration_seconds / 60,
-        "prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
-        "cost_usd": b.cost_usd} for b in rows],
-        columns=["batch", "jobs", "succeeded", "failed", "success_rate", "duration_min",
-                 "prompt_tokens", "completion_tokens", "cost_usd"])
+    table = pd.DataFrame(
+        [
+            {
+                "batch": b.batch_key,
+                "jobs": b.jobs,
+                "succeeded": b.succeeded,
+                "failed": b.failed,
+                "success_rate": b.success_rate,
+                "duration_min": None if b.duration_seconds is None else b.duration_seconds / 60,
+                "prompt_tokens": b.prompt_tokens,
+                "completion_tokens": b.completion_tokens,
+                "cost_usd": b.cost_usd,
+            }
+            for b in rows
+        ],
+        columns=[
+            "batch",
+            "jobs",
+            "succeeded",
+            "failed",
+            "success_rate",
+            "duration_min",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost_usd",
+        ],
+    )
     st.plotly_chart(charts.batch_history(table.iloc[::-1]), key="chart_history")
-    st.dataframe(table, hide_index=True, column_config={
-        "success_rate": st.column_config.NumberColumn("success", format="percent"),
-        "duration_min": st.column_config.NumberColumn("duration (min)", format="%.1f"),
-        "cost_usd": st.column_config.NumberColumn("cost (USD)", format="$%.4f")})
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "success_rate": st.column_config.NumberColumn("success", format="percent"),
+            "duration_min": st.column_config.NumberColumn("duration (min)", format="%.1f"),
+            "cost_usd": st.column_config.NumberColumn("cost (USD)", format="$%.4f"),
+        },
+    )
 
 
 ctx = context.current()

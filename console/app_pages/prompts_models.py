@@ -43,24 +43,36 @@ def flash() -> None:
 
 def enqueue_now(ctx: context.ConsoleContext) -> None:
     key = context.today_batch_key()
-    if st.button(f"Enqueue today's batch now ({key})", type="primary", disabled=not ctx.can_act,
-                 help="Idempotent: jobs that already exist are left alone"):
+    if st.button(
+        f"Enqueue today's batch now ({key})",
+        type="primary",
+        disabled=not ctx.can_act,
+        help="Idempotent: jobs that already exist are left alone",
+    ):
+
         def run() -> str:
-            result = queue.enqueue_batch(data.engine_for(ctx.database_url), key,
-                                         max_attempts=ctx.max_attempts, actor=context.ACTOR)
+            result = queue.enqueue_batch(
+                data.engine_for(ctx.database_url),
+                key,
+                max_attempts=ctx.max_attempts,
+                actor=context.ACTOR,
+            )
             return f"batch {key}: {result.created} created, {result.existing} existing"
+
         attempt("Enqueue", run)
 
 
 def prompts_section(ctx: context.ConsoleContext) -> None:
     st.subheader("Prompts")
     rows = data.prompts(ctx.database_url)
-    st.dataframe(pd.DataFrame([r.__dict__ for r in rows],
-                              columns=["id", "is_active", "runs", "category", "text",
-                                       "last_run_at"]),
-                 hide_index=True, column_config={"last_run_at": TIME,
-                                                 "is_active": st.column_config.CheckboxColumn(
-                                                     "active")})
+    st.dataframe(
+        pd.DataFrame(
+            [r.__dict__ for r in rows],
+            columns=["id", "is_active", "runs", "category", "text", "last_run_at"],
+        ),
+        hide_index=True,
+        column_config={"last_run_at": TIME, "is_active": st.column_config.CheckboxColumn("active")},
+    )
     if not ctx.can_act:
         return
     left, right = st.columns(2)
@@ -73,9 +85,11 @@ def prompts_section(ctx: context.ConsoleContext) -> None:
             new = catalog.NewPrompt(text, category.strip() or None, int(runs))
 
             def add() -> str:
-                created = catalog.import_prompts(data.engine_for(ctx.database_url), [new],
-                                                 actor=context.ACTOR)
+                created = catalog.import_prompts(
+                    data.engine_for(ctx.database_url), [new], actor=context.ACTOR
+                )
                 return "prompt added" if created else "an identical active prompt exists"
+
             attempt("Add prompt", add)
     with right:
         edit_prompt(ctx, rows)
@@ -83,8 +97,14 @@ def prompts_section(ctx: context.ConsoleContext) -> None:
 
 def edit_prompt(ctx: context.ConsoleContext, rows: list[catalog.PromptRow]) -> None:
     by_id = {r.id: r for r in rows}
-    chosen = st.selectbox("Edit prompt", list(by_id), index=None, placeholder="choose a prompt",
-                          format_func=lambda i: f"#{i} {by_id[i].text[:70]}", key="prompt_pick")
+    chosen = st.selectbox(
+        "Edit prompt",
+        list(by_id),
+        index=None,
+        placeholder="choose a prompt",
+        format_func=lambda i: f"#{i} {by_id[i].text[:70]}",
+        key="prompt_pick",
+    )
     if chosen is None:
         return
     row = by_id[chosen]
@@ -94,22 +114,43 @@ def edit_prompt(ctx: context.ConsoleContext, rows: list[catalog.PromptRow]) -> N
         runs = st.number_input("Runs per day", min_value=1, max_value=100, value=row.runs)
         active = st.toggle("Active", value=row.is_active)
         if st.form_submit_button("Save prompt"):
+
             def save() -> str:
-                catalog.update_prompt(data.engine_for(ctx.database_url), chosen, text=text,
-                                      category=category.strip() or None, runs=int(runs),
-                                      is_active=active, actor=context.ACTOR)
+                catalog.update_prompt(
+                    data.engine_for(ctx.database_url),
+                    chosen,
+                    text=text,
+                    category=category.strip() or None,
+                    runs=int(runs),
+                    is_active=active,
+                    actor=context.ACTOR,
+                )
                 return f"prompt #{chosen} saved"
+
             attempt("Save prompt", save)
 
 
 def models_section(ctx: context.ConsoleContext) -> None:
     st.subheader("Models")
     rows = data.models(ctx.database_url)
-    st.dataframe(pd.DataFrame([r.__dict__ for r in rows],
-                              columns=["id", "is_active", "provider", "name", "label",
-                                       "base_url", "max_concurrency", "supports_json_schema",
-                                       "input_usd_per_mtok", "output_usd_per_mtok"]),
-                 hide_index=True)
+    st.dataframe(
+        pd.DataFrame(
+            [r.__dict__ for r in rows],
+            columns=[
+                "id",
+                "is_active",
+                "provider",
+                "name",
+                "label",
+                "base_url",
+                "max_concurrency",
+                "supports_json_schema",
+                "input_usd_per_mtok",
+                "output_usd_per_mtok",
+            ],
+        ),
+        hide_index=True,
+    )
     if not ctx.can_act:
         return
     left, right = st.columns(2)
@@ -121,12 +162,19 @@ def models_section(ctx: context.ConsoleContext) -> None:
         base_url = st.text_input("Base URL (compatible providers)")
         cap = st.number_input("Max concurrency (0 = unlimited)", min_value=0, value=0, step=1)
         if st.form_submit_button("Add model"):
+
             def add() -> str:
                 model_id = catalog.add_model(
-                    data.engine_for(ctx.database_url), provider=provider, name=name.strip(),
-                    label=label.strip() or None, base_url=base_url.strip() or None,
-                    max_concurrency=int(cap) or None, actor=context.ACTOR)
+                    data.engine_for(ctx.database_url),
+                    provider=provider,
+                    name=name.strip(),
+                    label=label.strip() or None,
+                    base_url=base_url.strip() or None,
+                    max_concurrency=int(cap) or None,
+                    actor=context.ACTOR,
+                )
                 return f"model #{model_id} saved"
+
             attempt("Add model", add)
     with right:
         edit_model(ctx, rows)
@@ -134,25 +182,39 @@ def models_section(ctx: context.ConsoleContext) -> None:
 
 def edit_model(ctx: context.ConsoleContext, rows: list[catalog.ModelRow]) -> None:
     by_id = {r.id: r for r in rows}
-    chosen = st.selectbox("Edit model", list(by_id), index=None, placeholder="choose a model",
-                          format_func=lambda i: f"#{i} {by_id[i].label}", key="model_pick")
+    chosen = st.selectbox(
+        "Edit model",
+        list(by_id),
+        index=None,
+        placeholder="choose a model",
+        format_func=lambda i: f"#{i} {by_id[i].label}",
+        key="model_pick",
+    )
     if chosen is None:
         return
     row = by_id[chosen]
     with st.form(f"model_edit_{chosen}"):
         label = st.text_input("Label", value=row.label)
         base_url = st.text_input("Base URL", value=row.base_url or "")
-        cap = st.number_input("Max concurrency (0 = unlimited)", min_value=0,
-                              value=row.max_concurrency or 0, step=1)
+        cap = st.number_input(
+            "Max concurrency (0 = unlimited)", min_value=0, value=row.max_concurrency or 0, step=1
+        )
         active = st.toggle("Active", value=row.is_active)
         if st.form_submit_button("Save model"):
+
             def save() -> str:
-                catalog.update_model(data.engine_for(ctx.database_url), chosen,
-                                     label=label.strip() or None,
-                                     base_url=base_url.strip() or None, is_active=active,
-                                     max_concurrency=int(cap) or None,
-                                     clear_max_concurrency=not cap, actor=context.ACTOR)
+                catalog.update_model(
+                    data.engine_for(ctx.database_url),
+                    chosen,
+                    label=label.strip() or None,
+                    base_url=base_url.strip() or None,
+                    is_active=active,
+                    max_concurrency=int(cap) or None,
+                    clear_max_concurrency=not cap,
+                    actor=context.ACTOR,
+                )
                 return f"model #{chosen} saved"
+
             attempt("Save model", save)
 
 

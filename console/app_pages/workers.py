@@ -10,8 +10,7 @@ from console import context, data, widgets
 TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")
 
 
-def workers_section(url: str, stale_after: float, include_stopped: bool,
-                    every: int | None) -> None:
+def workers_section(url: str, stale_after: float, include_stopped: bool, every: int | None) -> None:
     @st.fragment(run_every=every)
     def live() -> None:
         with data.database_banner():
@@ -21,22 +20,52 @@ def workers_section(url: str, stale_after: float, include_stopped: bool,
             cols[0].metric("Live worker processes", len(live_rows))
             cols[1].metric("Threads", sum(w.threads for w in live_rows))
             cols[2].metric("Jobs in flight", sum(w.in_flight for w in live_rows))
-            cols[3].metric("Stale", sum(w.stale for w in rows),
-                           help=f"Not seen for more than {stale_after:.0f} s and not stopped: "
-                                "probably dead; its jobs come back when their leases expire")
-            frame = pd.DataFrame([{
-                "state": "stopped" if w.stopped_at else ("STALE" if w.stale else "live"),
-                "host": w.hostname, "pid": w.pid, "shape": f"{w.processes}x{w.threads}",
-                "in_flight": w.in_flight, "last_seen_at": w.last_seen_at,
-                "started_at": w.started_at, "stopped_at": w.stopped_at, "id": w.id}
-                for w in rows],
-                columns=["state", "host", "pid", "shape", "in_flight", "last_seen_at",
-                         "started_at", "stopped_at", "id"])
-            st.dataframe(frame, hide_index=True, column_config={
-                "shape": st.column_config.TextColumn("processes x threads"),
-                "last_seen_at": TIME, "started_at": TIME, "stopped_at": TIME})
+            cols[3].metric(
+                "Stale",
+                sum(w.stale for w in rows),
+                help=f"Not seen for more than {stale_after:.0f} s and not stopped: "
+                "probably dead; its jobs come back when their leases expire",
+            )
+            frame = pd.DataFrame(
+                [
+                    {
+                        "state": "stopped" if w.stopped_at else ("STALE" if w.stale else "live"),
+                        "host": w.hostname,
+                        "pid": w.pid,
+                        "shape": f"{w.processes}x{w.threads}",
+                        "in_flight": w.in_flight,
+                        "last_seen_at": w.last_seen_at,
+                        "started_at": w.started_at,
+                        "stopped_at": w.stopped_at,
+                        "id": w.id,
+                    }
+                    for w in rows
+                ],
+                columns=[
+                    "state",
+                    "host",
+                    "pid",
+                    "shape",
+                    "in_flight",
+                    "last_seen_at",
+                    "started_at",
+                    "stopped_at",
+                    "id",
+                ],
+            )
+            st.dataframe(
+                frame,
+                hide_index=True,
+                column_config={
+                    "shape": st.column_config.TextColumn("processes x threads"),
+                    "last_seen_at": TIME,
+                    "started_at": TIME,
+                    "stopped_at": TIME,
+                },
+            )
             if not rows:
                 st.info("No runner is registered. Start one with `promptbatch run`.")
+
     live()
 
 

@@ -22,9 +22,12 @@ if TYPE_CHECKING:
     from db.operations import JobFilter
     from runner.settings import Settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="promptbatch: ask every tracked prompt of every model, daily, and count "
-                       "the brands the answers mention.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="promptbatch: ask every tracked prompt of every model, daily, and count "
+    "the brands the answers mention.",
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 prompts_app = typer.Typer(no_args_is_help=True, help="Tracked prompts.")
 models_app = typer.Typer(no_args_is_help=True, help="Models to ask.")
@@ -130,18 +133,27 @@ def models_add(
     name: Annotated[str, typer.Option(help="The API model id, e.g. gpt-4o-mini.")],
     label: Annotated[str | None, typer.Option(help="Display name.")] = None,
     base_url: Annotated[str | None, typer.Option(help="For compatible providers.")] = None,
-    max_concurrency: Annotated[int | None, typer.Option(
-        help="Jobs of this model in flight across all runners.")] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option(help="Jobs of this model in flight across all runners.")
+    ] = None,
     input_price: Annotated[float | None, typer.Option(help="USD per 1M prompt tokens.")] = None,
-    output_price: Annotated[float | None, typer.Option(
-        help="USD per 1M completion tokens.")] = None,
+    output_price: Annotated[
+        float | None, typer.Option(help="USD per 1M completion tokens.")
+    ] = None,
 ) -> None:
     """Add a model (or update the one with the same provider and name)."""
     from db import catalog
 
-    model_id = catalog.add_model(open_engine(load_settings()), provider=provider, name=name,
-                                 label=label, base_url=base_url, max_concurrency=max_concurrency,
-                                 input_usd_per_mtok=input_price, output_usd_per_mtok=output_price)
+    model_id = catalog.add_model(
+        open_engine(load_settings()),
+        provider=provider,
+        name=name,
+        label=label,
+        base_url=base_url,
+        max_concurrency=max_concurrency,
+        input_usd_per_mtok=input_price,
+        output_usd_per_mtok=output_price,
+    )
     typer.echo(f"model {model_id}: {provider} {name}")
 
 
@@ -157,8 +169,10 @@ def models_list(json_out: JsonOpt = False) -> None:
     for r in rows:
         cap = r.max_concurrency or "-"
         state = "active" if r.is_active else "inactive"
-        typer.echo(f"{r.id:>4}  {state:<8} {r.provider:<10} {r.name:<32} max_concurrency={cap} "
-                   f"{r.base_url or ''}")
+        typer.echo(
+            f"{r.id:>4}  {state:<8} {r.provider:<10} {r.name:<32} max_concurrency={cap} "
+            f"{r.base_url or ''}"
+        )
 
 
 @entities_app.command("import")
@@ -182,8 +196,9 @@ def enqueue(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
 
     settings = load_settings()
     key = batch_key_or_today(batch_key)
-    result = queue.enqueue_batch(open_engine(settings), key, max_attempts=settings.max_attempts,
-                                 actor="cli")
+    result = queue.enqueue_batch(
+        open_engine(settings), key, max_attempts=settings.max_attempts, actor="cli"
+    )
     data = {"batch_key": result.batch_key, "created": result.created, "existing": result.existing}
     if json_out:
         echo_json(data)
@@ -219,8 +234,10 @@ def check_api_keys(engine: Engine, settings: Settings) -> None:
     for model in catalog.list_models(engine, active_only=True):
         if model.provider != "compatible" and settings.api_key(model.provider) is None:
             env = "OPENAI_API_KEY" if model.provider == "openai" else "OPENROUTER_API_KEY"
-            raise ConfigError(f"{env} is not set but active model {model.name!r} "
-                              f"(provider {model.provider}) needs it")
+            raise ConfigError(
+                f"{env} is not set but active model {model.name!r} "
+                f"(provider {model.provider}) needs it"
+            )
 
 
 @app.command()
@@ -232,8 +249,14 @@ def status(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
     counts = stats.batch_counts(engine, batch_key_or_today(batch_key))
     missed = stats.missed_batches(engine)
     if json_out:
-        echo_json({"batch_key": counts.batch_key, "counts": counts.counts, "total": counts.total,
-                   "missed_batches": missed})
+        echo_json(
+            {
+                "batch_key": counts.batch_key,
+                "counts": counts.counts,
+                "total": counts.total,
+                "missed_batches": missed,
+            }
+        )
         return
     typer.echo(f"batch {counts.batch_key}: {counts.total} jobs")
     for name, n in counts.counts.items():
@@ -242,13 +265,15 @@ def status(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
         typer.echo(f"missed batches (runner was down): {', '.join(missed)}")
 
 
-def _job_filter(status_: str | None, batch_key: str | None, model_id: int | None,
-                prompt_id: int | None) -> JobFilter:
+def _job_filter(
+    status_: str | None, batch_key: str | None, model_id: int | None, prompt_id: int | None
+) -> JobFilter:
     from db.operations import JobFilter
 
     if status_ is not None and status_ not in {s.value for s in JobStatus}:
-        raise InvalidInput(f"unknown status {status_!r}: use one of "
-                           f"{', '.join(s.value for s in JobStatus)}")
+        raise InvalidInput(
+            f"unknown status {status_!r}: use one of {', '.join(s.value for s in JobStatus)}"
+        )
     key = batch_key_or_today(batch_key) if batch_key is not None else None
     return JobFilter(status=status_, batch_key=key, model_id=model_id, prompt_id=prompt_id)
 
@@ -260,10 +285,14 @@ JobIdsOpt = Annotated[list[int] | None, typer.Option("--job-id", help="Repeatabl
 
 
 @app.command()
-def jobs(status_: StatusOpt = None, batch_key: BatchOpt = None, model_id: ModelOpt = None,
-         prompt_id: PromptOpt = None,
-         limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
-         json_out: JsonOpt = False) -> None:
+def jobs(
+    status_: StatusOpt = None,
+    batch_key: BatchOpt = None,
+    model_id: ModelOpt = None,
+    prompt_id: PromptOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    json_out: JsonOpt = False,
+) -> None:
     """List jobs, newest first."""
     from db import stats
 
@@ -274,47 +303,71 @@ def jobs(status_: StatusOpt = None, batch_key: BatchOpt = None, model_id: ModelO
         return
     for r in rows:
         error = f" {r.error_kind}: {(r.error_message or '')[:60]}" if r.error_kind else ""
-        typer.echo(f"{r.id:>7} {r.batch_key} {r.status:<10} {r.model_name:<24} run={r.run_index} "
-                   f"attempt {r.attempt_count}/{r.max_attempts}{error}  {r.prompt_text[:50]}")
+        typer.echo(
+            f"{r.id:>7} {r.batch_key} {r.status:<10} {r.model_name:<24} run={r.run_index} "
+            f"attempt {r.attempt_count}/{r.max_attempts}{error}  {r.prompt_text[:50]}"
+        )
 
 
-def _targets(job_id: list[int] | None, where: JobFilter) -> dict[str, object]:
+def _targets(
+    job_id: list[int] | None, where: JobFilter
+) -> tuple[list[int] | None, JobFilter | None]:
+    """(job ids, None) or (None, filter): what an action acts on. InvalidInput when neither."""
     if job_id:
-        return {"job_ids": job_id}
+        return job_id, None
     if not where.describe():
-        raise InvalidInput("give --job-id or at least one filter (--status, --batch-key, "
-                           "--model-id, --prompt-id)")
-    return {"where": where}
+        raise InvalidInput(
+            "give --job-id or at least one filter (--status, --batch-key, --model-id, --prompt-id)"
+        )
+    return None, where
 
 
 @app.command()
-def requeue(job_id: JobIdsOpt = None, status_: StatusOpt = None, batch_key: BatchOpt = None,
-            model_id: ModelOpt = None, prompt_id: PromptOpt = None) -> None:
+def requeue(
+    job_id: JobIdsOpt = None,
+    status_: StatusOpt = None,
+    batch_key: BatchOpt = None,
+    model_id: ModelOpt = None,
+    prompt_id: PromptOpt = None,
+) -> None:
     """Re-queue failed, cancelled or skipped jobs with a fresh attempt budget."""
     from db import operations
 
     settings = load_settings()
-    targets = _targets(job_id, _job_filter(status_, batch_key, model_id, prompt_id))
-    changed = operations.requeue_jobs(open_engine(settings), fresh_attempts=settings.max_attempts,
-                                      actor="cli", **targets)  # type: ignore[arg-type]
+    ids, where = _targets(job_id, _job_filter(status_, batch_key, model_id, prompt_id))
+    changed = operations.requeue_jobs(
+        open_engine(settings),
+        job_ids=ids,
+        where=where,
+        fresh_attempts=settings.max_attempts,
+        actor="cli",
+    )
     typer.echo(f"{len(changed)} re-queued")
 
 
 @app.command()
-def cancel(job_id: JobIdsOpt = None, status_: StatusOpt = None, batch_key: BatchOpt = None,
-           model_id: ModelOpt = None, prompt_id: PromptOpt = None) -> None:
+def cancel(
+    job_id: JobIdsOpt = None,
+    status_: StatusOpt = None,
+    batch_key: BatchOpt = None,
+    model_id: ModelOpt = None,
+    prompt_id: PromptOpt = None,
+) -> None:
     """Cancel queued or processing jobs (a late result of a processing job is dropped)."""
     from db import operations
 
-    targets = _targets(job_id, _job_filter(status_, batch_key, model_id, prompt_id))
-    changed = operations.cancel_jobs(open_engine(load_settings()), actor="cli",
-                                     **targets)  # type: ignore[arg-type]
+    ids, where = _targets(job_id, _job_filter(status_, batch_key, model_id, prompt_id))
+    changed = operations.cancel_jobs(
+        open_engine(load_settings()), job_ids=ids, where=where, actor="cli"
+    )
     typer.echo(f"{len(changed)} cancelled")
 
 
 @app.command()
-def simulator(host: Annotated[str, typer.Option()] = "127.0.0.1",
-              port: Annotated[int, typer.Option(min=0, max=65535)] = 8787) -> None:
+def simulator(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8787,
+) -> None:
     """Serve the OpenAI-compatible model simulator (realistic answers, fault injection)."""
     from runner.logs import configure_logging
     from runner.simulator.server import serve
@@ -327,8 +380,11 @@ def simulator(host: Annotated[str, typer.Option()] = "127.0.0.1",
 def demo(
     processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     threads: Annotated[int | None, typer.Option(help="Jobs in flight per process.")] = None,
-    open_console: Annotated[bool, typer.Option(
-        "--console/--no-console", help="Serve the console on the demo database afterwards.")
+    open_console: Annotated[
+        bool,
+        typer.Option(
+            "--console/--no-console", help="Serve the console on the demo database afterwards."
+        ),
     ] = False,
 ) -> None:
     """Migrate, load demo prompts and brands, start the simulator, run today's batch, summarize."""
@@ -346,21 +402,41 @@ def demo(
 
 
 @app.command()
-def console(host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-            port: Annotated[int, typer.Option(min=1, max=65535)] = 8501) -> None:
+def console(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8501,
+) -> None:
     """Serve the operations console (Streamlit) at http://HOST:PORT."""
     import subprocess
     from importlib import resources
+
     settings = load_settings()
     open_engine(settings)  # fail here, in one line, rather than on the first page
     if host not in ("127.0.0.1", "localhost", "::1") and settings.console_password is None:
-        typer.echo(f"warning: the console listens on {host} without CONSOLE_PASSWORD; anyone who "
-                   "can reach it can re-queue and cancel jobs", err=True)
+        typer.echo(
+            f"warning: the console listens on {host} without CONSOLE_PASSWORD; anyone who "
+            "can reach it can re-queue and cancel jobs",
+            err=True,
+        )
     app_path = str(resources.files("console") / "app.py")
     typer.echo(f"console: http://{host}:{port}")
-    cmd = [sys.executable, "-m", "streamlit", "run", app_path, "--server.address", host,
-           "--server.port", str(port), "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        app_path,
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+    ]
     raise typer.Exit(subprocess.call(cmd))
 
 

@@ -15,8 +15,10 @@ from runner.settings import Settings
 from runner.simulator.server import running_simulator
 from runner.worker.scheduler import utc_batch_key
 
-DEMO_MODELS = (("sim-gpt-4o-mini", "GPT-4o mini (simulated)"),
-               ("sim-claude-3.5-sonnet", "Claude 3.5 Sonnet (simulated)"))
+DEMO_MODELS = (
+    ("sim-gpt-4o-mini", "GPT-4o mini (simulated)"),
+    ("sim-claude-3.5-sonnet", "Claude 3.5 Sonnet (simulated)"),
+)
 
 
 def data_file(name: str) -> Path:
@@ -26,17 +28,25 @@ def data_file(name: str) -> Path:
 def run_demo(settings: Settings) -> int:
     """Run the demo batch; returns the drain's exit code (0 = every job succeeded)."""
     from runner.worker.supervisor import Supervisor
+
     engine = make_engine(settings.database_url)
     typer.echo(f"database: {engine.url.render_as_string(hide_password=True)}")
     typer.echo(f"schema at revision {migrate.upgrade(engine)}")
-    created = catalog.import_prompts(engine, inputs.read_prompts_csv(data_file("demo_prompts.csv")),
-                                     actor="demo")
+    created = catalog.import_prompts(
+        engine, inputs.read_prompts_csv(data_file("demo_prompts.csv")), actor="demo"
+    )
     catalog.add_entities(engine, inputs.read_entities_tsv(data_file("entities.tsv")))
     typer.echo(f"demo prompts: {created} created; brand catalog loaded")
     with running_simulator() as sim:
         for name, label in DEMO_MODELS:
-            catalog.add_model(engine, provider="compatible", name=name, label=label,
-                              base_url=sim.base_url, actor="demo")
+            catalog.add_model(
+                engine,
+                provider="compatible",
+                name=name,
+                label=label,
+                base_url=sim.base_url,
+                actor="demo",
+            )
         typer.echo(f"simulator (simulated models, no real LLM is called): {sim.base_url}")
         key = utc_batch_key()
         result = queue.enqueue_batch(engine, key, max_attempts=settings.max_attempts, actor="demo")
@@ -49,9 +59,14 @@ def run_demo(settings: Settings) -> int:
 
 def print_summary(engine: Engine, batch_key: str) -> None:
     counts = stats.batch_counts(engine, batch_key)
-    typer.echo(f"\nbatch {batch_key}: " + ", ".join(f"{n} {s}" for s, n in counts.counts.items()
-                                                     if n) + f" (total {counts.total})")
+    typer.echo(
+        f"\nbatch {batch_key}: "
+        + ", ".join(f"{n} {s}" for s, n in counts.counts.items() if n)
+        + f" (total {counts.total})"
+    )
     typer.echo("top brands (answers mentioning / mention rate / share of voice / avg position):")
     for b in stats.top_brands(engine, batch_key, limit=10):
-        typer.echo(f"  {b.name:<18} {b.answers:>4}  {b.mention_rate:6.1%}  "
-                   f"{b.share_of_voice:6.1%}  {b.avg_position:4.1f}")
+        typer.echo(
+            f"  {b.name:<18} {b.answers:>4}  {b.mention_rate:6.1%}  "
+            f"{b.share_of_voice:6.1%}  {b.avg_position:4.1f}"
+        )

@@ -26,15 +26,17 @@ def read_prompts_csv(path: Path) -> list[NewPrompt]:
         raise InvalidInput(f"{path}: no prompts (expected a header text,category,runs and rows)")
     missing = [c for c in PROMPT_COLUMNS if c not in (rows[0].keys() or [])]
     if missing:
-        raise InvalidInput(f"{path}: missing column(s) {', '.join(missing)}; "
-                           "expected header text,category,runs")
+        raise InvalidInput(
+            f"{path}: missing column(s) {', '.join(missing)}; expected header text,category,runs"
+        )
     prompts: list[NewPrompt] = []
     seen: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         prompt = _prompt_row(path, line, row)
         if prompt.text in seen:
-            raise InvalidInput(f"{path}:{line}: duplicate prompt (same text as line "
-                               f"{seen[prompt.text]})")
+            raise InvalidInput(
+                f"{path}:{line}: duplicate prompt (same text as line {seen[prompt.text]})"
+            )
         seen[prompt.text] = line
         prompts.append(prompt)
     return prompts
@@ -45,12 +47,14 @@ def _prompt_row(path: Path, line: int, row: dict[str, str | None]) -> NewPrompt:
     if not text:
         raise InvalidInput(f"{path}:{line}: prompt text is empty")
     if len(text) > MAX_PROMPT_CHARS:
-        raise InvalidInput(f"{path}:{line}: prompt text is {len(text)} characters "
-                           f"(at most {MAX_PROMPT_CHARS})")
+        raise InvalidInput(
+            f"{path}:{line}: prompt text is {len(text)} characters (at most {MAX_PROMPT_CHARS})"
+        )
     runs_text = (row.get("runs") or "").strip()
     if not runs_text.isdigit() or not 1 <= int(runs_text) <= MAX_RUNS:
-        raise InvalidInput(f"{path}:{line}: runs must be a whole number from 1 to {MAX_RUNS}, "
-                           f"got {runs_text!r}")
+        raise InvalidInput(
+            f"{path}:{line}: runs must be a whole number from 1 to {MAX_RUNS}, got {runs_text!r}"
+        )
     category = (row.get("category") or "").strip() or None
     return NewPrompt(text, category, int(runs_text))
 

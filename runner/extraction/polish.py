@@ -67,5 +67,3 @@ def _polish_once(name: str) -> str:
 def _collapse(text: str) -> str:
     """Trim and collapse runs of whitespace to one space."""
     return _WHITESPACE.sub(" ", text).strip()
-
-

@@ -102,5 +102,3 @@ def _index_forms(index: dict[str, CatalogEntry], entry: CatalogEntry, forms: Ite
         for key in (matching_key(form), matching_key(polish(form))):
             if key:
                 index.setdefault(key, entry)
-
-

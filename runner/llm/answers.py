@@ -57,8 +57,9 @@ def decode_body(text: str) -> dict[str, Any]:
     try:
         body = json.loads(text)
     except ValueError as exc:
-        raise CallFailed(ErrorKind.SERVER_ERROR,
-                         f"response body is not JSON: {text[:200]!r}") from exc
+        raise CallFailed(
+            ErrorKind.SERVER_ERROR, f"response body is not JSON: {text[:200]!r}"
+        ) from exc
     if not isinstance(body, dict):
         raise CallFailed(ErrorKind.SERVER_ERROR, f"response body is not an object: {text[:200]!r}")
     return body
@@ -67,19 +68,33 @@ def decode_body(text: str) -> dict[str, Any]:
 def _choice(raw: RawReply) -> dict[str, Any]:
     choices = raw.body.get("choices") or []
     if not choices or not isinstance(choices[0], dict):
-        raise CallFailed(ErrorKind.INVALID_OUTPUT, f"no choices in the response: {raw.text[:200]}",
-                         request_id=raw.request_id)
+        raise CallFailed(
+            ErrorKind.INVALID_OUTPUT,
+            f"no choices in the response: {raw.text[:200]}",
+            request_id=raw.request_id,
+        )
     return choices[0]
 
 
-def _reply(raw: RawReply, answer: str | None, names: tuple[str, ...] | None, mode: OutputMode,
-           rejected: bool = False) -> ModelReply:
+def _reply(
+    raw: RawReply,
+    answer: str | None,
+    names: tuple[str, ...] | None,
+    mode: OutputMode,
+    rejected: bool = False,
+) -> ModelReply:
     usage = raw.body.get("usage") or {}
-    return ModelReply(answer=answer, mention_names=names, output_mode=mode,
-                      finish_reason=_choice(raw).get("finish_reason"),
-                      prompt_tokens=usage.get("prompt_tokens"),
-                      completion_tokens=usage.get("completion_tokens"),
-                      request_id=raw.request_id, raw_body=raw.text, schema_rejected=rejected)
+    return ModelReply(
+        answer=answer,
+        mention_names=names,
+        output_mode=mode,
+        finish_reason=_choice(raw).get("finish_reason"),
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+        request_id=raw.request_id,
+        raw_body=raw.text,
+        schema_rejected=rejected,
+    )
 
 
 def _refusal_or_truncation(raw: RawReply) -> ModelReply | None:
@@ -88,8 +103,11 @@ def _refusal_or_truncation(raw: RawReply) -> ModelReply | None:
     if message.get("refusal") or choice.get("finish_reason") == "content_filter":
         return _reply(raw, message.get("refusal"), (), OutputMode.REFUSAL)
     if choice.get("finish_reason") == "length":
-        raise CallFailed(ErrorKind.TRUNCATED, "the answer was cut off (finish_reason 'length')",
-                         request_id=raw.request_id)
+        raise CallFailed(
+            ErrorKind.TRUNCATED,
+            "the answer was cut off (finish_reason 'length')",
+            request_id=raw.request_id,
+        )
     return None
 
 
@@ -110,8 +128,11 @@ def plain_reply(raw: RawReply, rejected: bool) -> ModelReply:
         return special
     content = _content(raw)
     if not content.strip():
-        raise CallFailed(ErrorKind.INVALID_OUTPUT, "blank answer even from a plain completion",
-                         request_id=raw.request_id)
+        raise CallFailed(
+            ErrorKind.INVALID_OUTPUT,
+            "blank answer even from a plain completion",
+            request_id=raw.request_id,
+        )
     parsed = parse_answer_json(content)
     if parsed is not None:
         return _reply(raw, parsed[0].answer, tuple(parsed[0].mentions), OutputMode.JSON, rejected)

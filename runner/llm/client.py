@@ -36,11 +36,15 @@ from runner.llm.answers import (
 from runner.llm.errors import CallFailed, SchemaRejected, check_embedded_error, status_failure
 from runner.settings import OPENROUTER_BASE_URL, Settings
 
-SYSTEM_PROMPT = ("You are a helpful assistant. Answer the user's question as you normally would, "
-                 "naming the products and companies you would recommend.")
-STRUCTURED_INSTRUCTIONS = ("Reply as JSON: `answer` is your full answer in Markdown; `mentions` "
-                           "lists every brand, product or company your answer names, in order of "
-                           "first appearance, each once.")
+SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer the user's question as you normally would, "
+    "naming the products and companies you would recommend."
+)
+STRUCTURED_INSTRUCTIONS = (
+    "Reply as JSON: `answer` is your full answer in Markdown; `mentions` "
+    "lists every brand, product or company your answer names, in order of "
+    "first appearance, each once."
+)
 
 
 class ModelClient:
@@ -85,14 +89,23 @@ def build_sdk_client(settings: Settings, provider: str, base_url: str | None) ->
     api_key = settings.api_key(provider)
     if api_key is None and provider != Provider.COMPATIBLE:
         env = "OPENAI_API_KEY" if provider == Provider.OPENAI else "OPENROUTER_API_KEY"
-        raise CallFailed(ErrorKind.CONFIG, f"{env} is not set; models of provider {provider} "
-                                           "cannot be called")
-    headers = ({"HTTP-Referer": settings.openrouter_referer, "X-Title": settings.openrouter_title}
-               if provider == Provider.OPENROUTER else None)
+        raise CallFailed(
+            ErrorKind.CONFIG, f"{env} is not set; models of provider {provider} cannot be called"
+        )
+    headers = (
+        {"HTTP-Referer": settings.openrouter_referer, "X-Title": settings.openrouter_title}
+        if provider == Provider.OPENROUTER
+        else None
+    )
     url = OPENROUTER_BASE_URL if provider == Provider.OPENROUTER and not base_url else base_url
     timeout = httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout)
-    return openai.OpenAI(api_key=api_key or "not-needed", base_url=url, max_retries=0,
-                         timeout=timeout, default_headers=headers)
+    return openai.OpenAI(
+        api_key=api_key or "not-needed",
+        base_url=url,
+        max_retries=0,
+        timeout=timeout,
+        default_headers=headers,
+    )
 
 
 def _messages(job: ClaimedJob, structured: bool) -> list[dict[str, str]]:
@@ -104,16 +117,20 @@ def _messages(job: ClaimedJob, structured: bool) -> list[dict[str, str]]:
 def _response_format() -> dict[str, Any]:
     schema = ModelAnswer.model_json_schema()
     schema["additionalProperties"] = False
-    return {"type": "json_schema",
-            "json_schema": {"name": "ModelAnswer", "schema": schema, "strict": True}}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "ModelAnswer", "schema": schema, "strict": True},
+    }
 
 
 def _call(client: openai.OpenAI, job: ClaimedJob, *, structured: bool) -> RawReply:
     response_format: Any = _response_format() if structured else openai.omit
     try:
         raw = client.chat.completions.with_raw_response.create(
-            model=job.model_name, messages=_messages(job, structured),  # type: ignore[arg-type]
-            response_format=response_format)
+            model=job.model_name,
+            messages=_messages(job, structured),  # type: ignore[arg-type]
+            response_format=response_format,
+        )
     except openai.APIStatusError as exc:
         raise status_failure(exc, structured) from exc
     except openai.APITimeoutError as exc:

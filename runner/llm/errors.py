@@ -24,8 +24,14 @@ _SCHEMA_WORDS = ("json_schema", "response_format", "structured output", "schema"
 class CallFailed(ModelCallError):
     """A model call failed; `kind` decides retry vs fail, `retry_after` is in seconds."""
 
-    def __init__(self, kind: ErrorKind, message: str, *, retry_after: float | None = None,
-                 request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.retry_after = retry_after
@@ -44,8 +50,9 @@ def status_failure(exc: openai.APIStatusError, structured: bool) -> Exception:
         return SchemaRejected(message)
     kind = kind_for_status(exc.status_code)
     retry_after = retry_after_seconds(exc.response.headers)
-    return CallFailed(kind, f"HTTP {exc.status_code}: {message}", retry_after=retry_after,
-                      request_id=request_id)
+    return CallFailed(
+        kind, f"HTTP {exc.status_code}: {message}", retry_after=retry_after, request_id=request_id
+    )
 
 
 def check_embedded_error(body: dict[str, Any], request_id: str | None, structured: bool) -> None:
@@ -62,8 +69,11 @@ def check_embedded_error(body: dict[str, Any], request_id: str | None, structure
     if structured and status in (400, 422) and _mentions_schema(f"{message} {detail}"):
         raise SchemaRejected(message)
     where = f" from provider {provider}" if provider else ""
-    raise CallFailed(kind_for_status(status), f"HTTP 200 with error {code}{where}: {message}",
-                     request_id=request_id)
+    raise CallFailed(
+        kind_for_status(status),
+        f"HTTP 200 with error {code}{where}: {message}",
+        request_id=request_id,
+    )
 
 
 def _error_message(body: object) -> str | None:
@@ -81,10 +91,17 @@ def _mentions_schema(message: str) -> bool:
 
 def kind_for_status(status: int) -> ErrorKind:
     """Error kind for an HTTP status (OpenAI and OpenRouter error-code docs)."""
-    table = {400: ErrorKind.BAD_REQUEST, 401: ErrorKind.AUTH, 402: ErrorKind.PAYMENT_REQUIRED,
-             403: ErrorKind.AUTH, 404: ErrorKind.NOT_FOUND, 408: ErrorKind.TIMEOUT,
-             409: ErrorKind.SERVER_ERROR, 422: ErrorKind.BAD_REQUEST,
-             429: ErrorKind.RATE_LIMITED}
+    table = {
+        400: ErrorKind.BAD_REQUEST,
+        401: ErrorKind.AUTH,
+        402: ErrorKind.PAYMENT_REQUIRED,
+        403: ErrorKind.AUTH,
+        404: ErrorKind.NOT_FOUND,
+        408: ErrorKind.TIMEOUT,
+        409: ErrorKind.SERVER_ERROR,
+        422: ErrorKind.BAD_REQUEST,
+        429: ErrorKind.RATE_LIMITED,
+    }
     if status in table:
         return table[status]
     return ErrorKind.SERVER_ERROR if status >= 500 else ErrorKind.BAD_REQUEST

@@ -6,8 +6,14 @@ from __future__ import annotations
 import random
 
 
-def backoff_seconds(attempt: int, *, base: float, cap: float, retry_after: float | None = None,
-                    rng: random.Random | None = None) -> float:
+def backoff_seconds(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
     """Seconds to wait before attempt `attempt + 1`, given `attempt` (1 = the first try) failed.
 
     Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]. A Retry-After (seconds) longer than

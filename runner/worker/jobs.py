@@ -78,23 +78,39 @@ def _ask(ctx: JobContext, job: ClaimedJob) -> ModelReply | FailureRecord:
         return FailureRecord(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
-def _record_success(ctx: JobContext, job: ClaimedJob, reply: ModelReply,
-                    latency_ms: int) -> JobOutcome:
+def _record_success(
+    ctx: JobContext, job: ClaimedJob, reply: ModelReply, latency_ms: int
+) -> JobOutcome:
     if reply.schema_rejected:
         results.mark_json_schema_unsupported(ctx.engine, job.model_id)
-        log.info("model rejects json_schema; using the fallback from now on",
-                 extra={"action": "json_schema_unsupported", "model": job.model_name})
+        log.info(
+            "model rejects json_schema; using the fallback from now on",
+            extra={"action": "json_schema_unsupported", "model": job.model_name},
+        )
     answer = AnswerRecord(
-        answer=reply.answer, raw_body=reply.raw_body, output_mode=reply.output_mode,
-        finish_reason=reply.finish_reason, prompt_tokens=reply.prompt_tokens,
-        completion_tokens=reply.completion_tokens, latency_ms=latency_ms,
-        request_id=reply.request_id, mentions=find_mentions(reply, ctx.catalog.get()))
+        answer=reply.answer,
+        raw_body=reply.raw_body,
+        output_mode=reply.output_mode,
+        finish_reason=reply.finish_reason,
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+        latency_ms=latency_ms,
+        request_id=reply.request_id,
+        mentions=find_mentions(reply, ctx.catalog.get()),
+    )
     if not save_success(ctx, Completion(job, answer, cost_usd(job, reply))):
         _log_dropped(job)
         return JobOutcome.DROPPED
-    log.info("job succeeded", extra={"action": "job_succeeded", "job_id": job.id,
-                                     "model": job.model_name, "attempt": job.attempt,
-                                     "latency_ms": latency_ms})
+    log.info(
+        "job succeeded",
+        extra={
+            "action": "job_succeeded",
+            "job_id": job.id,
+            "model": job.model_name,
+            "attempt": job.attempt,
+            "latency_ms": latency_ms,
+        },
+    )
     return JobOutcome.SUCCEEDED
 
 
@@ -108,46 +124,64 @@ def save_success(ctx: JobContext, completion: Completion) -> bool:
 
 def _record_failure(ctx: JobContext, job: ClaimedJob, failure: FailureRecord) -> JobOutcome:
     s = ctx.settings
-    delay = backoff_seconds(job.attempt, base=s.backoff_base, cap=s.backoff_cap,
-                            retry_after=failure.retry_after)
+    delay = backoff_seconds(
+        job.attempt, base=s.backoff_base, cap=s.backoff_cap, retry_after=failure.retry_after
+    )
     outcome = results.record_failure(ctx.engine, job, failure, delay)
-    extra = {"job_id": job.id, "model": job.model_name, "attempt": job.attempt,
-             "error_kind": failure.kind.value}
+    extra = {
+        "job_id": job.id,
+        "model": job.model_name,
+        "attempt": job.attempt,
+        "error_kind": failure.kind.value,
+    }
     if outcome is results.FailureOutcome.DROPPED:
         _log_dropped(job)
         return JobOutcome.DROPPED
     if outcome is results.FailureOutcome.RETRY:
-        log.warning("job will be retried in %.1fs: %s", delay, failure.message,
-                    extra={"action": "job_retry", **extra})
+        log.warning(
+            "job will be retried in %.1fs: %s",
+            delay,
+            failure.message,
+            extra={"action": "job_retry", **extra},
+        )
         return JobOutcome.RETRY
     log.error("job failed: %s", failure.message, extra={"action": "job_failed", **extra})
     return JobOutcome.FAILED
 
 
 def _log_dropped(job: ClaimedJob) -> None:
-    log.warning("result dropped: job was cancelled or its lease was taken over",
-                extra={"action": "job_result_dropped", "job_id": job.id, "attempt": job.attempt})
+    log.warning(
+        "result dropped: job was cancelled or its lease was taken over",
+        extra={"action": "job_result_dropped", "job_id": job.id, "attempt": job.attempt},
+    )
 
 
 def find_mentions(reply: ModelReply, catalog: Catalog) -> tuple[MentionRecord, ...]:
     """Mentions with positions from the answer text; none for a refusal (case C17)."""
     if reply.output_mode is OutputMode.REFUSAL or not reply.answer:
         return ()
-    found = (order_mentions(reply.answer, reply.mention_names, catalog)
-             if reply.mention_names is not None else extract_from_text(reply.answer, catalog))
+    found = (
+        order_mentions(reply.answer, reply.mention_names, catalog)
+        if reply.mention_names is not None
+        else extract_from_text(reply.answer, catalog)
+    )
     unique = list({m.key: m for m in reversed(found)}.values())[::-1]  # first appearance wins
     unique.sort(key=lambda m: m.char_offset)
     # One mention per entity per answer (the table's unique key); positions renumbered 1..n.
-    return tuple(MentionRecord(m.raw_name, m.display, m.key, n, m.char_offset)
-                 for n, m in enumerate(unique, start=1))
+    return tuple(
+        MentionRecord(m.raw_name, m.display, m.key, n, m.char_offset)
+        for n, m in enumerate(unique, start=1)
+    )
 
 
 def cost_usd(job: ClaimedJob, reply: ModelReply) -> float | None:
     """USD for the call from the model's per-million-token prices, or None when unpriced."""
     if job.input_usd_per_mtok is None or job.output_usd_per_mtok is None:
         return None
-    return ((reply.prompt_tokens or 0) * job.input_usd_per_mtok
-            + (reply.completion_tokens or 0) * job.output_usd_per_mtok) / 1_000_000
+    return (
+        (reply.prompt_tokens or 0) * job.input_usd_per_mtok
+        + (reply.completion_tokens or 0) * job.output_usd_per_mtok
+    ) / 1_000_000
 
 
 def _ms_since(started: float) -> int:

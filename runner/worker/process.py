@@ -110,9 +110,15 @@ class Worker:
         self._wake = threading.Event()  # a job ended or handed over its success, or stop
         self.pending = PendingCompletions(self.engine, self._wake)
         self._draining = threading.Event()
-        self.ctx = JobContext(settings, self.engine, ModelClient(settings),
-                              CatalogCache(self.engine), self.pending,
-                              threading.BoundedSemaphore(settings.threads), self._draining)
+        self.ctx = JobContext(
+            settings,
+            self.engine,
+            ModelClient(settings),
+            CatalogCache(self.engine),
+            self.pending,
+            threading.BoundedSemaphore(settings.threads),
+            self._draining,
+        )
         self.in_flight: dict[Future[Any], ClaimedJob] = {}
         self._lock = threading.Lock()
 
@@ -124,13 +130,22 @@ class Worker:
             os._exit(1)
 
     def stopping(self) -> bool:
-        return (self._signals > 0 or self._shared_stop.is_set()
-                or os.getppid() != self._parent)  # the supervisor died: do not run orphaned
+        return (
+            self._signals > 0 or self._shared_stop.is_set() or os.getppid() != self._parent
+        )  # the supervisor died: do not run orphaned
 
     def run(self) -> None:
-        workers.register_worker(self.engine, workers.WorkerInfo(
-            self.id, self.spec.runner_id, socket.gethostname(), os.getpid(),
-            self.settings.processes, self.settings.threads))
+        workers.register_worker(
+            self.engine,
+            workers.WorkerInfo(
+                self.id,
+                self.spec.runner_id,
+                socket.gethostname(),
+                os.getpid(),
+                self.settings.processes,
+                self.settings.threads,
+            ),
+        )
         log.info("worker started", extra={"action": "worker_started", "worker_id": self.id})
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
@@ -178,8 +193,12 @@ class Worker:
             return []
         try:
             saved, claimed = results.complete_and_claim(
-                self.engine, [c for c, _ in batch], self.id, free,
-                lease_seconds=self.settings.lease_seconds)
+                self.engine,
+                [c for c, _ in batch],
+                self.id,
+                free,
+                lease_seconds=self.settings.lease_seconds,
+            )
         except DatabaseUnavailable as exc:
             log.warning("claim failed, will retry: %s", exc, extra={"action": "claim_failed"})
             self.pending.put_back(batch)
@@ -216,15 +235,19 @@ class Worker:
             if batch := self.pending.take():
                 self._complete_and_claim(batch, 0)
             else:  # a hand-over or a job's end wakes it
-                self._wake.wait(max(min(self.settings.poll_interval,
-                                        deadline - time.monotonic()), 0))
+                self._wake.wait(
+                    max(min(self.settings.poll_interval, deadline - time.monotonic()), 0)
+                )
         self.pending.close()  # answers handed over by now are saved, not handed back and lost
         with self._lock:
             back = [job.id for future, job in self.in_flight.items() if _unfinished(future)]
         if back:
             released = queue.release_jobs(self.engine, self.id, back)
-            log.warning("handed %d unfinished jobs back to the queue", released,
-                        extra={"action": "jobs_released", "worker_id": self.id})
+            log.warning(
+                "handed %d unfinished jobs back to the queue",
+                released,
+                extra={"action": "jobs_released", "worker_id": self.id},
+            )
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval):
@@ -238,8 +261,10 @@ class Worker:
         held = queue.heartbeat(self.engine, self.id, ids, lease_seconds=self.settings.lease_seconds)
         # A job that ended since the snapshot left 'processing' itself: its lease was not lost.
         for job_id in (set(ids) - held) & set(self._running_ids()):
-            log.warning("lease lost (cancelled or taken over)",
-                        extra={"action": "lease_lost", "job_id": job_id})
+            log.warning(
+                "lease lost (cancelled or taken over)",
+                extra={"action": "lease_lost", "job_id": job_id},
+            )
         workers.touch_worker(self.engine, self.id, len(ids))
 
     def _running_ids(self) -> list[int]:

@@ -37,9 +37,11 @@ class ProgressReporter:
         self._first = self._first or (now, ended)
         elapsed = now - self._first[0]
         rate = (ended - self._first[1]) / elapsed if elapsed > 0 else 0.0
-        line = (f"batch {self._batch_key}: {ended}/{counts.total} ended | "
-                f"{counts.get(JobStatus.SUCCEEDED)} succeeded, {counts.get(JobStatus.FAILED)} "
-                f"failed, {counts.get(JobStatus.PROCESSING)} processing, "
-                f"{counts.get(JobStatus.QUEUED)} queued | {rate:.1f} jobs/s")
+        line = (
+            f"batch {self._batch_key}: {ended}/{counts.total} ended | "
+            f"{counts.get(JobStatus.SUCCEEDED)} succeeded, {counts.get(JobStatus.FAILED)} "
+            f"failed, {counts.get(JobStatus.PROCESSING)} processing, "
+            f"{counts.get(JobStatus.QUEUED)} queued | {rate:.1f} jobs/s"
+        )
         sys.stderr.write(f"\r{line}\033[K" if self._tty else f"{line}\n")
         sys.stderr.flush()

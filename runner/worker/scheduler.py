@@ -41,8 +41,12 @@ class BatchScheduler:
     `enqueue(batch_key)` does the work and may raise; `clock()` returns the aware UTC now.
     """
 
-    def __init__(self, enqueue: Callable[[str], EnqueueResult], batch_time: str,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        enqueue: Callable[[str], EnqueueResult],
+        batch_time: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._enqueue = enqueue
         self._clock = clock
         self._batch_time = batch_time
@@ -59,8 +63,11 @@ class BatchScheduler:
         today = utc_batch_key(now)
         missed = missed_days(latest_batch, today)
         if missed:
-            log.warning("runner was down: batches %s were never enqueued", ", ".join(missed),
-                        extra={"action": "batch_missed", "batches": missed})
+            log.warning(
+                "runner was down: batches %s were never enqueued",
+                ", ".join(missed),
+                extra={"action": "batch_missed", "batches": missed},
+            )
         due = now.strftime("%H:%M") >= self._batch_time
         if due and (latest_batch is None or latest_batch < today):
             self._try(today)
@@ -83,15 +90,29 @@ class BatchScheduler:
             return
         self._pending, self._failures, self._retry_at = None, 0, None
         self.enqueued.append(batch_key)
-        log.info("batch %s enqueued: %d created, %d existing", batch_key, result.created,
-                 result.existing, extra={"action": "batch_enqueued", "batch_key": batch_key,
-                                         "jobs_created": result.created})
+        log.info(
+            "batch %s enqueued: %d created, %d existing",
+            batch_key,
+            result.created,
+            result.existing,
+            extra={
+                "action": "batch_enqueued",
+                "batch_key": batch_key,
+                "jobs_created": result.created,
+            },
+        )
 
     def _schedule_retry(self, batch_key: str, exc: Exception) -> None:
         wait = RETRY_SECONDS[min(self._failures, len(RETRY_SECONDS) - 1)]
         self._failures += 1
         self._pending = batch_key
         self._retry_at = self._clock() + timedelta(seconds=wait)
-        log.error("enqueue of batch %s failed (attempt %d), retrying in %ds: %s", batch_key,
-                  self._failures, wait, exc, exc_info=exc,
-                  extra={"action": "enqueue_failed", "batch_key": batch_key})
+        log.error(
+            "enqueue of batch %s failed (attempt %d), retrying in %ds: %s",
+            batch_key,
+            self._failures,
+            wait,
+            exc,
+            exc_info=exc,
+            extra={"action": "enqueue_failed", "batch_key": batch_key},
+        )

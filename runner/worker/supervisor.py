@@ -68,13 +68,17 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         self._catch_up()
         if not self.drain:
-            self._sched_thread = threading.Thread(target=self._scheduler_loop, name="scheduler",
-                                                  daemon=True)
+            self._sched_thread = threading.Thread(
+                target=self._scheduler_loop, name="scheduler", daemon=True
+            )
             self._sched_thread.start()
         self._children = [self._spawn(i) for i in range(self.settings.processes)]
-        log.info("runner started: %d processes x %d threads", self.settings.processes,
-                 self.settings.threads, extra={"action": "runner_started",
-                                               "runner_id": self.runner_id})
+        log.info(
+            "runner started: %d processes x %d threads",
+            self.settings.processes,
+            self.settings.threads,
+            extra={"action": "runner_started", "runner_id": self.runner_id},
+        )
         code = self._loop()
         self._shutdown()
         return code
@@ -104,8 +108,12 @@ class Supervisor:
                 if child.process.is_alive():
                     child.process.kill()
             sys.exit(EXIT_INTERRUPTED)
-        log.info("signal %d: finishing in-flight jobs (grace %.0fs)", signum,
-                 self.settings.grace_seconds, extra={"action": "runner_stopping"})
+        log.info(
+            "signal %d: finishing in-flight jobs (grace %.0fs)",
+            signum,
+            self.settings.grace_seconds,
+            extra={"action": "runner_stopping"},
+        )
 
     def _shutdown(self) -> None:
         self._stop.set()
@@ -113,8 +121,11 @@ class Supervisor:
         for child in self._children:
             child.process.join(max(deadline - time.monotonic(), 0.1))
             if child.process.is_alive():
-                log.error("worker %d did not stop; killing it", child.index,
-                          extra={"action": "worker_killed"})
+                log.error(
+                    "worker %d did not stop; killing it",
+                    child.index,
+                    extra={"action": "worker_killed"},
+                )
                 child.process.kill()
                 child.process.join(5)
         log.info("runner stopped", extra={"action": "runner_stopped", "runner_id": self.runner_id})
@@ -123,8 +134,12 @@ class Supervisor:
 
     def _spawn(self, index: int) -> Child:
         spec = WorkerSpec(self.settings.model_dump(), self.runner_id, index)
-        process = self._ctx.Process(target=worker_main, args=(spec, self._stop),
-                                    name=f"promptbatch-worker-{index}", daemon=False)
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(spec, self._stop),
+            name=f"promptbatch-worker-{index}",
+            daemon=False,
+        )
         process.start()
         return Child(index, process)
 
@@ -132,9 +147,13 @@ class Supervisor:
         for slot, child in enumerate(self._children):
             if child.process.is_alive() or self._signals:
                 continue
-            log.error("worker %d (pid %s) died with exit code %s; starting a new one",
-                      child.index, child.process.pid, child.process.exitcode,
-                      extra={"action": "worker_died", "exitcode": child.process.exitcode})
+            log.error(
+                "worker %d (pid %s) died with exit code %s; starting a new one",
+                child.index,
+                child.process.pid,
+                child.process.exitcode,
+                extra={"action": "worker_died", "exitcode": child.process.exitcode},
+            )
             child.process.join(0)
             fresh = self._spawn(child.index)
             fresh.restarts = child.restarts + 1
@@ -149,18 +168,30 @@ class Supervisor:
         self._next_reap = time.monotonic() + self.settings.reap_interval
         try:
             for job_id, status in queue.reap_expired(self.engine):
-                log.warning("lease expired: job %d is %s", job_id, status,
-                            extra={"action": "job_reaped", "job_id": job_id, "status": status})
+                log.warning(
+                    "lease expired: job %d is %s",
+                    job_id,
+                    status,
+                    extra={"action": "job_reaped", "job_id": job_id, "status": status},
+                )
             if skipped := queue.skip_inactive(self.engine):
-                log.info("skipped %d jobs of deactivated prompts or models", skipped,
-                         extra={"action": "jobs_skipped", "count": skipped})
+                log.info(
+                    "skipped %d jobs of deactivated prompts or models",
+                    skipped,
+                    extra={"action": "jobs_skipped", "count": skipped},
+                )
         except DatabaseUnavailable as exc:
-            log.warning("maintenance failed, will retry: %s", exc,
-                        extra={"action": "maintenance_failed"})
+            log.warning(
+                "maintenance failed, will retry: %s", exc, extra={"action": "maintenance_failed"}
+            )
 
     def _enqueue(self, batch_key: str) -> EnqueueResult:
-        return queue.enqueue_batch(self.engine, batch_key, max_attempts=self.settings.max_attempts,
-                                   actor=f"runner {self.runner_id}")
+        return queue.enqueue_batch(
+            self.engine,
+            batch_key,
+            max_attempts=self.settings.max_attempts,
+            actor=f"runner {self.runner_id}",
+        )
 
     def _catch_up(self) -> None:
         missed = self._scheduler.catch_up(stats.latest_batch_key(self.engine))
@@ -172,8 +203,9 @@ class Supervisor:
             while not self._stop.wait(1.0):
                 self._scheduler.tick()
         except Exception:  # the thread ends; the supervisor sees it and exits non-zero (C3)
-            log.critical("scheduler thread crashed", exc_info=True,
-                         extra={"action": "scheduler_crashed"})
+            log.critical(
+                "scheduler thread crashed", exc_info=True, extra={"action": "scheduler_crashed"}
+            )
 
     # --- drain -------------------------------------------------------------------------------
 
