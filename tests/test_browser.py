@@ -1,10 +1,12 @@
 """The console in a real browser: `promptbatch console` as a subprocess, headless Chromium driven
-by Playwright (Debian's /usr/bin/chromium). Saves a screenshot of every page."""
+by Playwright (Debian's /usr/bin/chromium). Saves a screenshot of every page. Each page is waited
+for as a user waits for it: until its own content shows and Streamlit has finished running."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,14 +26,16 @@ pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("PROMPTBATCH_CHROMIUM", "/usr/bin/chromium")
 REQUIRE = os.environ.get("PROMPTBATCH_TEST_REQUIRE_BROWSER") == "1"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# Each page: its path, and texts that show only once the page has drawn its last section.
 PAGES = {
-    "overview": "",
-    "jobs": "jobs",
-    "failures": "failures",
-    "prompts_models": "prompts_models",
-    "mentions": "mentions",
-    "workers": "workers",
+    "overview": ("", ["Progress by model", "Last 14 batches"]),
+    "jobs": ("jobs", ["Jobs", "or job id"]),
+    "failures": ("failures", ["Failures", "By error", "Failed jobs, newest first"]),
+    "prompts_models": ("prompts_models", ["Prompts & models", "Models"]),
+    "mentions": ("mentions", ["Mentions", "Share of voice: the brand's mentions"]),
+    "workers": ("workers", ["Workers", "Show stopped workers"]),
 }
+RENDER_TIMEOUT_MS = 60_000  # a bound for a loaded machine, not a wait: each check ends on sight
 
 
 def _missing() -> str | None:
@@ -64,6 +68,31 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) 
     raise AssertionError(f"the console did not answer at {url} within {timeout} s")
 
 
+def _start_console(db_url: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DATABASE_URL": db_url, "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"}
+    env.pop("CONSOLE_PASSWORD", None)
+    env.pop("CONSOLE_READ_ONLY", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", "console", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _processes_mentioning(needle: str) -> list[int]:
+    """Pids whose command line contains `needle` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # not a process, or it ended meanwhile
+            continue
+        if entry.name.isdigit() and needle in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 @pytest.fixture
 def console(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A seeded SQLite database and `promptbatch console` serving it; yields (url, db url)."""
@@ -73,23 +102,7 @@ def console(tmp_path: Path) -> Iterator[tuple[str, str]]:
     seed(engine)
     engine.dispose()
     port = _free_port()
-    env = {**os.environ, "DATABASE_URL": db_url, "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"}
-    env.pop("CONSOLE_PASSWORD", None)
-    env.pop("CONSOLE_READ_ONLY", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from runner.cli.commands import main; main()",
-            "console",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _start_console(db_url, port)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)
@@ -121,13 +134,12 @@ def test_requeue_a_failed_job_in_a_real_browser(console, tmp_path):
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.goto(url)
-        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)
-        expect(page.get_by_text("Progress by model").first).to_be_visible(timeout=30_000)
-        for name, path in PAGES.items():
+        for name, (path, texts) in PAGES.items():
             page.goto(f"{url}/{path}")
-            page.wait_for_load_state("networkidle")
-            expect(page.locator("[data-testid='stAppViewContainer']")).to_be_visible()
-            page.wait_for_timeout(1500)
+            for text in texts:
+                expect(page.get_by_text(text).first).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+            if name in ("overview", "mentions"):
+                expect(page.locator(".js-plotly-plot").first).to_be_visible()
             expect(page.locator("[data-testid='stException']")).to_have_count(0)
             page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
         page.goto(f"{url}/jobs")
@@ -136,10 +148,29 @@ def test_requeue_a_failed_job_in_a_real_browser(console, tmp_path):
         box.press("Enter")
         page.get_by_role("button", name=f"Re-queue job #{target}").click()
         page.get_by_role("button", name="Confirm: re-queue 1").click()
-        expect(page.get_by_text("1 re-queued").first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("1 re-queued").first).to_be_visible(timeout=RENDER_TIMEOUT_MS)
         page.screenshot(path=str(shots / "requeued.png"), full_page=True)
         browser.close()
     after = statuses(engine)
     engine.dispose()
     assert after[target] == "queued"
     assert [after[i] for i in failed[1:]] == ["failed"] * (len(failed) - 1)
+
+
+def test_console_stops_on_sigterm_and_leaves_no_process(tmp_path):
+    """`promptbatch console` is Streamlit itself (exec), so SIGTERM (docker stop) stops it and
+    nothing keeps serving; a Streamlit child used to outlive its terminated parent."""
+    db_url = f"sqlite:///{tmp_path / 'console.db'}"
+    engine = make_engine(db_url)
+    upgrade(engine)
+    engine.dispose()
+    port = _free_port()
+    proc = _start_console(db_url, port)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _processes_mentioning(f"--server.port {port}") == []

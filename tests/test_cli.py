@@ -1,12 +1,16 @@
-"""The CLI as a user runs it (subprocesses): happy paths, and bad input that must give one line
-naming the problem, a non-zero exit, no traceback and no partial write."""
+"""The CLI as a user runs it: happy paths, and bad input that must give one line naming the
+problem, a non-zero exit, no traceback and no partial write. Commands run in this process through
+the entry point's own `main` (its error handling included); the last tests run the installed
+command as a subprocess, where that is the point."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -15,23 +19,39 @@ from sqlalchemy import Engine
 from db import catalog
 from db.catalog import count_rows
 from db.models import Prompt
+from runner.cli.commands import main
 from runner.worker.scheduler import utc_batch_key
 
 ROOT = Path(__file__).resolve().parents[1]
+OUR_VARIABLES = ("PROMPTBATCH_", "OPENAI_", "OPENROUTER_", "DATABASE_URL", "CONSOLE_")
 
 
 def cli(
     db_url: str, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PROMPTBATCH_", "OPENAI_", "OPENROUTER_"))
-    }
-    full_env.update({"DATABASE_URL": db_url, **(env or {})})
+    """Run `promptbatch ARGS` in this process with only DATABASE_URL and `env` of ours set;
+    its exit code, stdout and stderr. An exception other than SystemExit fails the test (a user
+    would have seen a traceback)."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith(OUR_VARIABLES)]:
+            patch.delenv(name)
+        for name, value in {"DATABASE_URL": db_url, **(env or {})}.items():
+            patch.setenv(name, value)
+        with redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as ended:
+            main(list(args))
+    code = ended.value.code
+    return subprocess.CompletedProcess(
+        args, code if isinstance(code, int) else 1, out.getvalue(), err.getvalue()
+    )
+
+
+def cli_process(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m runner ARGS` as a subprocess, as a user's shell would."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OUR_VARIABLES)}
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
-        env=full_env,
+        env={**env, "DATABASE_URL": db_url},
         cwd=ROOT,
         text=True,
         capture_output=True,
@@ -218,3 +238,19 @@ def test_bad_setting_names_the_variable(tmp_path):
     assert_user_error(result, "PROMPTBATCH_THREADS".removeprefix("PROMPTBATCH_"))
     result = cli(f"sqlite:///{tmp_path}/x.db", "status", env={"PROMPTBATCH_REQUEST_TIMEOUT": "inf"})
     assert_user_error(result, "REQUEST_TIMEOUT")
+
+
+@pytest.mark.subprocess
+def test_the_command_as_a_process_prints_one_line_and_exits_2(db_url):
+    """What the in-process tests rely on holds for the real entry point: a user error is one
+    line on stderr, exit 2, no traceback."""
+    assert_user_error(cli_process(db_url, "status"), "promptbatch db upgrade")
+    assert_user_error(cli_process(db_url, "enqueue", "--batch-key", "2026-02-30"), "batch key")
+
+
+@pytest.mark.subprocess
+def test_the_command_as_a_process_runs_a_happy_path(db_url):
+    assert cli_process(db_url, "db", "upgrade").returncode == 0
+    status = cli_process(db_url, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["total"] == 0

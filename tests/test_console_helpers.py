@@ -21,7 +21,15 @@ from db import catalog, operations, queue, results, workers
 from db.catalog import NewPrompt
 from db.engine import read_tx, write_tx
 from db.models import AuditLog, PromptJob, Worker
-from db.types import AnswerRecord, ClaimedJob, ErrorKind, FailureRecord, MentionRecord, OutputMode
+from db.types import (
+    AnswerRecord,
+    ClaimedJob,
+    Completion,
+    ErrorKind,
+    FailureRecord,
+    MentionRecord,
+    OutputMode,
+)
 
 APP = Path(__file__).resolve().parents[1] / "console" / "app.py"
 HOSTILE_PROMPT = "Best CRM? <script>alert('x')</script> **bold** [link](http://evil.test)"
@@ -92,15 +100,20 @@ def seed(engine: Engine, *, batch: str | None = None) -> Seeded:
     ]
     out = Seeded(key, previous, model_ids)
     queue.enqueue_batch(engine, previous, max_attempts=3, actor="test")
-    for i, job in enumerate(claim_all(engine)):
-        results.complete_job(engine, job, answer(BRANDS[i % 3 : i % 3 + 3]), 0.0004)
+    done = [
+        Completion(job, answer(BRANDS[i % 3 : i % 3 + 3]), 0.0004)
+        for i, job in enumerate(claim_all(engine))
+    ]
+    results.complete_jobs(engine, done)  # one transaction: a worker's group commit
     queue.enqueue_batch(engine, key, max_attempts=3, actor="test")
     jobs = claim_all(engine)
+    done = []
     for i, job in enumerate(jobs[:6]):
         body = HOSTILE_ANSWER if i == 0 else None
         brands = ("HubSpot", "Salesforce", "Pipedrive") if i == 0 else BRANDS[i % 4 : i % 4 + 2]
-        results.complete_job(engine, job, answer(brands, body), 0.0005)
+        done.append(Completion(job, answer(brands, body), 0.0005))
         out.succeeded.append(job.id)
+    results.complete_jobs(engine, done)
     for job, kind, message in zip(
         jobs[6:9],
         (ErrorKind.BAD_REQUEST, ErrorKind.BAD_REQUEST, ErrorKind.AUTH),

@@ -7,10 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from db.engine import make_engine
 from db.stats import batch_counts, top_brands
 from db.types import JobStatus
 from runner.worker.scheduler import utc_batch_key
+
+pytestmark = pytest.mark.subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,8 @@ from db.models import Entity, JobAttempt, Mention, PromptJob, Response
 from db.types import Completion
 from runner.simulator.server import SimulatorServer
 from runner.worker.group_commit import PendingCompletions, resolve, write_each
-from runner.worker.process import StopFlag, Worker, WorkerSpec
+from runner.worker.process import Worker
+from runner.worker.spawn import StopFlag, WorkerSpec
 from tests import factories as f
 from tests.factories import BATCH
 from tests.helpers import fast_settings, one_job, wait_for

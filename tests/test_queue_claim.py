@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import Engine
 
 from db import catalog, queue, results
@@ -173,6 +174,7 @@ def test_concurrent_claimers_exactly_once(engine: Engine, db_url: str) -> None:
     assert f.count(engine, PromptJob, status=JobStatus.PROCESSING.value) == 0
 
 
+@pytest.mark.subprocess
 def test_four_processes_claim_each_job_once(engine: Engine, db_url: str) -> None:
     """Case C13: 4 processes x 200 jobs, claimed 7 at a time with one conditional UPDATE ...
     RETURNING (BEGIN IMMEDIATE on SQLite, SKIP LOCKED on PostgreSQL) -> each job claimed once."""

@@ -213,6 +213,7 @@ def test_concurrent_enqueue_threads(engine: Engine, db_url: str) -> None:
     assert f.count(engine, PromptJob) == 60
 
 
+@pytest.mark.subprocess
 def test_concurrent_enqueue_processes(engine: Engine, db_url: str) -> None:
     """Case C11: 3 spawn processes enqueue the same batch at once -> no deadlock error reaches
     anyone, exactly prompts x models x runs rows."""

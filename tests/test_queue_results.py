@@ -221,6 +221,7 @@ def test_entities_created_once_under_concurrency(engine: Engine, db_url: str) ->
     assert f.count(engine, PromptJob, status="succeeded") == 8
 
 
+@pytest.mark.subprocess
 def test_workers_and_reader_never_see_database_locked(engine: Engine, db_url: str) -> None:
     """Case C14: 4 worker processes x 100 jobs, each saving a response + 5 mentions, while a
     reader polls every 100 ms -> zero 'database is locked' failures, WAL on every connection,

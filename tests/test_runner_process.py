@@ -23,6 +23,8 @@ from runner.worker.process import prefetch
 from runner.worker.scheduler import utc_batch_key
 from tests.helpers import wait_for
 
+pytestmark = pytest.mark.subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

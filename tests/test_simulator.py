@@ -481,6 +481,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.subprocess
 def test_serve_logs_its_url_and_stops_on_sigterm() -> None:
     port = free_port()
     script = (

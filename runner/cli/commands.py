@@ -58,11 +58,18 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(f"invalid setting {field.upper()}: {err['msg']}") from exc
 
 
+# Engines a command opened; `main` disposes them when the command ends, so a command run in
+# process (the tests) leaves no pooled connection behind.
+_OPENED: list[Engine] = []
+
+
 def open_engine(settings: Settings, *, require_schema: bool = True) -> Engine:
+    """The engine for DATABASE_URL; SchemaOutOfDate unless migrated (with require_schema)."""
     from db import migrate
     from db.engine import make_engine
 
     engine = make_engine(settings.database_url)
+    _OPENED.append(engine)
     if require_schema:
         migrate.require_current(engine)
     return engine
@@ -406,8 +413,13 @@ def console(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8501,
 ) -> None:
-    """Serve the operations console (Streamlit) at http://HOST:PORT."""
-    import subprocess
+    """Serve the operations console (Streamlit) at http://HOST:PORT.
+
+    Streamlit replaces this process (exec), so SIGTERM and SIGINT (Ctrl-C, `docker stop`) reach
+    it directly and nothing is left running when it stops: as a child, it outlived a terminated
+    `promptbatch console` (every browser-test run left one behind).
+    """
+    import os
     from importlib import resources
 
     settings = load_settings()
@@ -437,13 +449,22 @@ def console(
         "--client.toolbarMode",
         "minimal",
     ]
-    raise typer.Exit(subprocess.call(cmd))
+    _close_opened()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
 
 
-def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+def _close_opened() -> None:
+    while _OPENED:
+        _OPENED.pop().dispose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (`argv`: the arguments, default sys.argv[1:]): user errors become one
+    line on stderr and exit code 2. Always ends in SystemExit."""
     try:
-        code = app(standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
@@ -457,4 +478,6 @@ def main() -> None:
     except PromptBatchError as exc:
         typer.echo(f"promptbatch: error: {exc}", err=True)
         sys.exit(2)
+    finally:
+        _close_opened()
     sys.exit(code if isinstance(code, int) else 0)

@@ -15,8 +15,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from multiprocessing.context import BaseContext
 from types import FrameType
 from typing import Any
 
@@ -30,6 +28,7 @@ from runner.settings import Settings
 from runner.worker.catalog_cache import CatalogCache
 from runner.worker.group_commit import Pending, PendingCompletions, resolve, write_each
 from runner.worker.jobs import JobContext, JobOutcome, run_job
+from runner.worker.spawn import STOP_POLL_SECONDS, StopFlag, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -41,47 +40,12 @@ def prefetch(threads: int) -> int:
     return max(2, threads // 4)
 
 
-STOP_POLL_SECONDS = 0.1  # how soon a waiting claim loop sees the supervisor's stop
-
-
 def _unfinished(future: Future[Any]) -> bool:
     """Whether a job's future left it held but not run to an outcome: still running past the
     grace period, cancelled before it started, or handed back uncalled."""
     if not future.done() or future.cancelled():
         return True
     return future.exception() is None and future.result() is JobOutcome.NOT_STARTED
-
-
-class StopFlag:
-    """The supervisor's "stop claiming" flag, shared with its worker processes: one byte of shared
-    memory and no lock. multiprocessing.Event is not safe here: a worker SIGKILLed while inside
-    Event.wait or is_set leaves its semaphores held, and the supervisor's set() (or every other
-    worker's is_set()) then blocks forever (found by the worker-SIGKILL test, case C6)."""
-
-    def __init__(self, ctx: BaseContext) -> None:
-        self._flag = ctx.RawValue("b", 0)
-
-    def set(self) -> None:
-        self._flag.value = 1
-
-    def is_set(self) -> bool:
-        return bool(self._flag.value)
-
-    def wait(self, timeout: float) -> bool:
-        """Poll until set or `timeout` seconds pass; whether it is set."""
-        deadline = time.monotonic() + timeout
-        while not self.is_set() and time.monotonic() < deadline:
-            time.sleep(min(STOP_POLL_SECONDS, max(deadline - time.monotonic(), 0)))
-        return self.is_set()
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What the supervisor hands a worker process (plain, picklable data)."""
-
-    settings: dict[str, Any]
-    runner_id: str
-    index: int
 
 
 def worker_main(spec: WorkerSpec, stop: StopFlag) -> None:

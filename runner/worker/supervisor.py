@@ -24,9 +24,9 @@ from db.engine import Engine
 from db.errors import DatabaseUnavailable
 from db.types import BatchCounts, EnqueueResult, JobStatus
 from runner.settings import Settings
-from runner.worker.process import StopFlag, WorkerSpec, worker_main
 from runner.worker.progress import ProgressReporter
 from runner.worker.scheduler import BatchScheduler, utc_batch_key
+from runner.worker.spawn import StopFlag, WorkerSpec, worker_entry
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class Supervisor:
     def _spawn(self, index: int) -> Child:
         spec = WorkerSpec(self.settings.model_dump(), self.runner_id, index)
         process = self._ctx.Process(
-            target=worker_main,
+            target=worker_entry,
             args=(spec, self._stop),
             name=f"promptbatch-worker-{index}",
             daemon=False,
