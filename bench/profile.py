@@ -1,8 +1,8 @@
 """`python -m bench.profile`: pyinstrument over the no-op claim-and-complete path, one thread.
 
 Runs the worker's turn as a busy worker does: one transaction records the CLAIM_LIMIT successes of
-the previous turn and claims CLAIM_LIMIT more (db.results.complete_and_claim). Prints where the
-time goes (the issue 4 profile; see bench/RESULTS.md).
+the previous turn and claims CLAIM_LIMIT more (db.results.write_outcomes_and_claim). Prints
+where the time goes (the issue 4 profile; see bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(backend: str = "postgresql") -> None:
         jobs: list[ClaimedJob] = []
         with profiler:
             for _ in range(ROUNDS):
-                _, jobs = results.complete_and_claim(
+                _, jobs = results.write_outcomes_and_claim(
                     engine,
                     [Completion(job, throughput.NOOP_ANSWER, None) for job in jobs],
                     "bench:profile",

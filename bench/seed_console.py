@@ -27,6 +27,7 @@ from sqlalchemy import create_engine, text
 
 from db import catalog, insights
 from db.engine import make_engine
+from db.filters import JobQuery
 from db.migrate import upgrade
 
 SCHEMA = "bench_console"
@@ -132,8 +133,8 @@ def timed(label: str, run: Callable[[], object]) -> float:
 def measure(url: str, today: str) -> dict[str, float]:
     """Each page's summed query time in seconds (warm, median of 5 per query)."""
     engine = make_engine(url)
-    some_job = insights.list_jobs_page(engine, insights.JobQuery(batch_key=today), limit=1).rows[0]
-    q_today = insights.JobQuery(batch_key=today)
+    some_job = insights.list_jobs_page(engine, JobQuery(batch_key=today), limit=1).rows[0]
+    q_today = JobQuery(batch_key=today)
     pages: dict[str, list[tuple[str, Callable[[], object]]]] = {
         "Overview": [
             ("batch_keys", lambda: insights.batch_keys(engine)),
@@ -155,13 +156,13 @@ def measure(url: str, today: str) -> dict[str, float]:
         "Jobs (other filters, one at a time)": [
             (
                 "all batches, id desc, 50 (count capped at 100k)",
-                lambda: insights.list_jobs_page(engine, insights.JobQuery()),
+                lambda: insights.list_jobs_page(engine, JobQuery()),
             ),
             (
                 "today, failed, finished desc",
                 lambda: insights.list_jobs_page(
                     engine,
-                    insights.JobQuery(batch_key=today, statuses=("failed",)),
+                    JobQuery(batch_key=today, statuses=("failed",)),
                     sort="finished_at",
                 ),
             ),
@@ -172,19 +173,19 @@ def measure(url: str, today: str) -> dict[str, float]:
             (
                 "today, prompt contains 'team of 42'",
                 lambda: insights.list_jobs_page(
-                    engine, insights.JobQuery(batch_key=today, prompt_text="team of 42 ")
+                    engine, JobQuery(batch_key=today, prompt_text="team of 42 ")
                 ),
             ),
             (
                 "today, error contains 'provider 3'",
                 lambda: insights.list_jobs_page(
-                    engine, insights.JobQuery(batch_key=today, error_text="provider 3")
+                    engine, JobQuery(batch_key=today, error_text="provider 3")
                 ),
             ),
             (
                 "all batches, status failed, sorted by attempts",
                 lambda: insights.list_jobs_page(
-                    engine, insights.JobQuery(statuses=("failed",)), sort="attempt_count"
+                    engine, JobQuery(statuses=("failed",)), sort="attempt_count"
                 ),
             ),
             ("failure_groups (today)", lambda: insights.failure_groups(engine, today)),

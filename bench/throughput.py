@@ -2,7 +2,7 @@
 
 Each worker process is runner.worker.process's own `worker_main` with one change: `run_job` is
 replaced by a no-op that makes no model call but records the success through
-db.results.complete_job, so a job costs every production queue write: the claim, the fenced
+the worker's group commit, so a job costs every production queue write: the claim, the fenced
 completion, the response row and the attempt row. The floor is pgbench running that SQL alone at
 the same concurrency.
 """
@@ -22,7 +22,7 @@ from db.types import AnswerRecord, ClaimedJob, Completion, OutputMode
 from runner.settings import Settings
 from runner.worker import process as worker
 from runner.worker import spawn
-from runner.worker.jobs import JobContext, JobOutcome, save_success
+from runner.worker.jobs import JobContext, JobOutcome
 
 JOBS = 20_000
 PROMPTS, MODELS = 4_000, 5
@@ -65,9 +65,7 @@ COMMIT;
 def complete_noop(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
     """run_job without the model call: the same fenced completion (through the worker's group
     commit) that a real answer gets."""
-    if save_success(ctx, Completion(job, NOOP_ANSWER, None)):
-        return JobOutcome.SUCCEEDED
-    return JobOutcome.DROPPED
+    return JobOutcome(ctx.outcomes.record(Completion(job, NOOP_ANSWER, None)).value)
 
 
 def noop_worker_main(spec: spawn.WorkerSpec, stop: spawn.StopFlag) -> None:

@@ -18,6 +18,7 @@ from console.text import md_escape
 from db import catalog, insights, migrate
 from db.engine import Engine, make_engine
 from db.errors import DatabaseUnavailable, SchemaOutOfDate
+from db.filters import JobQuery
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def batch_history(url: str) -> list[insights.BatchSummary]:
 @st.cache_data(ttl=LIVE_TTL, show_spinner=False)
 def jobs_page(
     url: str,
-    query: insights.JobQuery,
+    query: JobQuery,
     sort: insights.SortKey,
     *,
     descending: bool,
@@ -102,7 +103,7 @@ def jobs_page(
     )
 
 
-def matching_job_ids(url: str, query: insights.JobQuery) -> list[int]:
+def matching_job_ids(url: str, query: JobQuery) -> list[int]:
     """Not cached: an action's targets are resolved when the operator asks for it."""
     return insights.matching_job_ids(engine_for(url), query)
 

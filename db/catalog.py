@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from db.engine import read_tx, retry_locked, write_tx
+from db.engine import read_tx, write_operation
 from db.errors import InvalidInput, NotFound
 from db.models import Entity, EntityAlias, Model, Prompt, utcnow
 from db.queue import write_audit
 from db.results import ensure_entities
-from db.types import Provider
+from db.types import AuditAction, Provider
 
 MAX_PROMPT_CHARS = 4000
 MAX_CONCURRENCY = 10_000  # jobs of one model in flight across all runners
@@ -67,28 +67,29 @@ def import_prompts(engine: Engine, prompts: Sequence[NewPrompt], *, actor: str =
     for i, p in enumerate(prompts, start=1):
         _check_prompt(p, f"row {i}")
 
-    def run() -> int:
-        with write_tx(engine) as conn:
-            now = utcnow()
-            active = set(conn.scalars(select(Prompt.text).where(Prompt.is_active)))
-            rows = [
-                {
-                    "text": p.text,
-                    "category": p.category,
-                    "runs": p.runs,
-                    "is_active": True,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for p in prompts
-                if p.text not in active
-            ]
-            if rows:
-                conn.execute(insert(Prompt), rows)
-            write_audit(conn, actor, "prompts_import", {"rows": len(prompts)}, len(rows), now)
-            return len(rows)
+    return _insert_prompts(engine, prompts, actor)
 
-    return retry_locked(engine, run)
+
+@write_operation
+def _insert_prompts(conn: Connection, prompts: Sequence[NewPrompt], actor: str) -> int:
+    now = utcnow()
+    active = set(conn.scalars(select(Prompt.text).where(Prompt.is_active)))
+    rows = [
+        {
+            "text": p.text,
+            "category": p.category,
+            "runs": p.runs,
+            "is_active": True,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for p in prompts
+        if p.text not in active
+    ]
+    if rows:
+        conn.execute(insert(Prompt), rows)
+    write_audit(conn, actor, AuditAction.PROMPTS_IMPORT, {"rows": len(prompts)}, len(rows), now)
+    return len(rows)
 
 
 def _check_prompt(p: NewPrompt, where: str) -> None:
@@ -142,7 +143,7 @@ def update_prompt(
             NewPrompt(text if text is not None else "x", None, runs if runs is not None else 1),
             f"prompt {prompt_id}",
         )
-    _update_row(engine, Prompt, prompt_id, values, actor, "prompt_update")
+    _update_row(engine, Prompt, prompt_id, values, actor, AuditAction.PROMPT_UPDATE)
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -176,26 +177,26 @@ def add_model(
         "is_active": True,
     }
 
-    def run() -> int:
-        with write_tx(engine) as conn:
-            now = utcnow()
-            existing = conn.scalar(
-                select(Model.id).where(Model.provider == provider, Model.name == name)
-            )
-            if existing is not None:
-                conn.execute(
-                    update(Model).where(Model.id == existing).values(**values, updated_at=now)
-                )
-                return int(existing)
-            new_id = conn.execute(
-                insert(Model)
-                .values(provider=provider, name=name, created_at=now, updated_at=now, **values)
-                .returning(Model.id)
-            ).scalar_one()
-            write_audit(conn, actor, "model_add", {"provider": provider, "name": name}, 1, now)
-            return int(new_id)
+    return _upsert_model(engine, provider, name, values, actor)
 
-    return retry_locked(engine, run)
+
+@write_operation
+def _upsert_model(
+    conn: Connection, provider: str, name: str, values: Mapping[str, object], actor: str
+) -> int:
+    now = utcnow()
+    existing = conn.scalar(select(Model.id).where(Model.provider == provider, Model.name == name))
+    if existing is not None:
+        conn.execute(update(Model).where(Model.id == existing).values(**values, updated_at=now))
+        return int(existing)
+    new_id = conn.execute(
+        insert(Model)
+        .values(provider=provider, name=name, created_at=now, updated_at=now, **values)
+        .returning(Model.id)
+    ).scalar_one()
+    audit = {"provider": provider, "name": name}
+    write_audit(conn, actor, AuditAction.MODEL_ADD, audit, 1, now)
+    return int(new_id)
 
 
 def _check_model(
@@ -280,7 +281,7 @@ def update_model(
     }
     if clear_max_concurrency:
         values["max_concurrency"] = None
-    _update_row(engine, Model, model_id, values, actor, "model_update")
+    _update_row(engine, Model, model_id, values, actor, AuditAction.MODEL_UPDATE)
 
 
 def _update_row(
@@ -289,27 +290,33 @@ def _update_row(
     row_id: int,
     values: dict[str, object],
     actor: str,
-    action: str,
+    action: AuditAction,
 ) -> None:
-    if not values:
-        return
+    if values:
+        _write_row(engine, table, row_id, values, actor, action)
 
-    def run() -> None:
-        with write_tx(engine) as conn:
-            now = utcnow()
-            try:
-                done = conn.execute(
-                    update(table).where(table.id == row_id).values(**values, updated_at=now)
-                )
-            except IntegrityError as exc:
-                raise InvalidInput(
-                    f"{table.__tablename__} {row_id}: {values} conflicts with an existing row"
-                ) from exc
-            if done.rowcount != 1:
-                raise NotFound(f"no {table.__tablename__[:-1]} with id {row_id}")
-            write_audit(conn, actor, action, {"id": row_id, **values}, 1, now)
 
-    retry_locked(engine, run)
+@write_operation
+def _write_row(
+    conn: Connection,
+    table: type[Prompt] | type[Model],
+    row_id: int,
+    values: dict[str, object],
+    actor: str,
+    action: AuditAction,
+) -> None:
+    now = utcnow()
+    try:
+        done = conn.execute(
+            update(table).where(table.id == row_id).values(**values, updated_at=now)
+        )
+    except IntegrityError as exc:
+        raise InvalidInput(
+            f"{table.__tablename__} {row_id}: {values} conflicts with an existing row"
+        ) from exc
+    if done.rowcount != 1:
+        raise NotFound(f"no {table.__tablename__[:-1]} with id {row_id}")
+    write_audit(conn, actor, action, {"id": row_id, **values}, 1, now)
 
 
 def resolve_model(engine: Engine, ref: str) -> ModelRow:
@@ -352,23 +359,19 @@ class NewEntity:
     aliases: dict[str, str] = field(default_factory=dict)
 
 
-def add_entities(engine: Engine, entities: Sequence[NewEntity]) -> None:
+@write_operation
+def add_entities(conn: Connection, entities: Sequence[NewEntity]) -> None:
     """Add brands and their aliases in one transaction; existing keys (entity or alias) are kept."""
-
-    def run() -> None:
-        with write_tx(engine) as conn:
-            ids = ensure_entities(conn, {e.key: e.name for e in entities}, utcnow())
-            wanted = {k: (ids[e.key], a) for e in entities for a, k in e.aliases.items()}
-            known = set(conn.scalars(select(EntityAlias.key).where(EntityAlias.key.in_(wanted))))
-            rows = [
-                {"entity_id": entity_id, "alias": alias, "key": key}
-                for key, (entity_id, alias) in wanted.items()
-                if key not in known
-            ]
-            if rows:
-                conn.execute(insert(EntityAlias), rows)
-
-    retry_locked(engine, run)
+    ids = ensure_entities(conn, {e.key: e.name for e in entities}, utcnow())
+    wanted = {k: (ids[e.key], a) for e in entities for a, k in e.aliases.items()}
+    known = set(conn.scalars(select(EntityAlias.key).where(EntityAlias.key.in_(wanted))))
+    rows = [
+        {"entity_id": entity_id, "alias": alias, "key": key}
+        for key, (entity_id, alias) in wanted.items()
+        if key not in known
+    ]
+    if rows:
+        conn.execute(insert(EntityAlias), rows)
 
 
 def count_rows(engine: Engine, table: type[Prompt] | type[Model] | type[Entity]) -> int:

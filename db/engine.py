@@ -7,19 +7,20 @@ write transaction begins IMMEDIATE so two writers queue on the lock instead of f
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
-from db.errors import ConfigError, DatabaseUnavailable
+from db.errors import ConfigError, DatabaseUnavailable, LockConflict
 
 # Engine is re-exported: runner and console name the type without importing SQLAlchemy.
 __all__ = [
@@ -27,8 +28,8 @@ __all__ = [
     "is_sqlite",
     "make_engine",
     "read_tx",
-    "retry_locked",
     "translate_errors",
+    "write_operation",
     "write_tx",
 ]
 
@@ -36,10 +37,13 @@ log = logging.getLogger(__name__)
 
 SQLITE_MIN_VERSION = (3, 35, 0)  # UPDATE ... RETURNING
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-LOCK_RETRIES = 8  # a lost lock conflict is retried this often, with backoff
+LOCK_RETRIES = 8  # a write operation that lost a lock conflict runs at most this often
+LOCK_BACKOFF_SECONDS = 0.05  # its first wait; doubled each time (0.05 .. 3.2 s, 6.4 s in all)
 PG_RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+SQLITE_LOCK_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
@@ -120,42 +124,59 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def retry_locked(engine: Engine, operation: Callable[[], T]) -> T:
-    """Run `operation` (one whole transaction), retrying it when it lost a lock conflict.
+def write_operation(
+    operation: Callable[Concatenate[Connection, P], T],
+) -> Callable[Concatenate[Engine, P], T]:
+    """Make `operation(conn, *args)` a named write operation, called as `operation(engine, *args)`:
+    ONE write transaction (BEGIN IMMEDIATE on SQLite), run again whole when it lost a lock
+    conflict, up to LOCK_RETRIES times with exponential backoff from LOCK_BACKOFF_SECONDS.
 
     SQLite: the lock wait ran past busy_timeout (case C14). PostgreSQL: the transaction was a
     deadlock victim or a serialization failure, e.g. a multi-row cancel against the reaper or a
     heartbeat locking the same jobs in another order. Either way it was rolled back, so running it
-    again is safe. Lock waits are the database's business, never a job attempt.
+    again is safe. Lock waits are the database's business, never a job attempt. Raises
+    DatabaseUnavailable (LockConflict once the retries are spent).
     """
-    for attempt in range(LOCK_RETRIES):
-        try:
-            return operation()
-        except DatabaseUnavailable as exc:
-            if not _lost_lock_conflict(engine, exc) or attempt == LOCK_RETRIES - 1:
-                raise
-            log.warning(
-                "lock conflict retried: %s",
-                exc,
-                extra={"action": "db_lock_retry", "attempt": attempt + 1},
-            )
-            time.sleep(0.05 * 2**attempt)
-    raise AssertionError("unreachable")
+
+    @functools.wraps(operation)
+    def run(engine: Engine, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        for attempt in range(1, LOCK_RETRIES + 1):
+            try:
+                with write_tx(engine) as conn:
+                    return operation(conn, *args, **kwargs)
+            except LockConflict as exc:
+                if attempt == LOCK_RETRIES:
+                    raise
+                log.warning(
+                    "lock conflict retried: %s",
+                    exc,
+                    extra={"action": "db_lock_retry", "attempt": attempt},
+                )
+                time.sleep(LOCK_BACKOFF_SECONDS * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+    return run
 
 
-def _lost_lock_conflict(engine: Engine, exc: DatabaseUnavailable) -> bool:
-    if is_sqlite(engine):
-        return "locked" in str(exc)
-    return getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None) in PG_RETRY_SQLSTATES
+def _lost_lock_conflict(exc: DBAPIError) -> bool:
+    """Whether the driver's error code says the transaction lost a lock conflict: SQLite's
+    SQLITE_BUSY or SQLITE_LOCKED (primary code, any extended one), PostgreSQL's SQLSTATE 40001 or
+    40P01. Codes, not messages: a message is worded per version and locale."""
+    sqlite_code = getattr(exc.orig, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        return sqlite_code & 0xFF in SQLITE_LOCK_CODES
+    return getattr(exc.orig, "sqlstate", None) in PG_RETRY_SQLSTATES
 
 
 @contextmanager
 def translate_errors(engine: Engine) -> Iterator[None]:
-    """Translate driver errors that mean 'the database is not there' into DatabaseUnavailable."""
+    """Translate driver errors that mean 'the database is not there' into DatabaseUnavailable, and
+    a lost lock conflict into LockConflict (a DatabaseUnavailable: retry later)."""
     try:
         yield
     except OperationalError as exc:
-        raise DatabaseUnavailable(_describe(engine, exc)) from exc
+        error = LockConflict if _lost_lock_conflict(exc) else DatabaseUnavailable
+        raise error(_describe(engine, exc)) from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise DatabaseUnavailable(_describe(engine, exc)) from exc

@@ -23,6 +23,12 @@ class DatabaseUnavailable(PromptBatchError):
     """The database cannot be reached."""
 
 
+class LockConflict(DatabaseUnavailable):
+    """The transaction lost a lock conflict and was rolled back (SQLite busy past busy_timeout, a
+    PostgreSQL deadlock or serialization failure): running it again is safe. A DatabaseUnavailable,
+    so a caller that keeps work for later treats both alike."""
+
+
 class SchemaOutOfDate(PromptBatchError):
     """The database schema is missing or out of date; run `promptbatch db upgrade`."""
 

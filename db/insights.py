@@ -1,13 +1,16 @@
-"""The console's read queries, each a named operation (pgqueuer's InsightsService; STYLE.md 2).
+"""The read model: every read the console's pages, the CLI (`status`, `jobs`, the demo's summary)
+and the runner (drain, catch-up, progress line) make, each a named operation (pgqueuer's
+InsightsService; STYLE.md 2).
 
-Every query is bounded (LIMIT, a capped count, or one batch) and served by an index of the
-0001/0002 migrations, so the Overview and Jobs pages stay under a second with 1,000,000 jobs
+Every query is bounded (LIMIT, a capped count, or one batch) and served by an index of the 0001
+migration, so the Overview and Jobs pages stay under a second with 1,000,000 jobs
 (measured by bench/seed_console.py). Results are frozen dataclasses of plain values: the console
 caches them with st.cache_data, so they must pickle.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -22,11 +25,12 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
-    true,
 )
 
 from db.engine import is_sqlite, read_tx
+from db.filters import JobQuery
 from db.models import (
+    AuditLog,
     Entity,
     JobAttempt,
     Mention,
@@ -36,12 +40,12 @@ from db.models import (
     Response,
     utcnow,
 )
-from db.types import ENDED_STATUSES, JobStatus
+from db.types import ENDED_STATUSES, AuditAction, JobStatus
 from db.workers import WorkerRow, list_workers
 
 J = PromptJob
 COUNT_CAP = 100_000  # the Jobs page counts matches up to this many, then shows "100,000+"
-MAX_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 10_000  # rows one listing returns at most (the CLI's --limit bound)
 MAX_ACTION_JOBS = 10_000  # one action's job ids stay well under SQLite's 32,766 bound variables
 RATE_WINDOW_MINUTES = 10  # the ETA uses the completion rate over this many recent minutes
 MAX_MINUTES = 24 * 60  # the per-minute chart covers at most the last day of a batch
@@ -118,6 +122,33 @@ def batch_overview(engine: Engine, batch_key: str, *, now: datetime | None = Non
     left = total - ended
     eta = left / rate * 60 if left and rate else None
     return Overview(batch_key, counts, total, ended, rate, eta, at)
+
+
+def pending_jobs(engine: Engine, *, due_within_seconds: float) -> int:
+    """Jobs still to run, over all batches: processing, or queued and due within the horizon
+    (seconds from now). `run --drain` ends when this is 0."""
+    horizon = utcnow() + timedelta(seconds=due_within_seconds)
+    due = (J.status == JobStatus.PROCESSING.value) | (
+        (J.status == JobStatus.QUEUED.value) & (J.scheduled_for <= horizon)
+    )
+    with read_tx(engine) as conn:
+        return int(conn.scalar(select(func.count()).select_from(J).where(due)) or 0)
+
+
+def latest_batch_key(engine: Engine) -> str | None:
+    """The newest batch key that has jobs, or None."""
+    with read_tx(engine) as conn:
+        return conn.scalar(select(func.max(J.batch_key)))
+
+
+def missed_batches(engine: Engine, *, days: int = 30) -> list[str]:
+    """Batch keys the scheduler found missing in the last `days` days (case C2), oldest first."""
+    since = utcnow() - timedelta(days=days)
+    query = select(AuditLog.target).where(
+        AuditLog.action == AuditAction.BATCH_MISSED.value, AuditLog.at >= since
+    )
+    with read_tx(engine) as conn:
+        return sorted({json.loads(t)["batch_key"] for t in conn.scalars(query)})
 
 
 @dataclass(frozen=True)
@@ -269,48 +300,11 @@ def _maybe_utc(value: datetime | str | None) -> datetime | None:
 
 
 @dataclass(frozen=True)
-class JobQuery:
-    """The Jobs page's filters; empty = any. Text filters are case-insensitive substrings."""
-
-    batch_key: str | None = None
-    statuses: tuple[str, ...] = ()
-    model_ids: tuple[int, ...] = ()
-    prompt_text: str = ""
-    error_kind: str | None = None
-    error_text: str = ""
-    error_message: str | None = None  # exact message (a Failures group)
-
-    def clause(self) -> Any:
-        parts: list[Any] = []
-        if self.batch_key:
-            parts.append(J.batch_key == self.batch_key)
-        if self.statuses:
-            parts.append(J.status.in_(self.statuses))
-        if self.model_ids:
-            parts.append(J.model_id.in_(self.model_ids))
-        if self.prompt_text.strip():
-            parts.append(
-                J.prompt_id.in_(
-                    select(Prompt.id).where(
-                        Prompt.text.icontains(self.prompt_text.strip(), autoescape=True)
-                    )
-                )
-            )
-        if self.error_kind:
-            parts.append(J.error_kind == self.error_kind)
-        if self.error_text.strip():
-            parts.append(J.error_message.icontains(self.error_text.strip(), autoescape=True))
-        if self.error_message is not None:
-            parts.append(J.error_message == self.error_message)
-        return and_(true(), *parts)
-
-
-@dataclass(frozen=True)
 class JobListRow:
     id: int
     batch_key: str
     status: str
-    model: str
+    model: str  # the model's label
     prompt: str  # the first SNIPPET_CHARS characters
     run_index: int
     attempt_count: int

@@ -9,54 +9,25 @@ token and job_attempts keeps every attempt's history (case C8).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, true, update
+from sqlalchemy import Connection, Engine, update
 
-from db.engine import retry_locked, write_tx
+from db.engine import write_operation
 from db.errors import InvalidInput
+from db.filters import JobQuery
 from db.models import PromptJob, utcnow
 from db.queue import write_audit
-from db.types import CANCELLABLE_STATUSES, REQUEUEABLE_STATUSES, JobStatus
+from db.types import CANCELLABLE_STATUSES, REQUEUEABLE_STATUSES, AuditAction, JobStatus
 
 J = PromptJob
-
-
-@dataclass(frozen=True)
-class JobFilter:
-    """Which jobs an action or a listing covers; None = any."""
-
-    status: str | None = None
-    batch_key: str | None = None
-    model_id: int | None = None
-    prompt_id: int | None = None
-    error_kind: str | None = None
-    error_message: str | None = None  # exact message (a Failures group)
-
-    def clause(self) -> ColumnElement[bool]:
-        parts = [
-            col == value
-            for col, value in (
-                (J.status, self.status),
-                (J.batch_key, self.batch_key),
-                (J.model_id, self.model_id),
-                (J.prompt_id, self.prompt_id),
-                (J.error_kind, self.error_kind),
-                (J.error_message, self.error_message),
-            )
-            if value is not None
-        ]
-        return and_(true(), *parts)
-
-    def describe(self) -> dict[str, object]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def requeue_jobs(
     engine: Engine,
     *,
     job_ids: Sequence[int] | None = None,
-    where: JobFilter | None = None,
+    where: JobQuery | None = None,
     fresh_attempts: int,
     actor: str,
 ) -> list[int]:
@@ -79,7 +50,13 @@ def requeue_jobs(
         "updated_at": now,
     }
     return _act(
-        engine, "requeue", REQUEUEABLE_STATUSES, values, job_ids=job_ids, where=where, actor=actor
+        engine,
+        AuditAction.REQUEUE,
+        REQUEUEABLE_STATUSES,
+        values,
+        job_ids=job_ids,
+        where=where,
+        actor=actor,
     )
 
 
@@ -87,7 +64,7 @@ def cancel_jobs(
     engine: Engine,
     *,
     job_ids: Sequence[int] | None = None,
-    where: JobFilter | None = None,
+    where: JobQuery | None = None,
     actor: str,
 ) -> list[int]:
     """Cancel queued or processing jobs; a processing job's late result is then dropped (fence).
@@ -105,32 +82,51 @@ def cancel_jobs(
         "error_message": f"cancelled by {actor}",
     }
     return _act(
-        engine, "cancel", CANCELLABLE_STATUSES, values, job_ids=job_ids, where=where, actor=actor
+        engine,
+        AuditAction.CANCEL,
+        CANCELLABLE_STATUSES,
+        values,
+        job_ids=job_ids,
+        where=where,
+        actor=actor,
     )
 
 
 def _act(
     engine: Engine,
-    action: str,
+    action: AuditAction,
     allowed: frozenset[JobStatus],
     values: dict[str, object],
     *,
     job_ids: Sequence[int] | None,
-    where: JobFilter | None,
+    where: JobQuery | None,
     actor: str,
 ) -> list[int]:
-    if (job_ids is None) == (where is None):
-        raise InvalidInput(f"{action}: give job ids or a filter, not both or neither")
-    target = J.id.in_(list(job_ids)) if job_ids is not None else where.clause()  # type: ignore[union-attr]
+    if job_ids is not None and where is None:
+        return _update_jobs(engine, J.id.in_(list(job_ids)), None, action, allowed, values, actor)
+    if where is not None and job_ids is None:
+        return _update_jobs(
+            engine, where.clause(), where.describe(), action, allowed, values, actor
+        )
+    raise InvalidInput(f"{action}: give job ids or a filter, not both or neither")
+
+
+@write_operation
+def _update_jobs(
+    conn: Connection,
+    target: Any,
+    detail: dict[str, object] | None,
+    action: AuditAction,
+    allowed: frozenset[JobStatus],
+    values: dict[str, object],
+    actor: str,
+) -> list[int]:
+    """Apply `values` to the targeted jobs still in an `allowed` status; audit what changed
+    (`detail`: the filter that chose them; None: they were chosen by id, audit the ids)."""
     statuses = [s.value for s in allowed]
-
-    def run() -> list[int]:
-        with write_tx(engine) as conn:
-            stmt = update(J).where(target, J.status.in_(statuses)).values(**values).returning(J.id)
-            changed = sorted(conn.scalars(stmt))
-            if changed:
-                detail = {"job_ids": changed} if job_ids is not None else where.describe()  # type: ignore[union-attr]
-                write_audit(conn, actor, action, detail, len(changed), utcnow())
-            return changed
-
-    return retry_locked(engine, run)
+    stmt = update(J).where(target, J.status.in_(statuses)).values(**values).returning(J.id)
+    changed = sorted(conn.scalars(stmt))
+    if changed:
+        audited = {"job_ids": changed} if detail is None else detail
+        write_audit(conn, actor, action, audited, len(changed), utcnow())
+    return changed

@@ -34,9 +34,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from db.engine import is_sqlite, retry_locked, write_tx
+from db.engine import is_sqlite, write_operation
 from db.models import AuditLog, JobAttempt, Model, Prompt, PromptJob, utcnow
-from db.types import ClaimedJob, EnqueueResult, ErrorKind, JobStatus
+from db.types import AttemptOutcome, AuditAction, ClaimedJob, EnqueueResult, ErrorKind, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ ANALYZE_AFTER_JOBS = 1_000  # an enqueue creating this many jobs refreshes plann
 # --- enqueue ---------------------------------------------------------------------------------
 
 
+@write_operation
 def enqueue_batch(
-    engine: Engine, batch_key: str, *, max_attempts: int, actor: str = "runner"
+    conn: Connection, batch_key: str, *, max_attempts: int, actor: str = "runner"
 ) -> EnqueueResult:
     """Create the batch's jobs: every active prompt x active model x run, in one statement.
 
@@ -57,30 +58,33 @@ def enqueue_batch(
     left alone (cases C9, C10). Concurrent enqueues of the same batch are serialized by an advisory
     lock on PostgreSQL and BEGIN IMMEDIATE on SQLite, so neither deadlocks (case C11).
     """
+    _lock_batch(conn, batch_key)
+    now = utcnow()
+    expected = _expected_jobs(conn)
+    created = (
+        0
+        if _present_jobs(conn, batch_key) == expected
+        else _inserted(
+            conn,
+            conn.execute(
+                _enqueue_statement(conn, batch_key, max_attempts, now),
+                execution_options={"preserve_rowcount": True},
+            ).rowcount,
+        )
+    )
+    _analyze_after_bulk_insert(conn, created)
+    if created:  # a prompt's last run is the last enqueue that gave it jobs
+        conn.execute(update(Prompt).where(Prompt.is_active).values(last_run_at=now))
+    write_audit(conn, actor, AuditAction.ENQUEUE, {"batch_key": batch_key}, created, now)
+    return EnqueueResult(batch_key, created, max(expected - created, 0))
 
-    def run() -> EnqueueResult:
-        with write_tx(engine) as conn:
-            _lock_batch(conn, batch_key)
-            now = utcnow()
-            expected = _expected_jobs(conn)
-            created = (
-                0
-                if _present_jobs(conn, batch_key) == expected
-                else _inserted(
-                    conn,
-                    conn.execute(
-                        _enqueue_statement(conn, batch_key, max_attempts, now),
-                        execution_options={"preserve_rowcount": True},
-                    ).rowcount,
-                )
-            )
-            _analyze_after_bulk_insert(conn, created)
-            if created:  # a prompt's last run is the last enqueue that gave it jobs
-                conn.execute(update(Prompt).where(Prompt.is_active).values(last_run_at=now))
-            write_audit(conn, actor, "enqueue", {"batch_key": batch_key}, created, now)
-            return EnqueueResult(batch_key, created, max(expected - created, 0))
 
-    return retry_locked(engine, run)
+@write_operation
+def record_missed_batches(conn: Connection, batch_keys: list[str]) -> None:
+    """Audit each batch the runner was down for (case C2: never silently nothing)."""
+    now = utcnow()
+    for key in batch_keys:
+        write_audit(conn, "scheduler", AuditAction.BATCH_MISSED, {"batch_key": key}, 0, now)
 
 
 def _present_jobs(conn: Connection, batch_key: str) -> int:
@@ -197,12 +201,7 @@ def claim_jobs(
     """
     if limit < 1:
         return []
-
-    def run() -> list[ClaimedJob]:
-        with write_tx(engine) as conn:
-            return claim_jobs_in(conn, worker_id, limit, lease_seconds=lease_seconds, now=now)
-
-    return retry_locked(engine, run)
+    return _claim_jobs(engine, worker_id, limit, lease_seconds=lease_seconds, now=now)
 
 
 def claim_jobs_in(
@@ -224,6 +223,9 @@ def claim_jobs_in(
             return claimed
     models = _active_models(conn)
     return _take(conn, _pick_ids(conn, models, limit, at), worker_id, at, lease_until)
+
+
+_claim_jobs = write_operation(claim_jobs_in)
 
 
 def _active_models(conn: Connection) -> list[Row[int, int | None]]:
@@ -444,126 +446,116 @@ def heartbeat(
 
     An id missing from the result was cancelled or taken over: its result will be dropped.
     """
-    if not job_ids:
-        return set()
+    return _extend_leases(engine, worker_id, job_ids, lease_seconds) if job_ids else set()
 
-    def run() -> set[int]:
-        with write_tx(engine) as conn:
-            now = utcnow()
-            stmt = (
-                update(J)
-                .where(
-                    J.id.in_(job_ids),
-                    J.locked_by == worker_id,
-                    J.status == JobStatus.PROCESSING.value,
-                )
-                .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-                .returning(J.id)
-            )
-            return set(conn.scalars(stmt))
 
-    return retry_locked(engine, run)
+@write_operation
+def _extend_leases(
+    conn: Connection, worker_id: str, job_ids: Sequence[int], lease_seconds: float
+) -> set[int]:
+    now = utcnow()
+    stmt = (
+        update(J)
+        .where(
+            J.id.in_(job_ids),
+            J.locked_by == worker_id,
+            J.status == JobStatus.PROCESSING.value,
+        )
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .returning(J.id)
+    )
+    return set(conn.scalars(stmt))
 
 
 def release_jobs(engine: Engine, worker_id: str, job_ids: Sequence[int]) -> int:
     """Hand in-flight jobs back to 'queued' without spending their attempt (graceful shutdown)."""
-    if not job_ids:
-        return 0
-
-    def run() -> int:
-        with write_tx(engine) as conn:
-            now = utcnow()
-            stmt = (
-                update(J)
-                .where(
-                    J.id.in_(job_ids),
-                    J.locked_by == worker_id,
-                    J.status == JobStatus.PROCESSING.value,
-                )
-                .values(
-                    status=JobStatus.QUEUED.value,
-                    attempt_count=J.attempt_count - 1,
-                    locked_by=None,
-                    lease_expires_at=None,
-                    started_at=None,
-                    scheduled_for=now,
-                    updated_at=now,
-                )
-            )
-            return conn.execute(stmt).rowcount
-
-    return retry_locked(engine, run)
+    return _release(engine, worker_id, job_ids) if job_ids else 0
 
 
-def reap_expired(engine: Engine) -> list[tuple[int, str]]:
+@write_operation
+def _release(conn: Connection, worker_id: str, job_ids: Sequence[int]) -> int:
+    now = utcnow()
+    stmt = (
+        update(J)
+        .where(
+            J.id.in_(job_ids),
+            J.locked_by == worker_id,
+            J.status == JobStatus.PROCESSING.value,
+        )
+        .values(
+            status=JobStatus.QUEUED.value,
+            attempt_count=J.attempt_count - 1,
+            locked_by=None,
+            lease_expires_at=None,
+            started_at=None,
+            scheduled_for=now,
+            updated_at=now,
+        )
+    )
+    return conn.execute(stmt).rowcount
+
+
+@write_operation
+def reap_expired(conn: Connection) -> list[tuple[int, str]]:
     """Return jobs whose lease expired to 'queued', or 'failed' when attempts are spent (case C8).
 
     Idempotent and safe to run from every runner at once. Each reaped attempt is recorded in
     job_attempts with error_kind 'lease_expired'. Returns (job_id, new status) pairs.
     """
-
-    def run() -> list[tuple[int, str]]:
-        with write_tx(engine) as conn:
-            now = utcnow()
-            spent = J.attempt_count >= J.max_attempts
-            stmt = (
-                update(J)
-                .where(J.status == JobStatus.PROCESSING.value, J.lease_expires_at < now)
-                .values(
-                    status=case((spent, JobStatus.FAILED.value), else_=JobStatus.QUEUED.value),
-                    finished_at=case((spent, now), else_=None),
-                    error_kind=ErrorKind.LEASE_EXPIRED.value,
-                    error_message=literal("lease expired: worker ")
-                    + func.coalesce(J.locked_by, "?")
-                    + literal(" stopped heartbeating"),
-                    locked_by=None,
-                    lease_expires_at=None,
-                    scheduled_for=now,
-                    updated_at=now,
-                )
-                .returning(J.id, J.status, J.attempt_count, J.started_at, J.error_message)
-            )
-            rows = conn.execute(stmt).all()
-            for r in rows:
-                record_attempt(
-                    conn,
-                    r.id,
-                    r.attempt_count,
-                    worker_id=None,
-                    started_at=r.started_at,
-                    finished_at=now,
-                    outcome="lost",
-                    error_kind=ErrorKind.LEASE_EXPIRED.value,
-                    error_message=r.error_message,
-                )
-            return [(r.id, r.status) for r in rows]
-
-    return retry_locked(engine, run)
+    now = utcnow()
+    spent = J.attempt_count >= J.max_attempts
+    stmt = (
+        update(J)
+        .where(J.status == JobStatus.PROCESSING.value, J.lease_expires_at < now)
+        .values(
+            status=case((spent, JobStatus.FAILED.value), else_=JobStatus.QUEUED.value),
+            finished_at=case((spent, now), else_=None),
+            error_kind=ErrorKind.LEASE_EXPIRED.value,
+            error_message=literal("lease expired: worker ")
+            + func.coalesce(J.locked_by, "?")
+            + literal(" stopped heartbeating"),
+            locked_by=None,
+            lease_expires_at=None,
+            scheduled_for=now,
+            updated_at=now,
+        )
+        .returning(J.id, J.status, J.attempt_count, J.started_at, J.error_message)
+    )
+    rows = conn.execute(stmt).all()
+    for r in rows:
+        record_attempt(
+            conn,
+            r.id,
+            r.attempt_count,
+            worker_id=None,
+            started_at=r.started_at,
+            finished_at=now,
+            outcome=AttemptOutcome.LOST,
+            error_kind=ErrorKind.LEASE_EXPIRED.value,
+            error_message=r.error_message,
+        )
+    return [(r.id, r.status) for r in rows]
 
 
-def skip_inactive(engine: Engine) -> int:
+@write_operation
+def skip_inactive(conn: Connection) -> int:
     """Mark queued jobs of deactivated prompts or models as 'skipped'; returns how many."""
-
-    def run() -> int:
-        with write_tx(engine) as conn:
-            now = utcnow()
-            inactive = ~exists().where(
-                Prompt.id == J.prompt_id, Prompt.is_active
-            ) | ~exists().where(Model.id == J.model_id, Model.is_active)
-            stmt = (
-                update(J)
-                .where(J.status == JobStatus.QUEUED.value, inactive)
-                .values(
-                    status=JobStatus.SKIPPED.value,
-                    finished_at=now,
-                    updated_at=now,
-                    error_kind=None,
-                    error_message="prompt or model deactivated",
-                )
-            )
-            return conn.execute(stmt).rowcount
-
-    return retry_locked(engine, run)
+    now = utcnow()
+    inactive = ~exists().where(Prompt.id == J.prompt_id, Prompt.is_active) | ~exists().where(
+        Model.id == J.model_id, Model.is_active
+    )
+    stmt = (
+        update(J)
+        .where(J.status == JobStatus.QUEUED.value, inactive)
+        .values(
+            status=JobStatus.SKIPPED.value,
+            finished_at=now,
+            updated_at=now,
+            error_kind=None,
+            error_message="prompt or model deactivated",
+        )
+    )
+    return conn.execute(stmt).rowcount
 
 
 # --- shared writers --------------------------------------------------------------------------
@@ -577,7 +569,7 @@ def record_attempt(
     worker_id: str | None,
     started_at: datetime | None,
     finished_at: datetime,
-    outcome: str,
+    outcome: AttemptOutcome,
     error_kind: str | None,
     error_message: str | None,
     latency_ms: int | None = None,
@@ -590,7 +582,7 @@ def record_attempt(
             worker_id=worker_id,
             started_at=started_at,
             finished_at=finished_at,
-            outcome=outcome,
+            outcome=outcome.value,
             error_kind=error_kind,
             error_message=error_message,
             latency_ms=latency_ms,
@@ -600,14 +592,19 @@ def record_attempt(
 
 
 def write_audit(
-    conn: Connection, actor: str, action: str, target: dict[str, Any], count: int, at: datetime
+    conn: Connection,
+    actor: str,
+    action: AuditAction,
+    target: dict[str, Any],
+    count: int,
+    at: datetime,
 ) -> None:
     """Append an audit_log row (target as sorted JSON) in the caller's transaction."""
     conn.execute(
         insert(AuditLog).values(
             at=at,
             actor=actor,
-            action=action,
+            action=action.value,
             target=json.dumps(target, sort_keys=True, default=str),
             count=count,
         )

@@ -1,7 +1,8 @@
-"""Recording a claimed job's outcome: success with its response and mentions, retry, or failure.
+"""Recording claimed jobs' outcomes: a success with its response and mentions, a retry, or a
+failure, for many jobs in ONE transaction (a worker's group commit, runner.worker.group_commit).
 
-Each function is ONE transaction that first runs the fenced status update; when the fence matches
-nothing (lease lost, job cancelled) nothing is written for that job and the caller is told.
+Every write for a job runs its fenced status update first; when the fence matches nothing (lease
+lost, job cancelled) nothing is written for that job and the caller is told (Recorded.DROPPED).
 """
 
 from __future__ import annotations
@@ -9,21 +10,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from enum import StrEnum
 
-from sqlalchemy import Connection, Engine, insert, select, text, update
+from sqlalchemy import Connection, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from db.engine import is_sqlite, retry_locked, write_tx
+from db.engine import is_sqlite, write_operation
 from db.models import Entity, Mention, Model, PromptJob, Response, utcnow
 from db.queue import claim_jobs_in, fence, record_attempt
 from db.types import (
-    AnswerRecord,
+    AttemptOutcome,
     ClaimedJob,
     Completion,
-    FailureRecord,
+    Failure,
     JobStatus,
     MentionRecord,
+    Outcome,
+    Recorded,
 )
 
 log = logging.getLogger(__name__)
@@ -31,66 +33,48 @@ log = logging.getLogger(__name__)
 J = PromptJob
 
 
-class FailureOutcome(StrEnum):
-    """What record_failure did with the job."""
+@write_operation
+def write_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> list[Recorded]:
+    """Record successes and failures in ONE transaction; one Recorded per outcome, in order.
 
-    RETRY = "retry"  # queued again after the backoff
-    FAILED = "failed"  # permanent error or attempts spent
-    DROPPED = "dropped"  # the fence matched nothing: the worker no longer holds the job
-
-
-def complete_job(
-    engine: Engine, job: ClaimedJob, answer: AnswerRecord, cost_usd: float | None
-) -> bool:
-    """Save the answer, its mentions, the attempt and status 'succeeded' in one transaction.
-
-    Returns False (and writes nothing) when the worker no longer holds the job.
+    All or nothing: an error (e.g. IntegrityError for a bad mention) rolls back every outcome in
+    the call. PostgreSQL writes the status updates, responses and attempt rows of all successes
+    in one statement (bench/RESULTS.md, item 2); SQLite runs them per job. Raises
+    DatabaseUnavailable when the database is away (nothing written).
     """
-    return complete_jobs(engine, [Completion(job, answer, cost_usd)])[0]
+    return _write_in(conn, outcomes, utcnow())
 
 
-def complete_jobs(engine: Engine, completions: Sequence[Completion]) -> list[bool]:
-    """Record several successes in ONE transaction (a worker's group commit); one bool per
-    completion, in order: False for a job whose fence matched nothing (nothing written for it).
-
-    All or nothing: an error (e.g. IntegrityError for a bad mention) rolls back every completion
-    in the call. PostgreSQL writes the status updates, responses and attempt rows of the whole
-    call in one statement (bench/RESULTS.md, item 2); SQLite runs them per job.
-    """
-    if not completions:
-        return []
-
-    def run() -> list[bool]:
-        with write_tx(engine) as conn:
-            return _complete_in(conn, completions, utcnow())
-
-    return retry_locked(engine, run)
-
-
-def complete_and_claim(
-    engine: Engine,
-    completions: Sequence[Completion],
+@write_operation
+def write_outcomes_and_claim(
+    conn: Connection,
+    outcomes: Sequence[Outcome],
     worker_id: str,
     limit: int,
     *,
     lease_seconds: float,
-) -> tuple[list[bool], list[ClaimedJob]]:
-    """complete_jobs, then claim_jobs for up to `limit` jobs, in ONE transaction: a busy worker
-    acknowledges its finished jobs and takes their replacements in one commit.
+) -> tuple[list[Recorded], list[ClaimedJob]]:
+    """write_outcomes, then claim up to `limit` jobs for `worker_id`, in ONE transaction: a busy
+    worker acknowledges its finished jobs and takes their replacements in one commit.
 
-    The completions are written before the claim, so a capped model's finished jobs free their
-    slots for it. All or nothing, like complete_jobs: an error claims nothing either.
+    The outcomes are written before the claim, so a capped model's finished jobs free their
+    slots for it, and a retry due now may be claimed again. All or nothing: an error claims
+    nothing either.
     """
+    now = utcnow()
+    recorded = _write_in(conn, outcomes, now) if outcomes else []
+    return recorded, claim_jobs_in(conn, worker_id, limit, lease_seconds=lease_seconds, now=now)
 
-    def run() -> tuple[list[bool], list[ClaimedJob]]:
-        with write_tx(engine) as conn:
-            now = utcnow()
-            saved = _complete_in(conn, completions, now) if completions else []
-            return saved, claim_jobs_in(
-                conn, worker_id, limit, lease_seconds=lease_seconds, now=now
-            )
 
-    return retry_locked(engine, run)
+def _write_in(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> list[Recorded]:
+    completions = [o for o in outcomes if isinstance(o, Completion)]
+    saved = iter(_complete_in(conn, completions, now) if completions else [])
+    return [
+        (Recorded.SUCCEEDED if next(saved) else Recorded.DROPPED)
+        if isinstance(o, Completion)
+        else _record_failure(conn, o, now)
+        for o in outcomes
+    ]
 
 
 def _complete_in(conn: Connection, completions: Sequence[Completion], now: datetime) -> list[bool]:
@@ -212,7 +196,7 @@ def _complete_sqlite(
             worker_id=job.worker_id,
             started_at=job.started_at,
             finished_at=now,
-            outcome="succeeded",
+            outcome=AttemptOutcome.SUCCEEDED,
             error_kind=None,
             error_message=None,
             latency_ms=answer.latency_ms,
@@ -221,64 +205,53 @@ def _complete_sqlite(
     return saved
 
 
-def record_failure(
-    engine: Engine, job: ClaimedJob, failure: FailureRecord, backoff_seconds: float
-) -> FailureOutcome:
-    """Record a failed attempt: back to 'queued' after `backoff_seconds` when the error is transient
-    and attempts are left, else 'failed'. Fenced like every write for a claimed job.
-    """
+def _record_failure(conn: Connection, outcome: Failure, now: datetime) -> Recorded:
+    """A failed attempt: back to 'queued' after `retry_in_seconds` when the error is transient and
+    attempts are left, else 'failed'. Fenced like every write for a claimed job."""
+    job, failure = outcome.job, outcome.failure
     retry = failure.kind.transient and job.attempt < job.max_attempts
-    outcome = FailureOutcome.RETRY if retry else FailureOutcome.FAILED
-
-    def run() -> FailureOutcome:
-        with write_tx(engine) as conn:
-            now = utcnow()
-            values = {
-                "status": JobStatus.QUEUED.value if retry else JobStatus.FAILED.value,
-                "error_kind": failure.kind.value,
-                "error_message": failure.message[:4000],
-                "locked_by": None,
-                "lease_expires_at": None,
-                "updated_at": now,
-                "scheduled_for": now + timedelta(seconds=backoff_seconds) if retry else now,
-                "finished_at": None if retry else now,
-            }
-            done = conn.execute(
-                update(J).where(fence(job.id, job.worker_id, job.attempt)).values(**values)
-            )
-            if done.rowcount != 1:
-                return FailureOutcome.DROPPED
-            record_attempt(
-                conn,
-                job.id,
-                job.attempt,
-                worker_id=job.worker_id,
-                started_at=job.started_at,
-                finished_at=now,
-                outcome=outcome.value,
-                error_kind=failure.kind.value,
-                error_message=failure.message[:4000],
-                latency_ms=failure.latency_ms,
-                request_id=failure.request_id,
-            )
-            return outcome
-
-    return retry_locked(engine, run)
+    message = failure.message[:4000]
+    done = conn.execute(
+        update(J)
+        .where(fence(job.id, job.worker_id, job.attempt))
+        .values(
+            status=JobStatus.QUEUED.value if retry else JobStatus.FAILED.value,
+            error_kind=failure.kind.value,
+            error_message=message,
+            locked_by=None,
+            lease_expires_at=None,
+            updated_at=now,
+            scheduled_for=now + timedelta(seconds=outcome.retry_in_seconds) if retry else now,
+            finished_at=None if retry else now,
+        )
+    )
+    if done.rowcount != 1:
+        return Recorded.DROPPED
+    record_attempt(
+        conn,
+        job.id,
+        job.attempt,
+        worker_id=job.worker_id,
+        started_at=job.started_at,
+        finished_at=now,
+        outcome=AttemptOutcome.RETRY if retry else AttemptOutcome.FAILED,
+        error_kind=failure.kind.value,
+        error_message=message,
+        latency_ms=failure.latency_ms,
+        request_id=failure.request_id,
+    )
+    return Recorded.RETRY if retry else Recorded.FAILED
 
 
-def mark_json_schema_unsupported(engine: Engine, model_id: int) -> None:
+@write_operation
+def mark_json_schema_unsupported(conn: Connection, model_id: int) -> None:
     """Remember that a model's provider rejects json_schema, so later calls go straight to the
     fallback (case C16)."""
-
-    def run() -> None:
-        with write_tx(engine) as conn:
-            conn.execute(
-                update(Model)
-                .where(Model.id == model_id)
-                .values(supports_json_schema=False, updated_at=utcnow())
-            )
-
-    retry_locked(engine, run)
+    conn.execute(
+        update(Model)
+        .where(Model.id == model_id)
+        .values(supports_json_schema=False, updated_at=utcnow())
+    )
 
 
 def _insert_response(conn: Connection, c: Completion, now: datetime) -> int:

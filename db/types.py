@@ -65,6 +65,28 @@ _TRANSIENT = frozenset(
 )
 
 
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt of a job ended, as job_attempts.outcome records it."""
+
+    SUCCEEDED = "succeeded"  # the answer (or a refusal) was saved
+    RETRY = "retry"  # a transient error with attempts left: queued again after the backoff
+    FAILED = "failed"  # a permanent error, or the last attempt
+    LOST = "lost"  # the lease expired with its worker (the reaper wrote this row)
+
+
+class AuditAction(enum.StrEnum):
+    """What an audit_log row records."""
+
+    ENQUEUE = "enqueue"  # a batch's jobs created (count: how many were new)
+    REQUEUE = "requeue"  # an operator re-queued jobs
+    CANCEL = "cancel"  # an operator cancelled jobs
+    BATCH_MISSED = "batch_missed"  # the scheduler found a day with no batch (runner was down)
+    PROMPTS_IMPORT = "prompts_import"
+    PROMPT_UPDATE = "prompt_update"
+    MODEL_ADD = "model_add"
+    MODEL_UPDATE = "model_update"
+
+
 class OutputMode(enum.StrEnum):
     """How the saved answer was obtained."""
 
@@ -155,24 +177,31 @@ class FailureRecord:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """A claimed job's failed attempt to record, and the backoff before its retry (seconds; used
+    only when the error is transient and attempts are left)."""
+
+    job: ClaimedJob
+    failure: FailureRecord
+    retry_in_seconds: float = 0.0
+
+
+Outcome = Completion | Failure  # what a job thread hands to its worker's group commit
+
+
+class Recorded(enum.StrEnum):
+    """What writing an outcome did with its job."""
+
+    SUCCEEDED = "succeeded"  # the answer and its mentions are saved
+    RETRY = "retry"  # queued again after the backoff
+    FAILED = "failed"  # permanent error, or attempts spent
+    DROPPED = "dropped"  # the fence matched nothing: the worker no longer held the job
+
+
+@dataclass(frozen=True)
 class EnqueueResult:
     """What an enqueue did: jobs `created` now and `existing` from an earlier enqueue."""
 
     batch_key: str
     created: int
     existing: int
-
-
-@dataclass(frozen=True)
-class BatchCounts:
-    """Jobs per status for one batch."""
-
-    batch_key: str
-    counts: dict[str, int]
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def get(self, status: JobStatus) -> int:
-        return self.counts.get(status.value, 0)

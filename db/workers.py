@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
-from db.engine import read_tx, retry_locked, write_tx
+from db.engine import read_tx, write_operation
 from db.models import Worker, utcnow
 
 
@@ -33,56 +33,44 @@ class WorkerRow(WorkerInfo):
     stopped_at: datetime | None
 
 
-def register_worker(engine: Engine, info: WorkerInfo) -> None:
+@write_operation
+def register_worker(conn: Connection, info: WorkerInfo) -> None:
     """Insert the worker's registry row."""
-
-    def run() -> None:
-        with write_tx(engine) as conn:
-            now = utcnow()
-            conn.execute(
-                insert(Worker).values(
-                    id=info.id,
-                    runner_id=info.runner_id,
-                    hostname=info.hostname,
-                    pid=info.pid,
-                    processes=info.processes,
-                    threads=info.threads,
-                    in_flight=0,
-                    started_at=now,
-                    last_seen_at=now,
-                )
-            )
-
-    retry_locked(engine, run)
+    now = utcnow()
+    conn.execute(
+        insert(Worker).values(
+            id=info.id,
+            runner_id=info.runner_id,
+            hostname=info.hostname,
+            pid=info.pid,
+            processes=info.processes,
+            threads=info.threads,
+            in_flight=0,
+            started_at=now,
+            last_seen_at=now,
+        )
+    )
 
 
-def touch_worker(engine: Engine, worker_id: str, in_flight: int) -> None:
+@write_operation
+def touch_worker(conn: Connection, worker_id: str, in_flight: int) -> None:
     """Refresh last_seen_at and the in-flight count."""
-
-    def run() -> None:
-        with write_tx(engine) as conn:
-            conn.execute(
-                update(Worker)
-                .where(Worker.id == worker_id)
-                .values(last_seen_at=utcnow(), in_flight=in_flight)
-            )
-
-    retry_locked(engine, run)
+    conn.execute(
+        update(Worker)
+        .where(Worker.id == worker_id)
+        .values(last_seen_at=utcnow(), in_flight=in_flight)
+    )
 
 
-def stop_worker(engine: Engine, worker_id: str) -> None:
+@write_operation
+def stop_worker(conn: Connection, worker_id: str) -> None:
     """Mark the worker stopped."""
-
-    def run() -> None:
-        with write_tx(engine) as conn:
-            now = utcnow()
-            conn.execute(
-                update(Worker)
-                .where(Worker.id == worker_id)
-                .values(stopped_at=now, last_seen_at=now, in_flight=0)
-            )
-
-    retry_locked(engine, run)
+    now = utcnow()
+    conn.execute(
+        update(Worker)
+        .where(Worker.id == worker_id)
+        .values(stopped_at=now, last_seen_at=now, in_flight=0)
+    )
 
 
 def list_workers(

@@ -22,7 +22,17 @@ from db import catalog, queue, results
 from db.catalog import NewPrompt
 from db.engine import is_sqlite, make_engine, read_tx, write_tx
 from db.models import JobAttempt, PromptJob, utcnow
-from db.types import AnswerRecord, ClaimedJob, EnqueueResult, MentionRecord, OutputMode
+from db.types import (
+    AnswerRecord,
+    ClaimedJob,
+    Completion,
+    EnqueueResult,
+    Failure,
+    FailureRecord,
+    MentionRecord,
+    OutputMode,
+    Recorded,
+)
 
 BATCH = "2026-11-30"
 BRANDS = (
@@ -111,6 +121,24 @@ def answer(mentions: Sequence[str] = (), *, text_: str | None = None) -> AnswerR
 
 def brand_key(name: str) -> str:
     return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+
+# --- outcomes, written as a worker's group commit writes them --------------------------------
+
+
+def complete(engine: Engine, job: ClaimedJob, answer_: AnswerRecord, cost: float | None) -> bool:
+    """Record one success in its own transaction; False when the fence matched nothing."""
+    return complete_all(engine, [Completion(job, answer_, cost)])[0]
+
+
+def complete_all(engine: Engine, done: Sequence[Completion]) -> list[bool]:
+    """Record successes in ONE transaction; per completion, whether it was saved."""
+    return [r is Recorded.SUCCEEDED for r in results.write_outcomes(engine, done)]
+
+
+def fail(engine: Engine, job: ClaimedJob, failure: FailureRecord, retry_in: float) -> Recorded:
+    """Record one failed attempt (retried after `retry_in` seconds when transient)."""
+    return results.write_outcomes(engine, [Failure(job, failure, retry_in)])[0]
 
 
 # --- direct reads and writes -----------------------------------------------------------------
@@ -264,7 +292,7 @@ def claim_main(url: str, worker_id: str, limit: int) -> tuple[list[int], int]:
             largest = max(largest, len(jobs))
             claimed += [j.id for j in jobs]
             for j in jobs:
-                assert results.complete_job(engine, j, answer(), None)
+                assert complete(engine, j, answer(), None)
         return claimed, largest
     finally:
         engine.dispose()
@@ -283,7 +311,7 @@ def work_main(url: str, worker_id: str) -> dict[str, Any]:
             for j in jobs:
                 names = [BRANDS[(j.id + k) % len(BRANDS)] for k in range(5)]
                 try:
-                    if results.complete_job(engine, j, answer(names), 0.001):
+                    if complete(engine, j, answer(names), 0.001):
                         done.append(j.id)
                 except Exception as exc:  # reported to the parent, which fails the test
                     errors.append(f"{type(exc).__name__}: {exc}")

@@ -15,6 +15,7 @@ from db.types import ClaimedJob
 from runner.llm.client import ModelClient
 from runner.settings import Settings
 from runner.worker.catalog_cache import CatalogCache
+from runner.worker.group_commit import GroupCommit
 from runner.worker.jobs import JobContext, JobOutcome, run_job
 
 CRM_PROMPT = "What is the best CRM for a 10-person B2B startup?"
@@ -60,7 +61,7 @@ def run_once(engine: Engine, settings: Settings, worker: str = "w1") -> JobOutco
     """Claim one due job and run it in this thread with a fresh client."""
     client = ModelClient(settings)
     try:
-        ctx = JobContext(settings, engine, client, CatalogCache(engine))
+        ctx = JobContext(settings, engine, client, CatalogCache(engine), GroupCommit(engine))
         return run_job(ctx, claim_one(engine, worker))
     finally:
         client.close()

@@ -17,7 +17,7 @@ import streamlit as st
 from sqlalchemy import Engine, select, update
 from streamlit.testing.v1 import AppTest
 
-from db import catalog, operations, queue, results, workers
+from db import catalog, operations, queue, workers
 from db.catalog import NewPrompt
 from db.engine import read_tx, write_tx
 from db.models import AuditLog, PromptJob, Worker
@@ -30,6 +30,7 @@ from db.types import (
     MentionRecord,
     OutputMode,
 )
+from tests import factories as f
 
 APP = Path(__file__).resolve().parents[1] / "console" / "app.py"
 HOSTILE_PROMPT = "Best CRM? <script>alert('x')</script> **bold** [link](http://evil.test)"
@@ -104,7 +105,7 @@ def seed(engine: Engine, *, batch: str | None = None) -> Seeded:
         Completion(job, answer(BRANDS[i % 3 : i % 3 + 3]), 0.0004)
         for i, job in enumerate(claim_all(engine))
     ]
-    results.complete_jobs(engine, done)  # one transaction: a worker's group commit
+    f.complete_all(engine, done)  # one transaction: a worker's group commit
     queue.enqueue_batch(engine, key, max_attempts=3, actor="test")
     jobs = claim_all(engine)
     done = []
@@ -113,7 +114,7 @@ def seed(engine: Engine, *, batch: str | None = None) -> Seeded:
         brands = ("HubSpot", "Salesforce", "Pipedrive") if i == 0 else BRANDS[i % 4 : i % 4 + 2]
         done.append(Completion(job, answer(brands, body), 0.0005))
         out.succeeded.append(job.id)
-    results.complete_jobs(engine, done)
+    f.complete_all(engine, done)
     for job, kind, message in zip(
         jobs[6:9],
         (ErrorKind.BAD_REQUEST, ErrorKind.BAD_REQUEST, ErrorKind.AUTH),
@@ -124,11 +125,9 @@ def seed(engine: Engine, *, batch: str | None = None) -> Seeded:
         ),
         strict=True,
     ):
-        results.record_failure(engine, job, FailureRecord(kind, message, latency_ms=50), 0)
+        f.fail(engine, job, FailureRecord(kind, message, latency_ms=50), 0)
         out.failed.append(job.id)
-    results.record_failure(
-        engine, jobs[9], FailureRecord(ErrorKind.RATE_LIMITED, "429 slow down"), 60
-    )
+    f.fail(engine, jobs[9], FailureRecord(ErrorKind.RATE_LIMITED, "429 slow down"), 60)
     out.queued.append(jobs[9].id)
     out.processing.append(jobs[10].id)
     operations.cancel_jobs(engine, job_ids=[jobs[11].id], actor="test")
@@ -162,7 +161,7 @@ def fail_one_more(engine: Engine) -> int:
     (job,) = queue.claim_jobs(
         engine, "host-1:101:0", 1, lease_seconds=600, now=datetime.now(UTC) + timedelta(minutes=5)
     )
-    results.record_failure(engine, job, FailureRecord(ErrorKind.AUTH, "401 new failure"), 0)
+    f.fail(engine, job, FailureRecord(ErrorKind.AUTH, "401 new failure"), 0)
     return job.id
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from db.engine import make_engine
-from db.stats import batch_counts, top_brands
+from db.insights import batch_overview, brand_visibility
 from db.types import JobStatus
 from runner.worker.scheduler import utc_batch_key
 
@@ -39,12 +39,13 @@ def test_demo_runs_the_whole_batch_and_is_idempotent(db_url):
     assert "142 jobs created, 0 existing" in first.stdout
     assert "simulated" in first.stdout  # the simulator is labelled as such
     engine = make_engine(db_url)
-    counts = batch_counts(engine, utc_batch_key())
+    counts = batch_overview(engine, utc_batch_key())
     assert (counts.get(JobStatus.SUCCEEDED), counts.total) == (142, 142)
-    brands = top_brands(engine, utc_batch_key(), limit=5)
-    assert len(brands) == 5 and all(b.answers > 0 for b in brands)
+    key = utc_batch_key()
+    brands = [b for b in brand_visibility(engine, key, key, limit=5) if b.model_id is None]
+    assert len(brands) == 5 and all(b.answers_mentioning > 0 for b in brands)
     again = run_demo(db_url)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 jobs created, 142 existing" in again.stdout
-    assert batch_counts(engine, utc_batch_key()).total == 142
+    assert batch_overview(engine, utc_batch_key()).total == 142
     engine.dispose()

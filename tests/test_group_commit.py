@@ -1,4 +1,4 @@
-"""Group commit: many successes recorded in one transaction, and the claim that rides along.
+"""Group commit: many outcomes recorded in one transaction, and the claim that rides along.
 
 Real SQLite and PostgreSQL; the job threads are real threads blocked on their own result.
 """
@@ -15,11 +15,12 @@ from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import IntegrityError
 
 from db import operations, queue, results
-from db.engine import read_tx
+from db.engine import make_engine, read_tx
+from db.errors import DatabaseUnavailable
 from db.models import Entity, JobAttempt, Mention, PromptJob, Response
-from db.types import Completion
+from db.types import Completion, ErrorKind, Failure, FailureRecord, Recorded
 from runner.simulator.server import SimulatorServer
-from runner.worker.group_commit import PendingCompletions, resolve, write_each
+from runner.worker.group_commit import GroupCommit
 from runner.worker.process import Worker
 from runner.worker.spawn import StopFlag, WorkerSpec
 from tests import factories as f
@@ -36,7 +37,7 @@ def test_complete_jobs_writes_each_held_job_and_skips_the_rest(engine: Engine) -
     done = [
         Completion(job, f.answer(["Attio", f"Brand{n}"]), 0.001 * n) for n, job in enumerate(jobs)
     ]
-    assert results.complete_jobs(engine, done) == [True, False, True, True]
+    assert f.complete_all(engine, done) == [True, False, True, True]
     assert [f.job(engine, j.id).status for j in jobs] == [
         "succeeded",
         "cancelled",
@@ -63,7 +64,7 @@ def test_complete_jobs_is_all_or_nothing(engine: Engine) -> None:
     bad = f.answer(["HubSpot"])
     broken = type(bad)(**{**bad.__dict__, "mentions": bad.mentions * 2})
     with pytest.raises(IntegrityError):
-        results.complete_jobs(
+        f.complete_all(
             engine, [Completion(first, f.answer(), None), Completion(second, broken, None)]
         )
     assert (f.count(engine, Response), f.count(engine, JobAttempt)) == (0, 0)
@@ -77,10 +78,10 @@ def test_complete_and_claim_frees_a_capped_slot_in_the_same_transaction(engine: 
     f.make_models(engine, 1, max_concurrency=2)
     queue.enqueue_batch(engine, BATCH, max_attempts=3)
     first, second = f.claim_all(engine, "w1")
-    saved, claimed = results.complete_and_claim(
+    recorded, claimed = results.write_outcomes_and_claim(
         engine, [Completion(first, f.answer(), None)], "w1", 5, lease_seconds=30
     )
-    assert saved == [True]
+    assert recorded == [Recorded.SUCCEEDED]
     assert [j.id for j in claimed] == [second.id + 1]
     assert f.job(engine, claimed[0].id).locked_by == "w1"
 
@@ -91,83 +92,124 @@ def test_complete_and_claim_claims_nothing_when_the_write_fails(engine: Engine) 
     bad = f.answer(["HubSpot"])
     broken = type(bad)(**{**bad.__dict__, "mentions": bad.mentions * 2})
     with pytest.raises(IntegrityError):
-        results.complete_and_claim(
+        results.write_outcomes_and_claim(
             engine, [Completion(first, broken, None)], "w1", 2, lease_seconds=30
         )
     assert f.job_ids(engine, status="queued") == [first.id + 1, first.id + 2]
 
 
+def test_successes_and_failures_share_one_transaction(engine: Engine) -> None:
+    """The group commit owns every outcome: a success, a retry and a permanent failure are
+    written in one call, each with its attempt row, and each thread is told what happened."""
+    f.make_batch(engine, prompts=3, models=1)
+    ok, flaky, broken = f.claim_all(engine, "w1")
+    recorded = results.write_outcomes(
+        engine,
+        [
+            Completion(ok, f.answer(["HubSpot"]), None),
+            Failure(flaky, FailureRecord(ErrorKind.RATE_LIMITED, "429"), 30),
+            Failure(broken, FailureRecord(ErrorKind.AUTH, "401"), 30),
+        ],
+    )
+    assert recorded == [Recorded.SUCCEEDED, Recorded.RETRY, Recorded.FAILED]
+    assert [f.job(engine, j.id).status for j in (ok, flaky, broken)] == [
+        "succeeded",
+        "queued",
+        "failed",
+    ]
+    assert [a.outcome for j in (ok, flaky, broken) for a in f.attempts(engine, j.id)] == [
+        "succeeded",
+        "retry",
+        "failed",
+    ]
+
+
+def _wait_len(group: GroupCommit, n: int) -> None:
+    while len(group) < n:
+        threading.Event().wait(0.01)
+
+
 def test_job_threads_block_until_their_batch_is_committed(engine: Engine) -> None:
     """Three threads hand over their success; none returns before the claim loop's commit, and
-    each then gets its own result (the cancelled job: False)."""
+    each then gets its own result (the cancelled job: dropped)."""
     f.make_batch(engine, prompts=3, models=1)
     jobs = f.claim_all(engine, "w1")
     operations.cancel_jobs(engine, job_ids=[jobs[2].id], actor="op")
-    pending = PendingCompletions(engine, threading.Event())
+    group = GroupCommit(engine, threading.Event())
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(pending.complete, Completion(j, f.answer(), None)) for j in jobs]
-        while len(pending) < 3:
-            threading.Event().wait(0.01)
+        futures = [pool.submit(group.record, Completion(j, f.answer(), None)) for j in jobs]
+        _wait_len(group, 3)
         assert not any(fut.done() for fut in futures)
-        batch = pending.take()
-        resolve(batch, results.complete_jobs(engine, [c for c, _ in batch]))
-        outcome = {
-            c.job.id: fut.result(timeout=10) for (c, _), fut in zip(batch, futures, strict=True)
-        }
-    assert outcome == {jobs[0].id: True, jobs[1].id: True, jobs[2].id: False}
+        group.commit()
+        outcome = {j.id: fut.result(timeout=10) for j, fut in zip(jobs, futures, strict=True)}
+    assert outcome == {
+        jobs[0].id: Recorded.SUCCEEDED,
+        jobs[1].id: Recorded.SUCCEEDED,
+        jobs[2].id: Recorded.DROPPED,
+    }
 
 
-def test_one_bad_answer_fails_only_its_own_job(engine: Engine) -> None:
-    """write_each, the claim loop's fallback after a failed batch: the good neighbours are saved,
-    the bad one's thread gets the error."""
+def test_one_bad_answer_fails_only_its_own_job(engine: Engine, caplog: Any) -> None:
+    """The batch raises (one bad answer): the failure is logged and each outcome is rewritten
+    alone, so the good neighbour is saved and only the bad one's thread gets the error."""
     f.make_batch(engine, prompts=2, models=1)
     good, bad_job = f.claim_all(engine, "w1")
     bad = f.answer(["HubSpot"])
     broken = type(bad)(**{**bad.__dict__, "mentions": bad.mentions * 2})
-    pending = PendingCompletions(engine, threading.Event())
+    group = GroupCommit(engine, threading.Event())
     with ThreadPoolExecutor(2) as pool:
-        ok = pool.submit(pending.complete, Completion(good, f.answer(), None))
-        failing = pool.submit(pending.complete, Completion(bad_job, broken, None))
-        while len(pending) < 2:
-            threading.Event().wait(0.01)
-        write_each(engine, pending.take())
-        assert ok.result(timeout=10) is True
+        ok = pool.submit(group.record, Completion(good, f.answer(), None))
+        failing = pool.submit(group.record, Completion(bad_job, broken, None))
+        _wait_len(group, 2)
+        assert group.commit_and_claim("w1", 0, lease_seconds=30) == []
+        assert ok.result(timeout=10) is Recorded.SUCCEEDED
         with pytest.raises(IntegrityError):
             failing.result(timeout=10)
     assert f.job(engine, good.id).status == "succeeded"
     assert f.job(engine, bad_job.id).status == "processing"
+    logged = [r for r in caplog.records if getattr(r, "action", None) == "group_commit_failed"]
+    assert logged and logged[0].exc_info is not None
 
 
-def test_after_close_a_success_is_written_by_its_own_thread(engine: Engine) -> None:
-    """Once the claim loop has ended (shutdown), a late success is still saved, not stranded."""
-    f.make_batch(engine, prompts=1, models=1)
-    [job] = f.claim_all(engine, "w1")
-    pending = PendingCompletions(engine, threading.Event())
-    pending.close()
-    assert pending.complete(Completion(job, f.answer(), None)) is True
-    assert f.job(engine, job.id).status == "succeeded"
+def test_after_close_an_outcome_is_written_by_its_own_thread(engine: Engine) -> None:
+    """Once the claim loop has ended (shutdown), a late outcome is still saved, not stranded."""
+    f.make_batch(engine, prompts=2, models=1)
+    done, failed = f.claim_all(engine, "w1")
+    group = GroupCommit(engine, threading.Event())
+    group.close()
+    assert group.record(Completion(done, f.answer(), None)) is Recorded.SUCCEEDED
+    assert group.record(Failure(failed, FailureRecord(ErrorKind.AUTH, "401"))) is Recorded.FAILED
+    assert [f.job(engine, j.id).status for j in (done, failed)] == ["succeeded", "failed"]
 
 
-def test_a_batch_put_back_is_written_first_next_turn(engine: Engine) -> None:
-    """The claim loop puts a batch back when the database is away; the next take() returns it
-    ahead of later successes, in the same order, and its threads are still waiting."""
+def test_a_batch_kept_while_the_database_is_away_is_written_first_next_turn(
+    engine: Engine, db_url: str
+) -> None:
+    """The database refuses connections: the turn raises DatabaseUnavailable and keeps the batch;
+    the next turn writes it ahead of later outcomes, in the same order, and until then every
+    thread is still waiting (no paid answer is dropped)."""
     f.make_batch(engine, prompts=3, models=1)
     jobs = f.claim_all(engine, "w1")
-    pending = PendingCompletions(engine, threading.Event())
+    own = make_engine(db_url)
+    group = GroupCommit(own, threading.Event())
+
+    def refuse(*_: Any) -> None:
+        raise own.dialect.loaded_dbapi.OperationalError("connection refused (test)")
+
+    event.listen(own, "do_connect", refuse)
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(pending.complete, Completion(j, f.answer(), None)) for j in jobs[:2]]
-        while len(pending) < 2:
-            threading.Event().wait(0.01)
-        first = pending.take()
-        late = pool.submit(pending.complete, Completion(jobs[2], f.answer(), None))
-        while len(pending) < 1:
-            threading.Event().wait(0.01)
-        pending.put_back(first)
-        again = pending.take()
-        assert [c.job.id for c, _ in again] == [c.job.id for c, _ in first] + [jobs[2].id]
+        futures = [pool.submit(group.record, Completion(j, f.answer(), None)) for j in jobs[:2]]
+        _wait_len(group, 2)
+        with pytest.raises(DatabaseUnavailable):
+            group.commit()
+        late = pool.submit(group.record, Completion(jobs[2], f.answer(), None))
+        _wait_len(group, 3)
+        assert [o.job.id for o, _ in group._waiting] == [j.id for j in jobs]
         assert not any(fut.done() for fut in [*futures, late])
-        resolve(again, results.complete_jobs(engine, [c for c, _ in again]))
-        assert [fut.result(timeout=10) for fut in [*futures, late]] == [True, True, True]
+        event.remove(own, "do_connect", refuse)
+        group.commit()
+        assert [fut.result(timeout=10) for fut in [*futures, late]] == [Recorded.SUCCEEDED] * 3
+    own.dispose()
 
 
 def test_a_worker_whose_database_turns_read_only_exits_instead_of_hanging(
@@ -221,7 +263,7 @@ def test_a_stale_attempt_beside_the_current_one_is_told_it_was_dropped(engine: E
         Completion(stale, f.answer(["HubSpot"]), None),
         Completion(current, f.answer(["Pipedrive"]), None),
     ]
-    assert results.complete_jobs(engine, done) == [False, True]
+    assert f.complete_all(engine, done) == [False, True]
     assert f.count(engine, Response) == 1
     with read_tx(engine) as conn:
         assert conn.scalars(select(Entity.name).join(Mention)).all() == ["Pipedrive"]

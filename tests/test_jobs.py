@@ -191,8 +191,8 @@ def test_connection_refused_is_transient(engine, db_url):
 def test_status_reports_job_status(engine, db_url, sim):
     one_job(engine, "sim-gpt-4o-mini", sim.base_url, runs=2)
     run_until_done(engine, db_url)
-    from db.stats import batch_counts
+    from db.insights import batch_overview
 
-    counts = batch_counts(engine, "2026-11-30")
+    counts = batch_overview(engine, "2026-11-30")
     succeeded, queued = counts.get(JobStatus.SUCCEEDED), counts.get(JobStatus.QUEUED)
     assert (succeeded, queued, counts.total) == (1, 1, 2)

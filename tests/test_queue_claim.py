@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine
 
-from db import catalog, queue, results
+from db import catalog, queue
 from db.engine import make_engine
 from db.models import PromptJob, utcnow
 from db.types import JobStatus
@@ -110,7 +110,7 @@ def test_max_concurrency_caps_claims(engine: Engine) -> None:
     first = queue.claim_jobs(engine, "w1", 10, lease_seconds=30)
     assert len(first) == 2
     assert queue.claim_jobs(engine, "w2", 10, lease_seconds=30) == []
-    assert results.complete_job(engine, first[0], f.answer(), None)
+    assert f.complete(engine, first[0], f.answer(), None)
     assert len(queue.claim_jobs(engine, "w2", 10, lease_seconds=30)) == 1
     assert f.count(engine, PromptJob, model_id=model_id, status="processing") == 2
 
@@ -143,7 +143,7 @@ def test_max_concurrency_across_concurrent_claimers(engine: Engine, db_url: str)
                 for j in jobs:
                     with lock:
                         held[name] -= 1
-                    assert results.complete_job(own, j, f.answer(), None)
+                    assert f.complete(own, j, f.answer(), None)
         except BaseException as exc:
             errors.append(exc)
         finally:

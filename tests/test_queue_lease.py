@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from db import operations, queue, results
+from db import operations, queue
 from db.engine import make_engine
 from db.models import JobAttempt, PromptJob, utcnow
 from tests import factories as f
@@ -60,7 +60,7 @@ def test_release_returns_jobs_without_spending_attempt(engine: Engine) -> None:
     again = queue.claim_jobs(engine, "w3", 5, lease_seconds=60)
     assert sorted(j.id for j in again) == ids
     assert [j.attempt for j in again] == [1, 1]
-    assert not results.complete_job(engine, mine[0], f.answer(), None)  # w1 no longer holds it
+    assert not f.complete(engine, mine[0], f.answer(), None)  # w1 no longer holds it
 
 
 def test_expired_lease_requeued_with_attempt_spent(engine: Engine) -> None:
@@ -122,7 +122,7 @@ def test_failed_job_at_three_of_three_requeued_runs_again(engine: Engine) -> Non
     )
     [again] = f.claim_all(engine, "w")
     assert (again.attempt, again.max_attempts) == (4, 6)
-    assert results.complete_job(engine, again, f.answer(), None)
+    assert f.complete(engine, again, f.answer(), None)
     assert [a.outcome for a in f.attempts(engine, job.id)] == ["lost"] * 3 + ["succeeded"]
 
 
@@ -162,7 +162,7 @@ def test_reap_leaves_live_and_ended_jobs_alone(engine: Engine) -> None:
     f.make_batch(engine, prompts=3, models=1)
     done, live, queued = f.job_ids(engine)
     jobs = {j.id: j for j in queue.claim_jobs(engine, "w", 2, lease_seconds=60)}
-    assert results.complete_job(engine, jobs[done], f.answer(), None)
+    assert f.complete(engine, jobs[done], f.answer(), None)
     f.set_jobs(engine, [done, queued], lease_expires_at=utcnow() - timedelta(minutes=5))
     assert queue.reap_expired(engine) == []
     assert [f.job(engine, i).status for i in (done, live, queued)] == [

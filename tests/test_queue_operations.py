@@ -9,11 +9,11 @@ import time
 import pytest
 from sqlalchemy import Engine, select, update
 
-from db import operations, queue, results
+from db import operations, queue
 from db.engine import make_engine, read_tx, write_tx
 from db.errors import InvalidInput
+from db.filters import JobQuery
 from db.models import AuditLog, PromptJob
-from db.operations import JobFilter
 from db.types import ErrorKind, FailureRecord
 from tests import factories as f
 from tests.factories import BATCH
@@ -22,7 +22,7 @@ from tests.factories import BATCH
 def _fail(engine: Engine, worker: str = "w", kind: ErrorKind = ErrorKind.AUTH) -> int:
     """Claim the next job and fail it permanently; returns its id."""
     [job] = queue.claim_jobs(engine, worker, 1, lease_seconds=60)
-    results.record_failure(engine, job, FailureRecord(kind, f"{kind} failure"), 0)
+    f.fail(engine, job, FailureRecord(kind, f"{kind} failure"), 0)
     return job.id
 
 
@@ -58,7 +58,7 @@ def test_stale_selection_of_a_job_that_moved_on_is_refused(engine: Engine) -> No
     assert operations.requeue_jobs(engine, job_ids=[a], fresh_attempts=3, actor="op") == []
     row = f.job(engine, a)
     assert (row.status, row.locked_by, row.attempt_count) == ("processing", "w2", 2)
-    assert results.complete_job(engine, running, f.answer(), None)
+    assert f.complete(engine, running, f.answer(), None)
 
 
 def test_double_requeue_changes_once(engine: Engine) -> None:
@@ -121,7 +121,7 @@ def test_requeue_by_filter(engine: Engine) -> None:
     failed = [_fail(engine) for _ in range(4)]
     changed = operations.requeue_jobs(
         engine,
-        where=JobFilter(status="failed", batch_key=BATCH, model_id=m1),
+        where=JobQuery(statuses=("failed",), batch_key=BATCH, model_ids=(m1,)),
         fresh_attempts=3,
         actor="op",
     )
@@ -130,7 +130,7 @@ def test_requeue_by_filter(engine: Engine) -> None:
     assert 0 < len(changed) < 4
     assert f.count(engine, PromptJob, status="failed") == 4 - len(changed)
     assert _audits(engine) == [
-        ("requeue", {"batch_key": BATCH, "model_id": m1, "status": "failed"}, len(changed))
+        ("requeue", {"batch_key": BATCH, "model_ids": [m1], "statuses": ["failed"]}, len(changed))
     ]
 
 
@@ -140,12 +140,12 @@ def test_cancel_by_filter_leaves_other_statuses(engine: Engine) -> None:
     a = _fail(engine)
     [running] = queue.claim_jobs(engine, "w", 1, lease_seconds=60)
     [done] = queue.claim_jobs(engine, "w", 1, lease_seconds=60)
-    results.complete_job(engine, done, f.answer(), None)
-    changed = operations.cancel_jobs(engine, where=JobFilter(batch_key=BATCH), actor="op")
+    f.complete(engine, done, f.answer(), None)
+    changed = operations.cancel_jobs(engine, where=JobQuery(batch_key=BATCH), actor="op")
     assert len(changed) == 2
     assert running.id in changed
     assert [f.job(engine, i).status for i in (a, done.id)] == ["failed", "succeeded"]
-    assert not results.complete_job(engine, running, f.answer(), None)
+    assert not f.complete(engine, running, f.answer(), None)
 
 
 def test_wrong_statuses_untouched(engine: Engine) -> None:
@@ -178,7 +178,7 @@ def test_ids_or_filter_required(engine: Engine) -> None:
     with pytest.raises(InvalidInput):
         operations.cancel_jobs(engine, actor="op")
     with pytest.raises(InvalidInput):
-        operations.cancel_jobs(engine, job_ids=[1], where=JobFilter(), actor="op")
+        operations.cancel_jobs(engine, job_ids=[1], where=JobQuery(), actor="op")
 
 
 def test_cancel_survives_a_lock_conflict(engine: Engine) -> None:

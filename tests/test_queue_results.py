@@ -10,21 +10,20 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from db import operations, queue, results
+from db import operations, queue
 from db.engine import make_engine, read_tx, write_tx
+from db.insights import batch_overview
 from db.models import Entity, JobAttempt, Mention, PromptJob, Response, utcnow
-from db.results import FailureOutcome
-from db.stats import batch_counts
-from db.types import ErrorKind, FailureRecord, JobStatus
+from db.types import ErrorKind, FailureRecord, JobStatus, Recorded
 from tests import factories as f
 from tests.factories import BATCH
 
 
 def test_complete_saves_everything_in_one_go(engine: Engine) -> None:
-    """complete_job writes the response, its mentions, the attempt row and 'succeeded' together."""
+    """A success writes the response, its mentions, the attempt row and 'succeeded' together."""
     f.make_batch(engine, prompts=1, models=1)
     [job] = f.claim_all(engine, "w1")
-    assert results.complete_job(engine, job, f.answer(["HubSpot", "Pipedrive"]), 0.0021)
+    assert f.complete(engine, job, f.answer(["HubSpot", "Pipedrive"]), 0.0021)
     row = f.job(engine, job.id)
     assert (row.status, row.locked_by, row.lease_expires_at) == ("succeeded", None, None)
     assert row.finished_at is not None
@@ -57,7 +56,7 @@ def test_complete_is_all_or_nothing(engine: Engine) -> None:
     bad = f.answer(["HubSpot"])
     broken = type(bad)(**{**bad.__dict__, "mentions": bad.mentions * 2})  # same entity twice
     with pytest.raises(IntegrityError, match=r"(?i)unique"):
-        results.complete_job(engine, job, broken, None)
+        f.complete(engine, job, broken, None)
     assert f.job(engine, job.id).status == "processing"
     assert (
         f.count(engine, Response),
@@ -65,7 +64,7 @@ def test_complete_is_all_or_nothing(engine: Engine) -> None:
         f.count(engine, Entity),
         f.count(engine, JobAttempt),
     ) == (0, 0, 0, 0)
-    assert results.complete_job(engine, job, bad, None)
+    assert f.complete(engine, job, bad, None)
     assert f.count(engine, Response) == 1
 
 
@@ -76,9 +75,9 @@ def test_complete_after_cancel_writes_nothing(engine: Engine) -> None:
     [job] = f.claim_all(engine, "w1")
     assert operations.cancel_jobs(engine, job_ids=[job.id], actor="op") == [job.id]
     assert queue.heartbeat(engine, "w1", [job.id], lease_seconds=30) == set()
-    assert not results.complete_job(engine, job, f.answer(["HubSpot"]), None)
+    assert not f.complete(engine, job, f.answer(["HubSpot"]), None)
     failure = FailureRecord(ErrorKind.SERVER_ERROR, "HTTP 500")
-    assert results.record_failure(engine, job, failure, 1) is FailureOutcome.DROPPED
+    assert f.fail(engine, job, failure, 1) is Recorded.DROPPED
     assert f.job(engine, job.id).status == "cancelled"
     assert (
         f.count(engine, Response),
@@ -98,9 +97,9 @@ def test_late_complete_after_lease_takeover_dropped(engine: Engine) -> None:
     [second] = f.claim_all(engine, "B")
     assert (second.id, second.attempt) == (first.id, 2)
     assert queue.heartbeat(engine, "A", [first.id], lease_seconds=30) == set()
-    assert not results.complete_job(engine, first, f.answer(["HubSpot"]), None)
-    assert results.complete_job(engine, second, f.answer(["Salesforce"]), None)
-    assert not results.complete_job(engine, second, f.answer(["Salesforce"]), None)
+    assert not f.complete(engine, first, f.answer(["HubSpot"]), None)
+    assert f.complete(engine, second, f.answer(["Salesforce"]), None)
+    assert not f.complete(engine, second, f.answer(["Salesforce"]), None)
     assert f.count(engine, Response) == 1
     with read_tx(engine) as conn:
         assert conn.scalar(select(Entity.name)) == "Salesforce"
@@ -119,10 +118,10 @@ def test_same_worker_reclaim_fences_on_attempt(engine: Engine) -> None:
     queue.reap_expired(engine)
     [fresh] = f.claim_all(engine, "w")
     failure = FailureRecord(ErrorKind.AUTH, "401")
-    assert results.record_failure(engine, stale, failure, 0) is FailureOutcome.DROPPED
-    assert not results.complete_job(engine, stale, f.answer(), None)
+    assert f.fail(engine, stale, failure, 0) is Recorded.DROPPED
+    assert not f.complete(engine, stale, f.answer(), None)
     assert f.job(engine, fresh.id).status == "processing"
-    assert results.complete_job(engine, fresh, f.answer(), None)
+    assert f.complete(engine, fresh, f.answer(), None)
 
 
 def test_transient_failure_retries_after_backoff(engine: Engine) -> None:
@@ -132,7 +131,7 @@ def test_transient_failure_retries_after_backoff(engine: Engine) -> None:
     [job] = f.claim_all(engine, "w")
     before = utcnow()
     failure = FailureRecord(ErrorKind.RATE_LIMITED, "HTTP 429", latency_ms=12, retry_after=30)
-    assert results.record_failure(engine, job, failure, 30) is FailureOutcome.RETRY
+    assert f.fail(engine, job, failure, 30) is Recorded.RETRY
     row = f.job(engine, job.id)
     assert (row.status, row.error_kind, row.locked_by, row.finished_at) == (
         "queued",
@@ -158,7 +157,7 @@ def test_permanent_failure_fails_at_once(engine: Engine) -> None:
     f.make_batch(engine, prompts=1, models=1)
     [job] = f.claim_all(engine, "w")
     failure = FailureRecord(ErrorKind.AUTH, "HTTP 401: invalid API key")
-    assert results.record_failure(engine, job, failure, 30) is FailureOutcome.FAILED
+    assert f.fail(engine, job, failure, 30) is Recorded.FAILED
     row = f.job(engine, job.id)
     assert (row.status, row.error_kind, row.error_message) == (
         "failed",
@@ -176,8 +175,8 @@ def test_transient_failure_with_attempts_spent_fails(engine: Engine) -> None:
     for _ in range(3):
         [job] = f.claim_all(engine, "w", now=utcnow() + timedelta(hours=1))
         failure = FailureRecord(ErrorKind.SERVER_ERROR, "HTTP 500")
-        outcomes.append(results.record_failure(engine, job, failure, 1))
-    assert outcomes == [FailureOutcome.RETRY, FailureOutcome.RETRY, FailureOutcome.FAILED]
+        outcomes.append(f.fail(engine, job, failure, 1))
+    assert outcomes == [Recorded.RETRY, Recorded.RETRY, Recorded.FAILED]
     row = f.job(engine, job.id)
     assert (row.status, row.attempt_count) == ("failed", 3)
     assert [(a.attempt, a.outcome) for a in f.attempts(engine, job.id)] == [
@@ -201,7 +200,7 @@ def test_entities_created_once_under_concurrency(engine: Engine, db_url: str) ->
         try:
             barrier.wait(timeout=30)
             for j in part:
-                assert results.complete_job(own, j, f.answer(names), None)
+                assert f.complete(own, j, f.answer(names), None)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -235,7 +234,7 @@ def test_workers_and_reader_never_see_database_locked(engine: Engine, db_url: st
         own = make_engine(db_url)
         try:
             while not stop.is_set():
-                batch_counts(own, BATCH)
+                batch_overview(own, BATCH)
                 polls[0] += 1
                 stop.wait(0.1)
         except BaseException as exc:
@@ -270,5 +269,5 @@ def test_reader_sees_progress_while_workers_write(engine: Engine) -> None:
     with write_tx(engine) as conn:
         conn.execute(PromptJob.__table__.update().where(PromptJob.id == job.id).values(priority=5))
         started = time.monotonic()
-        assert batch_counts(engine, BATCH).get(JobStatus.PROCESSING) == 2
+        assert batch_overview(engine, BATCH).get(JobStatus.PROCESSING) == 2
         assert time.monotonic() - started < 2

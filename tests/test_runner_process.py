@@ -16,6 +16,7 @@ from sqlalchemy import Engine, func, select
 from db import catalog, operations, queue
 from db.catalog import NewPrompt
 from db.engine import read_tx
+from db.filters import JobQuery
 from db.models import JobAttempt, Prompt, PromptJob, Response, Worker
 from db.types import JobStatus
 from runner.simulator.server import SimulatorServer, running_simulator
@@ -262,7 +263,7 @@ def test_cancelled_processing_job_result_dropped(engine, db_url, sim):
     seed(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url, prompts=1, runs=1)
     proc = start_runner(db_url, processes=1, threads=1)
     wait_for(lambda: count(engine, PromptJob.status == "processing") == 1, 120, "job in flight")
-    operations.cancel_jobs(engine, where=operations.JobFilter(status="processing"), actor="test")
+    operations.cancel_jobs(engine, where=JobQuery(statuses=("processing",)), actor="test")
     time.sleep(2.5)
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)

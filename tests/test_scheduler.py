@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine
 
-from db import queue, stats
+from db import insights, queue
 from db.engine import make_engine
 from db.errors import DatabaseUnavailable
 from db.types import EnqueueResult
@@ -99,8 +99,8 @@ def test_days_down_are_reported_and_visible_in_status(engine):
     with time_machine.travel(datetime(2026, 11, 4, 10, 0, tzinfo=UTC), tick=False):
         enqueue = Recorder()
         missed = BatchScheduler(enqueue, "00:00").catch_up(latest_batch="2026-11-01")
-        stats.record_missed_batches(engine, missed)
-        assert stats.missed_batches(engine) == ["2026-11-02", "2026-11-03"]
+        queue.record_missed_batches(engine, missed)
+        assert insights.missed_batches(engine) == ["2026-11-02", "2026-11-03"]
     assert [k for k, _ in enqueue.calls] == ["2026-11-04"]
 
 

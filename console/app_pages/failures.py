@@ -8,6 +8,7 @@ import streamlit as st
 
 from console import actions, context, data, tables, widgets
 from db import insights
+from db.filters import JobQuery
 from db.types import JobStatus
 
 PAGE = "failures"
@@ -48,7 +49,7 @@ def group_actions(
             row = table.iloc[int(choice or 0)]
             ids = data.matching_job_ids(
                 url,
-                insights.JobQuery(
+                JobQuery(
                     batch_key=batch,
                     statuses=FAILED,
                     error_kind=row.error_kind or None,
@@ -66,7 +67,7 @@ def group_actions(
         model = st.selectbox("Model", models, format_func=lambda m: m[0], key="failures_model")
         if st.button("Re-queue this model's failures", disabled=model is None) and model:
             ids = data.matching_job_ids(
-                url, insights.JobQuery(batch_key=batch, statuses=FAILED, model_ids=(model[1],))
+                url, JobQuery(batch_key=batch, statuses=FAILED, model_ids=(model[1],))
             )
             actions.propose("requeue", ids, f"failed jobs of {model[0]}", PAGE)
 
@@ -75,7 +76,7 @@ def failed_jobs(url: str, batch: str) -> None:
     st.subheader("Failed jobs, newest first")
     page = data.jobs_page(
         url,
-        insights.JobQuery(batch_key=batch, statuses=FAILED),
+        JobQuery(batch_key=batch, statuses=FAILED),
         "finished_at",
         descending=True,
         limit=200,
@@ -118,7 +119,7 @@ st.metric("Failed jobs in this batch", f"{failed_total:,}")
 if ctx.can_act and st.button(
     f"Re-queue all failed in this batch ({failed_total})", disabled=not failed_total, type="primary"
 ):
-    ids = data.matching_job_ids(url, insights.JobQuery(batch_key=batch, statuses=FAILED))
+    ids = data.matching_job_ids(url, JobQuery(batch_key=batch, statuses=FAILED))
     actions.propose("requeue", ids, f"every failed job of batch {batch}", PAGE)
 table = groups_frame(groups)
 st.subheader("By error")

@@ -12,6 +12,7 @@ import streamlit as st
 from console import actions, context, data, tables, widgets
 from console.text import md_escape
 from db import insights
+from db.filters import JobQuery
 from db.types import CANCELLABLE_STATUSES, REQUEUEABLE_STATUSES, JobStatus
 
 PAGE = "jobs"
@@ -25,7 +26,7 @@ SORTS: dict[str, insights.SortKey] = {
 TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")
 
 
-def filters(url: str) -> insights.JobQuery:
+def filters(url: str) -> JobQuery:
     cols = st.columns([1.2, 1.5, 1.5, 1])
     with cols[0]:
         batch = widgets.batch_picker(url, key="jobs_batch")
@@ -40,7 +41,7 @@ def filters(url: str) -> insights.JobQuery:
     text_cols = st.columns(2)
     prompt_text = text_cols[0].text_input("Prompt contains", key="jobs_prompt_text")
     error_text = text_cols[1].text_input("Error contains", key="jobs_error_text")
-    return insights.JobQuery(
+    return JobQuery(
         batch_key=None if everywhere else batch,
         statuses=tuple(statuses),
         model_ids=tuple(models[m] for m in chosen),
@@ -50,7 +51,7 @@ def filters(url: str) -> insights.JobQuery:
     )
 
 
-def listing(url: str, query: insights.JobQuery) -> tuple[insights.JobPage, list[int]]:
+def listing(url: str, query: JobQuery) -> tuple[insights.JobPage, list[int]]:
     cols = st.columns([1, 1, 1, 3])
     sort = SORTS[cols[0].selectbox("Sort by", list(SORTS), key="jobs_sort")]
     descending = cols[1].toggle("Newest / largest first", value=True, key="jobs_desc")
@@ -109,7 +110,7 @@ def jobs_frame(rows: list[insights.JobListRow]) -> pd.DataFrame:
     )
 
 
-def action_bar(url: str, query: insights.JobQuery, selected: list[int], total: int) -> None:
+def action_bar(url: str, query: JobQuery, selected: list[int], total: int) -> None:
     if not context.current().can_act:
         return
     cols = st.columns(4)
@@ -127,7 +128,7 @@ def action_bar(url: str, query: insights.JobQuery, selected: list[int], total: i
         actions.propose("cancel", ids, "queued or processing jobs matching the filter", PAGE)
 
 
-def action_targets(url: str, query: insights.JobQuery, allowed: frozenset[JobStatus]) -> list[int]:
+def action_targets(url: str, query: JobQuery, allowed: frozenset[JobStatus]) -> list[int]:
     """Ids of the jobs matching the filter that the action applies to, resolved now."""
     wanted = {s.value for s in allowed}
     statuses = wanted & set(query.statuses) if query.statuses else wanted

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -15,11 +16,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from db.errors import ConfigError, InvalidInput, PromptBatchError
-from db.types import JobStatus
+from db.types import ErrorKind, JobStatus
 
 if TYPE_CHECKING:
     from db.engine import Engine
-    from db.operations import JobFilter
+    from db.filters import JobQuery
     from runner.settings import Settings
 
 app = typer.Typer(
@@ -249,82 +250,142 @@ def check_api_keys(engine: Engine, settings: Settings) -> None:
 
 @app.command()
 def status(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
-    """Jobs per status for a batch (default: today's UTC batch)."""
-    from db import stats
+    """Jobs per status for a batch (default: today's UTC batch), as the console's Overview."""
+    from db import insights
 
     engine = open_engine(load_settings())
-    counts = stats.batch_counts(engine, batch_key_or_today(batch_key))
-    missed = stats.missed_batches(engine)
+    overview = insights.batch_overview(engine, batch_key_or_today(batch_key))
+    missed = insights.missed_batches(engine)
     if json_out:
         echo_json(
             {
-                "batch_key": counts.batch_key,
-                "counts": counts.counts,
-                "total": counts.total,
+                "batch_key": overview.batch_key,
+                "counts": overview.counts,
+                "total": overview.total,
                 "missed_batches": missed,
             }
         )
         return
-    typer.echo(f"batch {counts.batch_key}: {counts.total} jobs")
-    for name, n in counts.counts.items():
+    typer.echo(f"batch {overview.batch_key}: {overview.total} jobs")
+    for name, n in overview.counts.items():
         typer.echo(f"  {name:<11} {n}")
     if missed:
         typer.echo(f"missed batches (runner was down): {', '.join(missed)}")
 
 
-def _job_filter(
-    status_: str | None, batch_key: str | None, model_id: int | None, prompt_id: int | None
-) -> JobFilter:
-    from db.operations import JobFilter
-
-    if status_ is not None and status_ not in {s.value for s in JobStatus}:
-        raise InvalidInput(
-            f"unknown status {status_!r}: use one of {', '.join(s.value for s in JobStatus)}"
-        )
-    key = batch_key_or_today(batch_key) if batch_key is not None else None
-    return JobFilter(status=status_, batch_key=key, model_id=model_id, prompt_id=prompt_id)
-
-
-StatusOpt = Annotated[str | None, typer.Option("--status", help="queued, failed, ...")]
-ModelOpt = Annotated[int | None, typer.Option("--model-id")]
-PromptOpt = Annotated[int | None, typer.Option("--prompt-id")]
+StatusOpt = Annotated[
+    list[str] | None, typer.Option("--status", help="queued, failed, ... (repeatable).")
+]
+ModelIdOpt = Annotated[list[int] | None, typer.Option("--model-id", help="Repeatable.")]
+ModelOpt = Annotated[
+    list[str] | None, typer.Option("--model", help="A model's name, label or id (repeatable).")
+]
+PromptOpt = Annotated[list[int] | None, typer.Option("--prompt-id", help="Repeatable.")]
+ErrorKindOpt = Annotated[
+    str | None, typer.Option("--error-kind", help="rate_limited, timeout, auth, ...")
+]
+ErrorTextOpt = Annotated[str | None, typer.Option("--error-text", help="Error contains this.")]
+PromptTextOpt = Annotated[str | None, typer.Option("--prompt-text", help="Prompt contains this.")]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since", help="Changed since: 30m, 2h, 1d, or a UTC date or time (2026-12-01T06:00)."
+    ),
+]
 JobIdsOpt = Annotated[list[int] | None, typer.Option("--job-id", help="Repeatable.")]
+
+
+@dataclass(frozen=True)
+class FilterArgs:
+    """The job filter options as given (the console's Jobs filters, plus --since)."""
+
+    statuses: list[str] | None = None
+    batch_key: str | None = None
+    model_ids: list[int] | None = None
+    models: list[str] | None = None
+    prompt_ids: list[int] | None = None
+    error_kind: str | None = None
+    error_text: str | None = None
+    prompt_text: str | None = None
+    since: str | None = None
+
+    def query(self, engine: Engine) -> JobQuery:
+        """The JobQuery these options mean; InvalidInput / NotFound for a bad value."""
+        from db import catalog
+        from db.filters import JobQuery
+        from runner.cli.inputs import parse_since
+
+        known = {s.value for s in JobStatus}
+        for status_ in self.statuses or ():
+            if status_ not in known:
+                raise InvalidInput(f"unknown status {status_!r}: use one of {', '.join(known)}")
+        if self.error_kind is not None and self.error_kind not in {k.value for k in ErrorKind}:
+            raise InvalidInput(
+                f"unknown error kind {self.error_kind!r}: use one of "
+                f"{', '.join(k.value for k in ErrorKind)}"
+            )
+        model_ids = [
+            *(self.model_ids or ()),
+            *(catalog.resolve_model(engine, m).id for m in self.models or ()),
+        ]
+        return JobQuery(
+            batch_key=batch_key_or_today(self.batch_key) if self.batch_key is not None else None,
+            statuses=tuple(self.statuses or ()),
+            model_ids=tuple(model_ids),
+            prompt_ids=tuple(self.prompt_ids or ()),
+            prompt_text=self.prompt_text or "",
+            error_kind=self.error_kind,
+            error_text=self.error_text or "",
+            updated_since=parse_since(self.since) if self.since is not None else None,
+        )
 
 
 @app.command()
 def jobs(
     status_: StatusOpt = None,
     batch_key: BatchOpt = None,
-    model_id: ModelOpt = None,
+    model_id: ModelIdOpt = None,
+    model: ModelOpt = None,
     prompt_id: PromptOpt = None,
+    error_kind: ErrorKindOpt = None,
+    error_text: ErrorTextOpt = None,
+    prompt_text: PromptTextOpt = None,
+    since: SinceOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     json_out: JsonOpt = False,
 ) -> None:
-    """List jobs, newest first."""
-    from db import stats
+    """List jobs, newest first, filtered as on the console's Jobs page."""
+    from db import insights
 
-    where = _job_filter(status_, batch_key, model_id, prompt_id)
-    rows = stats.list_jobs(open_engine(load_settings()), where, limit=limit)
+    engine = open_engine(load_settings())
+    where = FilterArgs(
+        status_, batch_key, model_id, model, prompt_id, error_kind, error_text, prompt_text, since
+    ).query(engine)
+    page = insights.list_jobs_page(engine, where, limit=limit)
     if json_out:
-        echo_json([r.__dict__ for r in rows])
+        echo_json([r.__dict__ for r in page.rows])
         return
-    for r in rows:
+    for r in page.rows:
         error = f" {r.error_kind}: {(r.error_message or '')[:60]}" if r.error_kind else ""
         typer.echo(
-            f"{r.id:>7} {r.batch_key} {r.status:<10} {r.model_name:<24} run={r.run_index} "
-            f"attempt {r.attempt_count}/{r.max_attempts}{error}  {r.prompt_text[:50]}"
+            f"{r.id:>7} {r.batch_key} {r.status:<10} {r.model:<24} run={r.run_index} "
+            f"attempt {r.attempt_count}/{r.max_attempts}{error}  {r.prompt[:50]}"
         )
+    more = "+" if page.total_capped else ""
+    typer.echo(f"{len(page.rows)} of {page.total:,}{more} matching jobs shown", err=True)
 
 
 def _targets(
-    job_id: list[int] | None, where: JobFilter
-) -> tuple[list[int] | None, JobFilter | None]:
+    engine: Engine, job_id: list[int] | None, args: FilterArgs
+) -> tuple[list[int] | None, JobQuery | None]:
     """(job ids, None) or (None, filter): what an action acts on. InvalidInput when neither."""
     if job_id:
         return job_id, None
+    where = args.query(engine)
     if not where.describe():
         raise InvalidInput(
-            "give --job-id or at least one filter (--status, --batch-key, --model-id, --prompt-id)"
+            "give --job-id or at least one filter (--status, --batch-key, "
+            "--model, --model-id, --prompt-id, --error-kind, --since, ...)"
         )
     return None, where
 
@@ -334,20 +395,25 @@ def requeue(
     job_id: JobIdsOpt = None,
     status_: StatusOpt = None,
     batch_key: BatchOpt = None,
-    model_id: ModelOpt = None,
+    model_id: ModelIdOpt = None,
+    model: ModelOpt = None,
     prompt_id: PromptOpt = None,
+    error_kind: ErrorKindOpt = None,
+    error_text: ErrorTextOpt = None,
+    prompt_text: PromptTextOpt = None,
+    since: SinceOpt = None,
 ) -> None:
     """Re-queue failed, cancelled or skipped jobs with a fresh attempt budget."""
     from db import operations
 
     settings = load_settings()
-    ids, where = _targets(job_id, _job_filter(status_, batch_key, model_id, prompt_id))
+    engine = open_engine(settings)
+    args = FilterArgs(
+        status_, batch_key, model_id, model, prompt_id, error_kind, error_text, prompt_text, since
+    )
+    ids, where = _targets(engine, job_id, args)
     changed = operations.requeue_jobs(
-        open_engine(settings),
-        job_ids=ids,
-        where=where,
-        fresh_attempts=settings.max_attempts,
-        actor="cli",
+        engine, job_ids=ids, where=where, fresh_attempts=settings.max_attempts, actor="cli"
     )
     typer.echo(f"{len(changed)} re-queued")
 
@@ -357,16 +423,23 @@ def cancel(
     job_id: JobIdsOpt = None,
     status_: StatusOpt = None,
     batch_key: BatchOpt = None,
-    model_id: ModelOpt = None,
+    model_id: ModelIdOpt = None,
+    model: ModelOpt = None,
     prompt_id: PromptOpt = None,
+    error_kind: ErrorKindOpt = None,
+    error_text: ErrorTextOpt = None,
+    prompt_text: PromptTextOpt = None,
+    since: SinceOpt = None,
 ) -> None:
     """Cancel queued or processing jobs (a late result of a processing job is dropped)."""
     from db import operations
 
-    ids, where = _targets(job_id, _job_filter(status_, batch_key, model_id, prompt_id))
-    changed = operations.cancel_jobs(
-        open_engine(load_settings()), job_ids=ids, where=where, actor="cli"
+    engine = open_engine(load_settings())
+    args = FilterArgs(
+        status_, batch_key, model_id, model, prompt_id, error_kind, error_text, prompt_text, since
     )
+    ids, where = _targets(engine, job_id, args)
+    changed = operations.cancel_jobs(engine, job_ids=ids, where=where, actor="cli")
     typer.echo(f"{len(changed)} cancelled")
 
 

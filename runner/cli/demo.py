@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from db import catalog, migrate, queue, stats
+from db import catalog, insights, migrate, queue
 from db.engine import Engine, make_engine
 from runner.cli import inputs
 from runner.settings import Settings
@@ -58,15 +58,18 @@ def run_demo(settings: Settings) -> int:
 
 
 def print_summary(engine: Engine, batch_key: str) -> None:
-    counts = stats.batch_counts(engine, batch_key)
+    """The batch's counts and its ten most mentioned brands over all models (the console's
+    Overview and Mentions reads)."""
+    overview = insights.batch_overview(engine, batch_key)
     typer.echo(
         f"\nbatch {batch_key}: "
-        + ", ".join(f"{n} {s}" for s, n in counts.counts.items() if n)
-        + f" (total {counts.total})"
+        + ", ".join(f"{n} {s}" for s, n in overview.counts.items() if n)
+        + f" (total {overview.total})"
     )
     typer.echo("top brands (answers mentioning / mention rate / share of voice / avg position):")
-    for b in stats.top_brands(engine, batch_key, limit=10):
+    brands = insights.brand_visibility(engine, batch_key, batch_key, limit=10)
+    for b in (b for b in brands if b.model_id is None):
         typer.echo(
-            f"  {b.name:<18} {b.answers:>4}  {b.mention_rate:6.1%}  "
+            f"  {b.brand:<18} {b.answers_mentioning:>4}  {b.mention_rate:6.1%}  "
             f"{b.share_of_voice:6.1%}  {b.avg_position:4.1f}"
         )

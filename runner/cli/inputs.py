@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from db.catalog import MAX_PROMPT_CHARS, NewEntity, NewPrompt
@@ -89,3 +91,26 @@ def _read_text(path: Path) -> str:
         raise InvalidInput(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise InvalidInput(f"{path}: cannot be read ({exc.strerror})") from exc
+
+
+_DURATION = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<unit>[smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """The moment `value` names, as an aware UTC datetime: a duration back from `now` (`90s`,
+    `30m`, `2h`, `1d`) or an ISO 8601 date or date-time (UTC unless it carries an offset).
+
+    Raises InvalidInput naming the value.
+    """
+    text = value.strip()
+    if match := _DURATION.fullmatch(text):
+        seconds = float(match["n"]) * _UNIT_SECONDS[match["unit"]]
+        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"--since must be a duration (30m, 2h, 1d) or a UTC date or time, got {value!r}"
+        ) from exc
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -1,85 +1,142 @@
-"""Group commit of job successes: job threads hand their success to the worker's claim loop, which
-records every success waiting and claims their replacements in ONE transaction.
-
-A job thread's `complete` call blocks until its own result is committed, so a job's slot is never
-freed before its answer is saved (a crash loses nothing that was acknowledged). Under load the
-writes batch themselves; an idle worker writes each success at once, with no added wait. Idea from
-pgqueuer's batched acknowledgements and PostgreSQL's own group commit (bench/RESULTS.md, item 2).
+"""The group commit: the one writer of a worker process's job outcomes, successes and failures
+alike. Idea from pgqueuer's batched acknowledgements and PostgreSQL's own group commit
+(bench/RESULTS.md, item 2).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from concurrent.futures import Future
 
 from db import results
 from db.engine import Engine
-from db.types import Completion
+from db.errors import DatabaseUnavailable
+from db.types import ClaimedJob, Outcome, Recorded
 
-MAX_BATCH = 64  # successes per transaction; bounds one statement's arrays and its lock set
+log = logging.getLogger(__name__)
 
-Pending = tuple[Completion, Future[bool]]
+MAX_BATCH = 64  # outcomes per transaction; bounds one statement's arrays and its lock set
+
+_Waiting = tuple[Outcome, Future[Recorded]]
 
 
-class PendingCompletions:
-    """Successes waiting for the claim loop's next transaction (thread-safe)."""
+class GroupCommit:
+    """Job threads hand their outcome over (`record`) and block until it is written; the worker's
+    claim loop writes every outcome handed over since its last turn together with its next claim,
+    in ONE transaction (`commit_and_claim`). A job's slot is never freed before its outcome is
+    saved, so a crash loses nothing that was acknowledged; under load the writes batch
+    themselves, and an idle worker writes each outcome at once, with no added wait.
 
-    def __init__(self, engine: Engine, wake: threading.Event) -> None:
+    One outcome's states:
+
+        handed over --turn--> written --commit--> acknowledged (its thread gets its Recorded)
+                                  |--the batch raised (one bad answer)--> rewritten alone
+                                  '--the database is away--> kept for retry --next turn--> written
+        handed over after the claim loop ended (close) --> rewritten alone, in its own thread
+
+    "Rewritten alone" is one transaction per outcome: only the bad one fails (its thread gets
+    the error). Without a claim loop (`wake` None: tests, tools) every outcome is written alone.
+    """
+
+    def __init__(self, engine: Engine, wake: threading.Event | None = None) -> None:
         self._engine = engine
         self._wake = wake  # set on every hand-over, so the claim loop stops waiting
         self._lock = threading.Lock()
-        self._items: deque[Pending] = deque()
-        self._closed = False
+        self._waiting: deque[_Waiting] = deque()
+        self._closed = wake is None
 
-    def complete(self, completion: Completion) -> bool:
-        """Hand `completion` over and block until it is committed (job threads).
-
-        Returns False when the worker no longer held the job (nothing was written for it).
-        Raises what the write raised, e.g. DatabaseUnavailable.
-        """
-        done: Future[bool] = Future()
+    def record(self, outcome: Outcome) -> Recorded:
+        """Hand `outcome` over and block until it is written (job threads). Recorded.DROPPED when
+        the worker no longer held the job (nothing was written). Raises what its lone write
+        raised, e.g. DatabaseUnavailable."""
+        done: Future[Recorded] = Future()
         with self._lock:
-            direct = self._closed
-            if not direct:
-                self._items.append((completion, done))
-        if direct:  # the claim loop has ended: write it in this thread
-            return results.complete_jobs(self._engine, [completion])[0]
+            alone = self._closed
+            if not alone:
+                self._waiting.append((outcome, done))
+        if alone:
+            return results.write_outcomes(self._engine, [outcome])[0]
+        assert self._wake is not None
         self._wake.set()
         return done.result()
 
+    def commit_and_claim(
+        self, worker_id: str, free: int, *, lease_seconds: float
+    ) -> list[ClaimedJob]:
+        """One claim-loop turn: write up to MAX_BATCH waiting outcomes and claim up to `free`
+        jobs plus one for each outcome written (its job leaves its slot), in ONE transaction.
+
+        Returns the claimed jobs: none when the batch raised (each outcome is then rewritten
+        alone). Raises DatabaseUnavailable when the database is away, the batch kept for the
+        next turn.
+        """
+        batch = self._take(MAX_BATCH)
+        if not batch and free < 1:
+            return []
+        return self._write(batch, worker_id, free + len(batch), lease_seconds)
+
+    def commit(self) -> None:
+        """Write what is waiting and claim nothing (a draining worker's turn); raises as
+        commit_and_claim."""
+        if batch := self._take(MAX_BATCH):
+            self._write(batch, "", 0, 0.0)  # a limit of 0 claims nothing, for no worker
+
+    def _write(
+        self, batch: list[_Waiting], worker_id: str, limit: int, lease_seconds: float
+    ) -> list[ClaimedJob]:
+        try:
+            recorded, claimed = results.write_outcomes_and_claim(
+                self._engine,
+                [outcome for outcome, _ in batch],
+                worker_id,
+                limit,
+                lease_seconds=lease_seconds,
+            )
+        except DatabaseUnavailable:
+            self._keep(batch)
+            raise
+        except Exception:
+            if not batch:
+                raise
+            log.warning(
+                "group commit of %d outcomes failed; writing each alone",
+                len(batch),
+                exc_info=True,
+                extra={"action": "group_commit_failed", "count": len(batch)},
+            )
+            self._write_each(batch)
+            return []
+        for (_, done), result in zip(batch, recorded, strict=True):
+            done.set_result(result)
+        return claimed
+
     def close(self) -> None:
-        """The claim loop ends: write what is waiting one by one; later calls write directly.
-        Idempotent."""
+        """The claim loop ends: write what is waiting, each alone; later outcomes are written
+        alone by their own threads. Idempotent."""
         with self._lock:
             self._closed = True
-        write_each(self._engine, self.take(len(self._items)))
-
-    def take(self, limit: int = MAX_BATCH) -> list[Pending]:
-        """Up to `limit` waiting successes, oldest first (the claim loop)."""
-        with self._lock:
-            return [self._items.popleft() for _ in range(min(limit, len(self._items)))]
-
-    def put_back(self, batch: list[Pending]) -> None:
-        """Return a batch whose write could not reach the database, to be written first next
-        turn: a paid answer is kept while the database is away (its job threads keep waiting)."""
-        with self._lock:
-            self._items.extendleft(reversed(batch))
+            batch = list(self._waiting)
+            self._waiting.clear()
+        self._write_each(batch)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._waiting)
 
+    def _take(self, limit: int) -> list[_Waiting]:
+        with self._lock:
+            return [self._waiting.popleft() for _ in range(min(limit, len(self._waiting)))]
 
-def resolve(batch: list[Pending], saved: list[bool]) -> None:
-    """Wake the job threads of a committed batch with their own result."""
-    for (_, done), ok in zip(batch, saved, strict=True):
-        done.set_result(ok)
+    def _keep(self, batch: list[_Waiting]) -> None:
+        """Put a batch that could not reach the database back in front, to be written first next
+        turn: a paid answer is kept while the database is away (its threads keep waiting)."""
+        with self._lock:
+            self._waiting.extendleft(reversed(batch))
 
-
-def write_each(engine: Engine, batch: list[Pending]) -> None:
-    """Write each success in its own transaction, so one bad answer fails only its own job."""
-    for completion, done in batch:
-        try:
-            done.set_result(results.complete_jobs(engine, [completion])[0])
-        except Exception as exc:  # handed to the job thread, which reports it
-            done.set_exception(exc)
+    def _write_each(self, batch: list[_Waiting]) -> None:
+        for outcome, done in batch:
+            try:
+                done.set_result(results.write_outcomes(self._engine, [outcome])[0])
+            except Exception as exc:  # handed to the job thread, which reports it
+                done.set_exception(exc)

@@ -16,9 +16,11 @@ from db.types import (
     ClaimedJob,
     Completion,
     ErrorKind,
+    Failure,
     FailureRecord,
     MentionRecord,
     OutputMode,
+    Recorded,
 )
 from runner.extraction.find import extract_from_text, order_mentions
 from runner.extraction.resolve import Catalog
@@ -28,7 +30,7 @@ from runner.llm.errors import CallFailed
 from runner.settings import Settings
 from runner.worker.backoff import backoff_seconds
 from runner.worker.catalog_cache import CatalogCache
-from runner.worker.group_commit import PendingCompletions
+from runner.worker.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ class JobContext:
     engine: Engine
     client: ModelClient
     catalog: CatalogCache
-    pending: PendingCompletions | None = None  # the group commit; None: write directly
+    outcomes: GroupCommit  # writes every outcome (its process's group commit)
     call_slots: threading.BoundedSemaphore | None = None  # bounds concurrent model calls
     draining: threading.Event | None = None  # set when the worker stops: start no more calls
 
@@ -98,7 +100,7 @@ def _record_success(
         request_id=reply.request_id,
         mentions=find_mentions(reply, ctx.catalog.get()),
     )
-    if not save_success(ctx, Completion(job, answer, cost_usd(job, reply))):
+    if ctx.outcomes.record(Completion(job, answer, cost_usd(job, reply))) is Recorded.DROPPED:
         _log_dropped(job)
         return JobOutcome.DROPPED
     log.info(
@@ -114,30 +116,22 @@ def _record_success(
     return JobOutcome.SUCCEEDED
 
 
-def save_success(ctx: JobContext, completion: Completion) -> bool:
-    """Record a success through the worker's group commit when it has one, else in a transaction
-    of its own; False when the worker no longer held the job (nothing written)."""
-    if ctx.pending is not None:
-        return ctx.pending.complete(completion)
-    return results.complete_jobs(ctx.engine, [completion])[0]
-
-
 def _record_failure(ctx: JobContext, job: ClaimedJob, failure: FailureRecord) -> JobOutcome:
     s = ctx.settings
     delay = backoff_seconds(
         job.attempt, base=s.backoff_base, cap=s.backoff_cap, retry_after=failure.retry_after
     )
-    outcome = results.record_failure(ctx.engine, job, failure, delay)
+    recorded = ctx.outcomes.record(Failure(job, failure, delay))
     extra = {
         "job_id": job.id,
         "model": job.model_name,
         "attempt": job.attempt,
         "error_kind": failure.kind.value,
     }
-    if outcome is results.FailureOutcome.DROPPED:
+    if recorded is Recorded.DROPPED:
         _log_dropped(job)
         return JobOutcome.DROPPED
-    if outcome is results.FailureOutcome.RETRY:
+    if recorded is Recorded.RETRY:
         log.warning(
             "job will be retried in %.1fs: %s",
             delay,

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
-from db import queue, results, workers
+from db import queue, workers
 from db.engine import make_engine
 from db.errors import DatabaseUnavailable
 from db.types import ClaimedJob
@@ -26,7 +26,7 @@ from runner.llm.client import ModelClient
 from runner.logs import configure_logging
 from runner.settings import Settings
 from runner.worker.catalog_cache import CatalogCache
-from runner.worker.group_commit import Pending, PendingCompletions, resolve, write_each
+from runner.worker.group_commit import GroupCommit
 from runner.worker.jobs import JobContext, JobOutcome, run_job
 from runner.worker.spawn import STOP_POLL_SECONDS, StopFlag, WorkerSpec
 
@@ -71,15 +71,15 @@ class Worker:
         self._signals = 0
         self.capacity = settings.threads + prefetch(settings.threads)  # jobs held at once
         self.engine = make_engine(settings.database_url, pool_size=self.capacity + 2)
-        self._wake = threading.Event()  # a job ended or handed over its success, or stop
-        self.pending = PendingCompletions(self.engine, self._wake)
+        self._wake = threading.Event()  # a job ended or handed over its outcome, or stop
+        self.outcomes = GroupCommit(self.engine, self._wake)
         self._draining = threading.Event()
         self.ctx = JobContext(
             settings,
             self.engine,
             ModelClient(settings),
             CatalogCache(self.engine),
-            self.pending,
+            self.outcomes,
             threading.BoundedSemaphore(settings.threads),
             self._draining,
         )
@@ -115,20 +115,26 @@ class Worker:
         beat.start()
         threading.Thread(target=self._wake_on_stop, name="stop-watch", daemon=True).start()
         try:
-            with ThreadPoolExecutor(self.capacity, thread_name_prefix="job") as pool:
-                try:
-                    self._claim_loop(pool)
-                    self._drain()
-                finally:  # also when the loop died: no job thread may wait for it forever
-                    self._draining.set()
-                    self.pending.close()
-        finally:  # stop renewing leases, so a dead loop's jobs come back through the reaper
-            self._stop.set()
-        beat.join(timeout=5)
-        workers.stop_worker(self.engine, self.id)
-        self.ctx.client.close()
-        self.engine.dispose()
+            try:
+                self._work()
+            finally:  # also when the loop died: stop renewing leases (the reaper takes its
+                # jobs back), and let no heartbeat hold a connection past the dispose below
+                self._stop.set()
+                beat.join(timeout=5)
+            workers.stop_worker(self.engine, self.id)
+        finally:
+            self.ctx.client.close()
+            self.engine.dispose()
         log.info("worker stopped", extra={"action": "worker_stopped", "worker_id": self.id})
+
+    def _work(self) -> None:
+        with ThreadPoolExecutor(self.capacity, thread_name_prefix="job") as pool:
+            try:
+                self._claim_loop(pool)
+                self._drain()
+            finally:  # also when the loop died: no job thread may wait for it forever
+                self._draining.set()
+                self.outcomes.close()
 
     def _wake_on_stop(self) -> None:
         while not self.stopping():
@@ -136,45 +142,33 @@ class Worker:
         self._wake.set()
 
     def _claim_loop(self, pool: ThreadPoolExecutor) -> None:
-        """Each turn, one transaction records the successes handed over since the last turn and
+        """Each turn, one transaction records the outcomes handed over since the last turn and
         claims jobs for every free slot; then wait until a job ends or `poll_interval` passes."""
         while not self.stopping():
-            self._wake.clear()  # before take(): a hand-over from now on ends the wait below
+            self._wake.clear()  # before the turn: a hand-over from now on ends the wait below
             self._reap_done()
-            batch = self.pending.take()
-            free = self.capacity - len(self.in_flight) + len(batch)
-            for job in self._complete_and_claim(batch, free):
+            for job in self._turn(self.capacity - len(self.in_flight)):
                 future = pool.submit(run_job, self.ctx, job)
                 with self._lock:
                     self.in_flight[future] = job
                 future.add_done_callback(lambda _: self._wake.set())
-            if not self.pending:
+            if not self.outcomes:
                 self._wake.wait(self.settings.poll_interval)
 
-    def _complete_and_claim(self, batch: list[Pending], free: int) -> list[ClaimedJob]:
-        """Commit `batch` and claim up to `free` jobs in one transaction; the claimed jobs."""
-        if not batch and free < 1:
-            return []
+    def _turn(self, free: int | None) -> list[ClaimedJob]:
+        """The group commit's turn, claiming up to `free` jobs (None: write only); the claimed
+        jobs."""
         try:
-            saved, claimed = results.complete_and_claim(
-                self.engine,
-                [c for c, _ in batch],
-                self.id,
-                free,
-                lease_seconds=self.settings.lease_seconds,
+            if free is None:
+                self.outcomes.commit()
+                return []
+            return self.outcomes.commit_and_claim(
+                self.id, free, lease_seconds=self.settings.lease_seconds
             )
-        except DatabaseUnavailable as exc:
+        except DatabaseUnavailable as exc:  # the outcomes are kept for the next turn
             log.warning("claim failed, will retry: %s", exc, extra={"action": "claim_failed"})
-            self.pending.put_back(batch)
             time.sleep(self.settings.poll_interval)  # no hot loop while it is away (drain too)
             return []
-        except Exception:
-            if not batch:
-                raise
-            write_each(self.engine, batch)  # one bad answer must not fail its neighbours
-            return []
-        resolve(batch, saved)
-        return claimed
 
     def _reap_done(self) -> None:
         """Forget the jobs whose thread has returned; log a thread that raised."""
@@ -188,7 +182,7 @@ class Worker:
 
     def _drain(self) -> None:
         """Start no more model calls; let the running ones finish within the grace period (still
-        recording their successes), then hand back the rest and the prefetched jobs."""
+        recording their outcomes), then hand back the rest and the prefetched jobs."""
         self._draining.set()
         with self._lock:
             for future in self.in_flight:
@@ -196,13 +190,13 @@ class Worker:
         deadline = time.monotonic() + self.settings.grace_seconds
         while self._running_ids() and time.monotonic() < deadline:
             self._wake.clear()
-            if batch := self.pending.take():
-                self._complete_and_claim(batch, 0)
+            if self.outcomes:
+                self._turn(None)
             else:  # a hand-over or a job's end wakes it
                 self._wake.wait(
                     max(min(self.settings.poll_interval, deadline - time.monotonic()), 0)
                 )
-        self.pending.close()  # answers handed over by now are saved, not handed back and lost
+        self.outcomes.close()  # outcomes handed over by now are saved, not handed back and lost
         with self._lock:
             back = [job.id for future, job in self.in_flight.items() if _unfinished(future)]
         if back:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 import time
 
-from db import stats
+from db import insights
 from db.engine import Engine
 from db.errors import DatabaseUnavailable
-from db.types import ENDED_STATUSES, JobStatus
+from db.types import JobStatus
 
 INTERVAL_TTY, INTERVAL_PIPE = 1.0, 10.0
 
@@ -30,10 +30,10 @@ class ProgressReporter:
             return
         self._next = now + self._interval
         try:
-            counts = stats.batch_counts(self._engine, self._batch_key)
+            counts = insights.batch_overview(self._engine, self._batch_key)
         except DatabaseUnavailable:
             return
-        ended = sum(counts.get(s) for s in ENDED_STATUSES)
+        ended = counts.ended
         self._first = self._first or (now, ended)
         elapsed = now - self._first[0]
         rate = (ended - self._first[1]) / elapsed if elapsed > 0 else 0.0

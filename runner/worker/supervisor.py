@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from db import queue, stats
+from db import insights, queue
 from db.engine import Engine
 from db.errors import DatabaseUnavailable
-from db.types import BatchCounts, EnqueueResult, JobStatus
+from db.types import EnqueueResult, JobStatus
 from runner.settings import Settings
 from runner.worker.progress import ProgressReporter
 from runner.worker.scheduler import BatchScheduler, utc_batch_key
@@ -194,9 +194,9 @@ class Supervisor:
         )
 
     def _catch_up(self) -> None:
-        missed = self._scheduler.catch_up(stats.latest_batch_key(self.engine))
+        missed = self._scheduler.catch_up(insights.latest_batch_key(self.engine))
         if missed:
-            stats.record_missed_batches(self.engine, missed)
+            queue.record_missed_batches(self.engine, missed)
 
     def _scheduler_loop(self) -> None:
         try:
@@ -212,13 +212,13 @@ class Supervisor:
     def _drained(self) -> bool:
         horizon = self.settings.backoff_cap + 1
         try:
-            return stats.pending_count(self.engine, due_within_seconds=horizon) == 0
+            return insights.pending_jobs(self.engine, due_within_seconds=horizon) == 0
         except DatabaseUnavailable as exc:
             log.warning("drain check failed: %s", exc, extra={"action": "drain_check_failed"})
             return False
 
     def _drain_exit_code(self) -> int:
-        counts: BatchCounts = stats.batch_counts(self.engine, utc_batch_key())
+        counts = insights.batch_overview(self.engine, utc_batch_key())
         log.info("drained: %s", counts.counts, extra={"action": "runner_drained"})
         unfinished = counts.get(JobStatus.FAILED) + counts.get(JobStatus.QUEUED)
         return EXIT_FAILED_JOBS if unfinished else EXIT_OK
