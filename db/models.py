@@ -171,7 +171,7 @@ class JobAttempt(Base):
     worker_id: Mapped[str | None] = mapped_column(String(100))
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    outcome: Mapped[str] = mapped_column(String(20))  # succeeded | retry | failed | released
+    outcome: Mapped[str] = mapped_column(String(20))  # a db.types.AttemptOutcome value
     error_kind: Mapped[str | None] = mapped_column(String(40))
     error_message: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[int | None] = mapped_column(Integer)

@@ -254,3 +254,42 @@ def test_the_command_as_a_process_runs_a_happy_path(db_url):
     status = cli_process(db_url, "status", "--json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["total"] == 0
+
+
+def test_jobs_filters_as_the_console_does(db_url, engine):
+    """`jobs` takes the console's filters: error kind, model (by name or label), since."""
+    from db import queue
+    from db.types import ErrorKind, FailureRecord
+    from tests import factories as f
+
+    f.make_batch(engine, prompts=2, models=2)
+    first, second, third, _ = queue.claim_jobs(engine, "w", 4, lease_seconds=60)
+    f.fail(engine, first, FailureRecord(ErrorKind.AUTH, "401 bad key"), 0)
+    f.fail(engine, second, FailureRecord(ErrorKind.RATE_LIMITED, "429"), 30)
+
+    def listed(*args: str) -> set[int]:
+        result = cli(db_url, "jobs", "--json", *args)
+        assert result.returncode == 0, result.stderr
+        return {row["id"] for row in json.loads(result.stdout)}
+
+    assert listed("--error-kind", "auth") == {first.id}
+    model = catalog.list_models(engine)[0]
+    ids_of_model = set(f.job_ids(engine, model_id=model.id))
+    assert listed("--model", model.name) == ids_of_model
+    assert listed("--model", model.label, "--status", "processing") == ids_of_model & {third.id}
+    assert listed("--error-text", "bad KEY") == {first.id}
+    assert listed("--since", "1h") == set(f.job_ids(engine))
+    assert listed("--since", "2999-01-01") == set()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--error-kind", "nope"], "unknown error kind 'nope'"),
+        (["--since", "yesterday"], "--since must be a duration"),
+        (["--model", "gpt-9"], "unknown model 'gpt-9'"),
+        (["--status", "done"], "unknown status 'done'"),
+    ],
+)
+def test_bad_job_filters_are_one_line_errors(db_url, engine, args, needle):
+    assert_user_error(cli(db_url, "jobs", *args), needle)

@@ -55,6 +55,7 @@ class Supervisor:
         self._ctx = mp.get_context("spawn")
         self._stop = StopFlag(self._ctx)
         self._signals = 0
+        self._signum = 0
         self._children: list[Child] = []
         self._scheduler = BatchScheduler(self._enqueue, self.settings.batch_time)
         self._sched_thread: threading.Thread | None = None
@@ -79,8 +80,12 @@ class Supervisor:
             self.settings.threads,
             extra={"action": "runner_started", "runner_id": self.runner_id},
         )
-        code = self._loop()
-        self._shutdown()
+        try:
+            code = self._loop()
+            self._shutdown()
+        except SystemExit:  # raised by a second signal's handler, logged here, outside it
+            log.warning("second signal: exited now", extra={"action": "runner_killed"})
+            raise
         return code
 
     def _loop(self) -> int:
@@ -96,24 +101,24 @@ class Supervisor:
             if self.drain and self._drained():
                 return self._drain_exit_code()
             time.sleep(TICK_SECONDS)
+        log.info(
+            "signal %d: finishing in-flight jobs (grace %.0fs)",
+            self._signum,
+            self.settings.grace_seconds,
+            extra={"action": "runner_stopping"},
+        )
         return EXIT_OK  # a graceful stop is a clean exit (DESIGN.md)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        # Only a counter here: taking a lock in a signal handler (Event.set) can deadlock with the
-        # very thread the handler interrupted. The loop sees the counter within one tick.
+        # No lock may be taken here (logging, Event.set): the thread the handler interrupted may
+        # hold it. A counter and the signal number; the loop sees them within one tick and logs.
         self._signals += 1
+        self._signum = signum
         if self._signals > 1:
-            log.warning("second signal: exiting now", extra={"action": "runner_killed"})
             for child in self._children:
                 if child.process.is_alive():
                     child.process.kill()
             sys.exit(EXIT_INTERRUPTED)
-        log.info(
-            "signal %d: finishing in-flight jobs (grace %.0fs)",
-            signum,
-            self.settings.grace_seconds,
-            extra={"action": "runner_stopping"},
-        )
 
     def _shutdown(self) -> None:
         self._stop.set()
