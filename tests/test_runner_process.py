@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -49,15 +50,35 @@ def runner_env(db_url: str, **settings: object) -> dict[str, str]:
     return env
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_runner_outlives_its_test() -> Iterator[None]:
+    """Kill the process group of every runner a test started (supervisor and workers), also
+    when the test failed before its runner exited."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
 def start_runner(db_url: str, *args: str, **settings: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    """`promptbatch run ARGS` as a subprocess in a session (process group) of its own."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "runner", "run", *args],
         env=runner_env(db_url, **settings),
         cwd=ROOT,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        start_new_session=True,
     )
+    _STARTED.append(proc)
+    return proc
 
 
 def seed(
@@ -185,17 +206,10 @@ def test_runner_sigkilled_jobs_reclaimed_by_next_runner(engine, db_url, sim):
     """A whole runner SIGKILLed mid-job: the next runner reaps the expired leases (no command)
     and finishes every job once."""
     total = seed(engine, "sim-gpt-4o-mini@latency=2000", sim.base_url, prompts=2, runs=2)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "run", "--drain"],
-        env=runner_env(db_url, processes=1, threads=4, lease_seconds=2),
-        cwd=ROOT,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_runner(db_url, "--drain", processes=1, threads=4, lease_seconds=2)
     wait_for(lambda: count(engine, PromptJob.status == "processing") > 0, 120, "jobs in flight")
     os.killpg(proc.pid, signal.SIGKILL)  # supervisor and workers at once
-    proc.wait()
+    proc.communicate()
     assert count(engine, PromptJob.status == "processing") > 0
     code, err = finish(
         start_runner(db_url, "--drain", processes=1, threads=4, lease_seconds=2), timeout=240
