@@ -456,15 +456,16 @@ def _extend_leases(
     now = utcnow()
     stmt = (
         update(J)
-        .where(
-            J.id.in_(job_ids),
-            J.locked_by == worker_id,
-            J.status == JobStatus.PROCESSING.value,
-        )
+        .where(_held_by(worker_id, job_ids))
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
         .returning(J.id)
     )
     return set(conn.scalars(stmt))
+
+
+def _held_by(worker_id: str, job_ids: Sequence[int]) -> Any:
+    """Those of `job_ids` that `worker_id` holds (processing, locked by it), whatever attempt."""
+    return and_(J.id.in_(job_ids), J.locked_by == worker_id, J.status == JobStatus.PROCESSING.value)
 
 
 def release_jobs(engine: Engine, worker_id: str, job_ids: Sequence[int]) -> int:
@@ -477,11 +478,7 @@ def _release(conn: Connection, worker_id: str, job_ids: Sequence[int]) -> int:
     now = utcnow()
     stmt = (
         update(J)
-        .where(
-            J.id.in_(job_ids),
-            J.locked_by == worker_id,
-            J.status == JobStatus.PROCESSING.value,
-        )
+        .where(_held_by(worker_id, job_ids))
         .values(
             status=JobStatus.QUEUED.value,
             attempt_count=J.attempt_count - 1,
