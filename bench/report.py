@@ -73,6 +73,19 @@ def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str, str]]]]
             "5. SQLite: 2,000 jobs, simulator at 500 ms, 64 in flight",
             _concurrency_rows(lite["concurrency"]),
         ),
+        ("6. Start-up (medians of 5)", _startup_rows(r["startup"])),
+    ]
+
+
+def _startup_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [
+        ("supervisor imports, CPU", f"{s['supervisor_import_cpu_s']:.2f} s", "no worker stack"),
+        ("a worker process's imports, CPU", f"{s['worker_import_cpu_s']:.2f} s", ""),
+        (
+            "`promptbatch run --drain`, empty SQLite, 2 processes",
+            f"{s['empty_drain_wall_s']:.2f} s",
+            "",
+        ),
     ]
 
 
