@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -93,8 +93,11 @@ def _pg_admin() -> Engine:
     return create_engine(PG_URL, isolation_level="AUTOCOMMIT")
 
 
-def _migrate(url: str) -> None:
+def _migrate(url: str, capture: Callable[..., None] | None = None) -> None:
+    """Migrate `url`, passing every statement to `capture` (before_cursor_execute) if given."""
     engine = make_engine(url)
+    if capture is not None:
+        event.listen(engine, "before_cursor_execute", capture)
     upgrade(engine)
     engine.dispose()  # no connection may stay open on a template
 
@@ -125,10 +128,7 @@ def pg_template() -> Iterator[list[tuple[str, Any]]]:
             statements.append((statement, parameters))
 
     for url in _pg_schema():
-        engine = make_engine(url)
-        event.listen(engine, "before_cursor_execute", capture)
-        upgrade(engine)
-        engine.dispose()
+        _migrate(url, capture)
     yield statements
 
 

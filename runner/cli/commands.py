@@ -315,7 +315,7 @@ class FilterArgs:
         from db.filters import JobQuery
         from runner.cli.inputs import parse_since
 
-        known = {s.value for s in JobStatus}
+        known = [s.value for s in JobStatus]
         for status_ in self.statuses or ():
             if status_ not in known:
                 raise InvalidInput(f"unknown status {status_!r}: use one of {', '.join(known)}")
@@ -359,7 +359,15 @@ def jobs(
 
     engine = open_engine(load_settings())
     where = FilterArgs(
-        status_, batch_key, model_id, model, prompt_id, error_kind, error_text, prompt_text, since
+        statuses=status_,
+        batch_key=batch_key,
+        model_ids=model_id,
+        models=model,
+        prompt_ids=prompt_id,
+        error_kind=error_kind,
+        error_text=error_text,
+        prompt_text=prompt_text,
+        since=since,
     ).query(engine)
     page = insights.list_jobs_page(engine, where, limit=limit)
     if json_out:
@@ -409,7 +417,15 @@ def requeue(
     settings = load_settings()
     engine = open_engine(settings)
     args = FilterArgs(
-        status_, batch_key, model_id, model, prompt_id, error_kind, error_text, prompt_text, since
+        statuses=status_,
+        batch_key=batch_key,
+        model_ids=model_id,
+        models=model,
+        prompt_ids=prompt_id,
+        error_kind=error_kind,
+        error_text=error_text,
+        prompt_text=prompt_text,
+        since=since,
     )
     ids, where = _targets(engine, job_id, args)
     changed = operations.requeue_jobs(
@@ -436,7 +452,15 @@ def cancel(
 
     engine = open_engine(load_settings())
     args = FilterArgs(
-        status_, batch_key, model_id, model, prompt_id, error_kind, error_text, prompt_text, since
+        statuses=status_,
+        batch_key=batch_key,
+        model_ids=model_id,
+        models=model,
+        prompt_ids=prompt_id,
+        error_kind=error_kind,
+        error_text=error_text,
+        prompt_text=prompt_text,
+        since=since,
     )
     ids, where = _targets(engine, job_id, args)
     changed = operations.cancel_jobs(engine, job_ids=ids, where=where, actor="cli")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from db import results
@@ -57,7 +58,7 @@ class GroupCommit:
             if not alone:
                 self._waiting.append((outcome, done))
         if alone:
-            return results.write_outcomes(self._engine, [outcome])[0]
+            return self._write_alone(outcome)
         assert self._wake is not None
         self._wake.set()
         return done.result()
@@ -75,25 +76,30 @@ class GroupCommit:
         batch = self._take(MAX_BATCH)
         if not batch and free < 1:
             return []
-        return self._write(batch, worker_id, free + len(batch), lease_seconds)
+        outcomes = [outcome for outcome, _ in batch]
+        return self._write(
+            batch,
+            lambda: results.write_outcomes_and_claim(
+                self._engine, outcomes, worker_id, free + len(batch), lease_seconds=lease_seconds
+            ),
+        )
 
     def commit(self) -> None:
         """Write what is waiting and claim nothing (a draining worker's turn); raises as
         commit_and_claim."""
         if batch := self._take(MAX_BATCH):
-            self._write(batch, "", 0, 0.0)  # a limit of 0 claims nothing, for no worker
+            outcomes = [outcome for outcome, _ in batch]
+            self._write(batch, lambda: (results.write_outcomes(self._engine, outcomes), []))
 
     def _write(
-        self, batch: list[_Waiting], worker_id: str, limit: int, lease_seconds: float
+        self,
+        batch: list[_Waiting],
+        transaction: Callable[[], tuple[list[Recorded], list[ClaimedJob]]],
     ) -> list[ClaimedJob]:
+        """Run `transaction` (which writes `batch`'s outcomes) and hand each thread its result;
+        the jobs it claimed."""
         try:
-            recorded, claimed = results.write_outcomes_and_claim(
-                self._engine,
-                [outcome for outcome, _ in batch],
-                worker_id,
-                limit,
-                lease_seconds=lease_seconds,
-            )
+            recorded, claimed = transaction()
         except DatabaseUnavailable:
             self._keep(batch)
             raise
@@ -134,9 +140,12 @@ class GroupCommit:
         with self._lock:
             self._waiting.extendleft(reversed(batch))
 
+    def _write_alone(self, outcome: Outcome) -> Recorded:
+        return results.write_outcomes(self._engine, [outcome])[0]
+
     def _write_each(self, batch: list[_Waiting]) -> None:
         for outcome, done in batch:
             try:
-                done.set_result(results.write_outcomes(self._engine, [outcome])[0])
+                done.set_result(self._write_alone(outcome))
             except Exception as exc:  # handed to the job thread, which reports it
                 done.set_exception(exc)
