@@ -229,8 +229,9 @@ def test_a_worker_whose_database_turns_read_only_exits_instead_of_hanging(
     thread = threading.Thread(target=_run_worker, args=(worker, raised), daemon=True)
     thread.start()
     wait_for(lambda: f.count(engine, PromptJob, status="processing") == 1, 30, "the job in flight")
-    event.listen(worker.engine, "connect", _read_only)
-    worker.engine.dispose()  # every later connection of the worker is read-only
+    # From now on every connection the worker checks out is read-only. (Disposing its pool to
+    # get fresh read-only connections orphaned the one its claim loop held: a ResourceWarning.)
+    event.listen(worker.engine, "checkout", _read_only)
     thread.join(30)
     assert not thread.is_alive()
     assert raised and "read-only" in str(raised[0])
@@ -244,7 +245,7 @@ def _run_worker(worker: Worker, raised: list[BaseException]) -> None:
         raised.append(exc)
 
 
-def _read_only(dbapi_conn: Any, _record: Any) -> None:
+def _read_only(dbapi_conn: Any, *_: Any) -> None:
     dbapi_conn.execute("SET default_transaction_read_only = on")
     dbapi_conn.commit()
 
