@@ -30,7 +30,7 @@ def main(backend: str = "postgresql") -> None:
             for _ in range(ROUNDS):
                 _, jobs = results.write_outcomes_and_claim(
                     engine,
-                    [Completion(job, throughput.NOOP_ANSWER, None) for job in jobs],
+                    [Completion(job, throughput.NOOP_ANSWER) for job in jobs],
                     "bench:profile",
                     CLAIM_LIMIT,
                     lease_seconds=60,

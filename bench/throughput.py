@@ -65,7 +65,7 @@ COMMIT;
 def complete_noop(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
     """run_job without the model call: the same fenced completion (through the worker's group
     commit) that a real answer gets."""
-    return JobOutcome(ctx.outcomes.record(Completion(job, NOOP_ANSWER, None)).value)
+    return JobOutcome(ctx.outcomes.record(Completion(job, NOOP_ANSWER)).value)
 
 
 def noop_worker_main(spec: spawn.WorkerSpec, stop: spawn.StopFlag) -> None:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from db.endpoints import check_endpoint
 from db.engine import read_tx, write_operation
 from db.errors import InvalidInput, NotFound
 from db.models import Entity, EntityAlias, Model, Prompt, utcnow
 from db.queue import write_audit
 from db.results import ensure_entities
-from db.types import AuditAction, Provider
+from db.types import AuditAction
 
 MAX_PROMPT_CHARS = 4000
 MAX_CONCURRENCY = 10_000  # jobs of one model in flight across all runners
@@ -45,6 +45,10 @@ class ModelRow:
     supports_json_schema: bool | None
     input_usd_per_mtok: float | None
     output_usd_per_mtok: float | None
+    max_tokens: int | None
+    temperature: float | None
+    seed: int | None
+    custom_host: bool
 
 
 @dataclass(frozen=True)
@@ -155,29 +159,78 @@ def add_model(
     provider: str,
     name: str,
     label: str | None = None,
-    base_url: str | None = None,
-    max_concurrency: int | None = None,
-    input_usd_per_mtok: float | None = None,
-    output_usd_per_mtok: float | None = None,
     actor: str = "cli",
+    **settings: object,
 ) -> int:
     """Add a model (or update the existing one with the same provider and name); returns its id.
 
-    Raises InvalidInput for an unknown provider, a compatible model without base_url, or a bad cap.
+    `settings` are MODEL_SETTINGS (base_url, max_concurrency, input/output_usd_per_mtok,
+    max_tokens, temperature, seed, custom_host); a missing one takes its default. Raises
+    InvalidInput (nothing written) for an unknown provider or setting, a bad value, or a base URL
+    its provider's key may not go to (db.endpoints).
     """
-    _check_model(provider, name, base_url, max_concurrency)
-    _check_price("input price", input_usd_per_mtok)
-    _check_price("output price", output_usd_per_mtok)
-    values = {
-        "label": label or name,
-        "base_url": base_url,
-        "max_concurrency": max_concurrency,
-        "input_usd_per_mtok": input_usd_per_mtok,
-        "output_usd_per_mtok": output_usd_per_mtok,
-        "is_active": True,
-    }
-
+    if not name.strip():
+        raise InvalidInput("model name is empty")
+    values = {**_MODEL_DEFAULTS, **_checked(settings)}
+    check_endpoint(provider, _str(values["base_url"]), bool(values["custom_host"]))
+    values.update(label=label or name, is_active=True)
     return _upsert_model(engine, provider, name, values, actor)
+
+
+# name -> default; None means "not set": the runner's default (max_tokens) or the provider's.
+_MODEL_DEFAULTS: dict[str, object] = {
+    "base_url": None,
+    "max_concurrency": None,
+    "input_usd_per_mtok": None,
+    "output_usd_per_mtok": None,
+    "max_tokens": None,
+    "temperature": None,
+    "seed": None,
+    "custom_host": False,
+}
+MODEL_SETTINGS = frozenset(_MODEL_DEFAULTS)
+MAX_TOKENS = 1_000_000  # max_tokens ceiling; the longest outputs models offer are well below
+SEED_RANGE = (-(2**63), 2**63 - 1)  # a BIGINT, as OpenAI's `seed` is an integer
+
+
+def _checked(settings: Mapping[str, object]) -> dict[str, object]:
+    """`settings` validated one by one (the base URL's destination is checked with the rest)."""
+    unknown = sorted(set(settings) - MODEL_SETTINGS)
+    if unknown:
+        raise InvalidInput(f"unknown model setting {unknown[0]!r}")
+    for key, value in settings.items():
+        if value is not None:
+            _CHECKS.get(key, lambda _v: None)(value)
+    return dict(settings)
+
+
+def _check_range(what: str, low: float, high: float, whole: bool) -> Callable[[object], None]:
+    def check(value: object) -> None:
+        kind = int if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise InvalidInput(f"{what} must be a {'whole ' if whole else ''}number, got {value!r}")
+        if not (math.isfinite(value) and low <= value <= high):
+            raise InvalidInput(f"{what} must be from {low:g} to {high:g}, got {value}")
+
+    return check
+
+
+_CHECKS: dict[str, Callable[[object], None]] = {
+    "max_concurrency": _check_range("max concurrency", 1, MAX_CONCURRENCY, True),
+    "input_usd_per_mtok": _check_range(
+        "input price (USD per 1M tokens)", 0, MAX_USD_PER_MTOK, False
+    ),
+    "output_usd_per_mtok": _check_range(
+        "output price (USD per 1M tokens)", 0, MAX_USD_PER_MTOK, False
+    ),
+    "max_tokens": _check_range("max tokens", 1, MAX_TOKENS, True),
+    "temperature": _check_range("temperature", 0, 2, False),
+    "seed": _check_range("seed", SEED_RANGE[0], SEED_RANGE[1], True),
+}
+
+
+def _str(value: object) -> str | None:
+    return str(value) if value is not None else None
 
 
 @write_operation
@@ -188,50 +241,16 @@ def _upsert_model(
     existing = conn.scalar(select(Model.id).where(Model.provider == provider, Model.name == name))
     if existing is not None:
         conn.execute(update(Model).where(Model.id == existing).values(**values, updated_at=now))
+        write_audit(conn, actor, AuditAction.MODEL_UPDATE, {"id": existing, **values}, 1, now)
         return int(existing)
     new_id = conn.execute(
         insert(Model)
         .values(provider=provider, name=name, created_at=now, updated_at=now, **values)
         .returning(Model.id)
     ).scalar_one()
-    audit = {"provider": provider, "name": name}
+    audit = {"provider": provider, "name": name, **values}
     write_audit(conn, actor, AuditAction.MODEL_ADD, audit, 1, now)
     return int(new_id)
-
-
-def _check_model(
-    provider: str, name: str, base_url: str | None, max_concurrency: int | None
-) -> None:
-    if provider not in {p.value for p in Provider}:
-        raise InvalidInput(f"unknown provider {provider!r}: use openai, openrouter or compatible")
-    if not name.strip():
-        raise InvalidInput("model name is empty")
-    if provider == Provider.COMPATIBLE and not base_url:
-        raise InvalidInput("a compatible model needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-    if base_url is not None:
-        _check_base_url(base_url)
-    _check_max_concurrency(max_concurrency)
-
-
-def _check_base_url(base_url: str) -> None:
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or " " in base_url:
-        raise InvalidInput(
-            f"base URL must be an http:// or https:// URL with a host, got {base_url!r}"
-        )
-
-
-def _check_max_concurrency(value: int | None) -> None:
-    if value is not None and not 1 <= value <= MAX_CONCURRENCY:
-        raise InvalidInput(f"max concurrency must be from 1 to {MAX_CONCURRENCY}, got {value}")
-
-
-def _check_price(name: str, value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_USD_PER_MTOK):
-        raise InvalidInput(
-            f"{name} must be a USD amount per million tokens from 0 to "
-            f"{MAX_USD_PER_MTOK:,}, got {value}"
-        )
 
 
 def list_models(engine: Engine, *, active_only: bool = False) -> list[ModelRow]:
@@ -247,6 +266,10 @@ def list_models(engine: Engine, *, active_only: bool = False) -> list[ModelRow]:
         Model.supports_json_schema,
         Model.input_usd_per_mtok,
         Model.output_usd_per_mtok,
+        Model.max_tokens,
+        Model.temperature,
+        Model.seed,
+        Model.custom_host,
     ).order_by(Model.id)
     if active_only:
         query = query.where(Model.is_active)
@@ -255,33 +278,36 @@ def list_models(engine: Engine, *, active_only: bool = False) -> list[ModelRow]:
 
 
 def update_model(
-    engine: Engine,
-    model_id: int,
-    *,
-    label: str | None = None,
-    base_url: str | None = None,
-    is_active: bool | None = None,
-    max_concurrency: int | None = None,
-    clear_max_concurrency: bool = False,
-    actor: str = "console",
+    engine: Engine, model_id: int, *, actor: str = "console", **changes: object
 ) -> None:
-    """Edit a model. Raises NotFound, or InvalidInput for a bad value."""
-    _check_max_concurrency(max_concurrency)
-    if base_url is not None:
-        _check_base_url(base_url)
+    """Edit a model: `changes` are label, is_active and MODEL_SETTINGS; a setting given as None is
+    cleared (back to its default). Raises NotFound, or InvalidInput (nothing written) for an
+    unknown setting, a bad value, or a base URL the model's key may not go to."""
+    editable = {k: v for k, v in changes.items() if k not in ("label", "is_active")}
     values: dict[str, object] = {
-        k: v
-        for k, v in {
-            "label": label,
-            "base_url": base_url,
-            "is_active": is_active,
-            "max_concurrency": max_concurrency,
-        }.items()
-        if v is not None
+        **_checked(editable),
+        **{k: changes[k] for k in ("label", "is_active") if k in changes},
     }
-    if clear_max_concurrency:
-        values["max_concurrency"] = None
-    _update_row(engine, Model, model_id, values, actor, AuditAction.MODEL_UPDATE)
+    if "custom_host" in values and values["custom_host"] is None:
+        values["custom_host"] = False
+    if "label" in values and not str(values["label"] or "").strip():
+        raise InvalidInput("model label is empty")
+    if values:
+        _write_model(engine, model_id, values, actor)
+
+
+@write_operation
+def _write_model(conn: Connection, model_id: int, values: dict[str, object], actor: str) -> None:
+    row = conn.execute(
+        select(Model.provider, Model.base_url, Model.custom_host).where(Model.id == model_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no model with id {model_id}")
+    merged = {"base_url": row.base_url, "custom_host": row.custom_host, **values}
+    check_endpoint(row.provider, _str(merged["base_url"]), bool(merged["custom_host"]))
+    now = utcnow()
+    conn.execute(update(Model).where(Model.id == model_id).values(**values, updated_at=now))
+    write_audit(conn, actor, AuditAction.MODEL_UPDATE, {"id": model_id, **values}, 1, now)
 
 
 def _update_row(

@@ -91,6 +91,12 @@ class Model(Base):
         CheckConstraint(
             "max_concurrency IS NULL OR max_concurrency >= 1", name="ck_models_max_concurrency"
         ),
+        CheckConstraint(
+            "max_tokens IS NULL OR max_tokens BETWEEN 1 AND 1000000", name="ck_models_max_tokens"
+        ),
+        CheckConstraint(
+            "temperature IS NULL OR temperature BETWEEN 0 AND 2", name="ck_models_temperature"
+        ),
         UniqueConstraint("provider", "name", name="uq_models_provider_name"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -104,6 +110,12 @@ class Model(Base):
     supports_json_schema: Mapped[bool | None] = mapped_column(Boolean)
     input_usd_per_mtok: Mapped[float | None] = mapped_column(Float)
     output_usd_per_mtok: Mapped[float | None] = mapped_column(Float)
+    # Generation settings; None = the runner's default (max_tokens) or the provider's (the rest).
+    max_tokens: Mapped[int | None] = mapped_column(Integer)
+    temperature: Mapped[float | None] = mapped_column(Float)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    # True: the operator allowed an openai/openrouter model's key to go to its base_url's host.
+    custom_host: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -176,6 +188,14 @@ class JobAttempt(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     request_id: Mapped[str | None] = mapped_column(String(200))
+    # What the attempt's paid calls spent (a fallback makes two calls): tokens, USD and whether
+    # the USD is what the provider reported (db.types.CostSource). None: nothing was answered.
+    calls: Mapped[int | None] = mapped_column(Integer)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost: Mapped[float | None] = mapped_column(Float)
+    cost_source: Mapped[str | None] = mapped_column(String(20))
+    raw_body: Mapped[str | None] = mapped_column(Text)  # a failed attempt's body, for diagnosis
 
 
 class Response(Base):
@@ -203,6 +223,7 @@ class Response(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     cost: Mapped[float | None] = mapped_column(Float)  # USD
+    cost_source: Mapped[str | None] = mapped_column(String(20))  # db.types.CostSource
     latency_ms: Mapped[int] = mapped_column(Integer)
     request_id: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -36,7 +36,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from db.engine import is_sqlite, write_operation
 from db.models import AuditLog, JobAttempt, Model, Prompt, PromptJob, utcnow
-from db.types import AttemptOutcome, AuditAction, ClaimedJob, EnqueueResult, ErrorKind, JobStatus
+from db.types import (
+    AttemptOutcome,
+    AuditAction,
+    CallUsage,
+    ClaimedJob,
+    EnqueueResult,
+    ErrorKind,
+    JobStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +269,8 @@ WITH capped AS (
     WHERE j.id = picked.id AND p.id = j.prompt_id AND m.id = j.model_id
     RETURNING j.id, j.prompt_id, j.model_id, j.run_index, j.batch_key, j.attempt_count,
               j.max_attempts, j.started_at, p.text, m.provider, m.name, m.base_url,
-              m.supports_json_schema, m.input_usd_per_mtok, m.output_usd_per_mtok, j.priority,
-              j.scheduled_for
+              m.supports_json_schema, m.input_usd_per_mtok, m.output_usd_per_mtok, m.max_tokens,
+              m.temperature, m.seed, m.custom_host, j.priority, j.scheduled_for
 )
 SELECT taken.*, capped.found AS capped FROM capped LEFT JOIN taken ON true
 """)
@@ -398,6 +406,10 @@ _CLAIMED_COLUMNS = (
     Model.supports_json_schema,
     Model.input_usd_per_mtok,
     Model.output_usd_per_mtok,
+    Model.max_tokens,
+    Model.temperature,
+    Model.seed,
+    Model.custom_host,
 )
 
 
@@ -433,6 +445,10 @@ def _claimed(r: Any, worker_id: str) -> ClaimedJob:
         input_usd_per_mtok=r.input_usd_per_mtok,
         output_usd_per_mtok=r.output_usd_per_mtok,
         started_at=r.started_at,
+        max_tokens=r.max_tokens,
+        temperature=r.temperature,
+        seed=r.seed,
+        custom_host=bool(r.custom_host),
     )
 
 
@@ -570,8 +586,11 @@ def record_attempt(
     error_kind: str | None,
     error_message: str | None,
     latency_ms: int | None = None,
-    request_id: str | None = None,
+    usage: CallUsage | None = None,
+    raw_body: str | None = None,
 ) -> None:
+    """Append a job_attempts row in the caller's transaction; `usage` is what the attempt's paid
+    calls used (tokens, USD, request ids), `raw_body` a failed attempt's last body."""
     conn.execute(
         insert(JobAttempt).values(
             job_id=job_id,
@@ -583,9 +602,27 @@ def record_attempt(
             error_kind=error_kind,
             error_message=error_message,
             latency_ms=latency_ms,
-            request_id=request_id,
+            **usage_columns(usage),
+            raw_body=raw_body[:MAX_RAW_BODY_CHARS] if raw_body is not None else None,
         )
     )
+
+
+MAX_RAW_BODY_CHARS = 20_000  # a failed attempt's body kept for diagnosis
+
+
+def usage_columns(usage: CallUsage | None) -> dict[str, Any]:
+    """job_attempts' request_id, calls, tokens and cost columns for `usage`."""
+    if usage is None:
+        return {"request_id": None}
+    return {
+        "request_id": usage.request_id,
+        "calls": usage.calls,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cost": usage.cost_usd,
+        "cost_source": usage.cost_source.value if usage.cost_source else None,
+    }
 
 
 def write_audit(

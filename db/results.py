@@ -19,8 +19,10 @@ from db.models import Entity, Mention, Model, PromptJob, Response, utcnow
 from db.queue import claim_jobs_in, fence, record_attempt
 from db.types import (
     AttemptOutcome,
+    CallUsage,
     ClaimedJob,
     Completion,
+    CostSource,
     Failure,
     JobStatus,
     MentionRecord,
@@ -107,10 +109,14 @@ WITH input AS (
         CAST(:started_at AS timestamptz[]), CAST(:answer AS text[]), CAST(:raw_body AS text[]),
         CAST(:output_mode AS text[]), CAST(:finish_reason AS text[]),
         CAST(:prompt_tokens AS integer[]), CAST(:completion_tokens AS integer[]),
-        CAST(:cost AS double precision[]), CAST(:latency_ms AS integer[]),
-        CAST(:request_id AS text[])
+        CAST(:cost AS double precision[]), CAST(:cost_source AS text[]),
+        CAST(:latency_ms AS integer[]), CAST(:request_id AS text[]), CAST(:calls AS integer[]),
+        CAST(:spent_prompt AS integer[]), CAST(:spent_completion AS integer[]),
+        CAST(:spent_cost AS double precision[]), CAST(:spent_source AS text[]),
+        CAST(:request_ids AS text[])
     ) AS t(job_id, worker_id, attempt, started_at, answer, raw_body, output_mode, finish_reason,
-           prompt_tokens, completion_tokens, cost, latency_ms, request_id)
+           prompt_tokens, completion_tokens, cost, cost_source, latency_ms, request_id, calls,
+           spent_prompt, spent_completion, spent_cost, spent_source, request_ids)
 ), done AS (
     UPDATE prompt_jobs AS j
     SET status = 'succeeded', finished_at = :now, updated_at = :now, error_kind = NULL,
@@ -121,17 +127,19 @@ WITH input AS (
     RETURNING j.id, j.attempt_count, j.prompt_id, j.model_id, j.batch_key, j.run_index
 ), attempt AS (
     INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome,
-                              latency_ms, request_id)
+                              latency_ms, request_id, calls, prompt_tokens, completion_tokens,
+                              cost, cost_source)
     SELECT i.job_id, i.attempt, i.worker_id, i.started_at, :now, 'succeeded', i.latency_ms,
-           i.request_id
+           i.request_ids, i.calls, i.spent_prompt, i.spent_completion, i.spent_cost,
+           i.spent_source
     FROM input AS i JOIN done AS d ON d.id = i.job_id AND d.attempt_count = i.attempt
 ), response AS (
     INSERT INTO responses (job_id, prompt_id, model_id, batch_key, run_index, answer, raw_body,
                        output_mode, finish_reason, prompt_tokens, completion_tokens, cost,
-                       latency_ms, request_id, created_at)
+                       cost_source, latency_ms, request_id, created_at)
     SELECT d.id, d.prompt_id, d.model_id, d.batch_key, d.run_index, i.answer, i.raw_body,
            i.output_mode, i.finish_reason, i.prompt_tokens, i.completion_tokens, i.cost,
-           i.latency_ms, i.request_id, :now
+           i.cost_source, i.latency_ms, i.request_id, :now
     FROM input AS i JOIN done AS d ON d.id = i.job_id AND d.attempt_count = i.attempt
     RETURNING job_id, id
 )
@@ -158,9 +166,16 @@ def _complete_pg(
         "finish_reason": [a.finish_reason for a in answers],
         "prompt_tokens": [a.prompt_tokens for a in answers],
         "completion_tokens": [a.completion_tokens for a in answers],
-        "cost": [c.cost_usd for c in completions],
+        "cost": [a.cost_usd for a in answers],
+        "cost_source": [_source(a.cost_source) for a in answers],
         "latency_ms": [a.latency_ms for a in answers],
         "request_id": [a.request_id for a in answers],
+        "calls": [c.usage.calls for c in completions],
+        "spent_prompt": [c.usage.prompt_tokens for c in completions],
+        "spent_completion": [c.usage.completion_tokens for c in completions],
+        "spent_cost": [c.usage.cost_usd for c in completions],
+        "spent_source": [_source(c.usage.cost_source) for c in completions],
+        "request_ids": [c.usage.request_id for c in completions],
     }
     return {(row.job_id, row.attempt): row.id for row in conn.execute(_COMPLETE_PG, params)}
 
@@ -200,9 +215,13 @@ def _complete_sqlite(
             error_kind=None,
             error_message=None,
             latency_ms=answer.latency_ms,
-            request_id=answer.request_id,
+            usage=c.usage,
         )
     return saved
+
+
+def _source(source: CostSource | None) -> str | None:
+    return source.value if source is not None else None
 
 
 def _record_failure(conn: Connection, outcome: Failure, now: datetime) -> Recorded:
@@ -238,9 +257,14 @@ def _record_failure(conn: Connection, outcome: Failure, now: datetime) -> Record
         error_kind=failure.kind.value,
         error_message=message,
         latency_ms=failure.latency_ms,
-        request_id=failure.request_id,
+        usage=failure.usage or CallUsage(request_ids=_ids(failure.request_id)),
+        raw_body=failure.raw_body,
     )
     return Recorded.RETRY if retry else Recorded.FAILED
+
+
+def _ids(request_id: str | None) -> tuple[str, ...]:
+    return (request_id,) if request_id else ()
 
 
 @write_operation
@@ -270,7 +294,8 @@ def _insert_response(conn: Connection, c: Completion, now: datetime) -> int:
             finish_reason=answer.finish_reason,
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens,
-            cost=c.cost_usd,
+            cost=answer.cost_usd,
+            cost_source=_source(answer.cost_source),
             latency_ms=answer.latency_ms,
             request_id=answer.request_id,
             created_at=now,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 
 class JobStatus(enum.StrEnum):
@@ -39,9 +40,12 @@ class ErrorKind(enum.StrEnum):
     CONNECTION = "connection"  # connect refused / reset / DNS
     SERVER_ERROR = "server_error"  # HTTP 5xx (and 409, which OpenAI documents as retryable)
     BAD_REQUEST = "bad_request"  # HTTP 400/422 not explained by json_schema support
-    AUTH = "auth"  # HTTP 401/403: a missing or wrong API key
+    AUTH = "auth"  # HTTP 401: a missing or wrong API key
+    FORBIDDEN = "forbidden"  # HTTP 403: moderation flagged the input, or no permission
     NOT_FOUND = "not_found"  # HTTP 404: the model id does not exist at the provider
-    PAYMENT_REQUIRED = "payment_required"  # HTTP 402: OpenRouter credits exhausted
+    PAYMENT_REQUIRED = "payment_required"  # HTTP 402 without Retry-After: credits exhausted
+    QUOTA_EXCEEDED = "quota_exceeded"  # HTTP 429 insufficient_quota: the plan's quota is spent
+    PROVIDER_ERROR = "provider_error"  # the answer ended in error mid-generation (a choice's error)
     INVALID_OUTPUT = "invalid_output"  # blank or unparseable answer even after the fallback
     TRUNCATED = "truncated"  # finish_reason 'length': the answer was cut off
     LEASE_EXPIRED = "lease_expired"  # the worker holding the job vanished (reaper)
@@ -53,6 +57,12 @@ class ErrorKind(enum.StrEnum):
         """True when another attempt may succeed."""
         return self in _TRANSIENT
 
+    @property
+    def model_level(self) -> bool:
+        """True when the error is the account's or the model's, not the job's: every job of the
+        model would meet it (401, 402 without Retry-After, insufficient_quota, 404)."""
+        return self in _MODEL_LEVEL
+
 
 _TRANSIENT = frozenset(
     {
@@ -61,7 +71,11 @@ _TRANSIENT = frozenset(
         ErrorKind.CONNECTION,
         ErrorKind.SERVER_ERROR,
         ErrorKind.LEASE_EXPIRED,
+        ErrorKind.PROVIDER_ERROR,
     }
+)
+_MODEL_LEVEL = frozenset(
+    {ErrorKind.AUTH, ErrorKind.PAYMENT_REQUIRED, ErrorKind.QUOTA_EXCEEDED, ErrorKind.NOT_FOUND}
 )
 
 
@@ -96,6 +110,13 @@ class OutputMode(enum.StrEnum):
     REFUSAL = "refusal"  # the model refused; saved with no mentions
 
 
+class CostSource(enum.StrEnum):
+    """Where a stored USD cost comes from."""
+
+    PROVIDER = "provider"  # the provider's own `usage.cost`: what was charged (OpenRouter)
+    ESTIMATE = "estimate"  # tokens x the model's per-million-token prices
+
+
 class Provider(enum.StrEnum):
     """Where a model is served."""
 
@@ -128,6 +149,56 @@ class ClaimedJob:
     input_usd_per_mtok: float | None
     output_usd_per_mtok: float | None
     started_at: datetime
+    max_tokens: int | None = None  # None: the runner's default (PROMPTBATCH_DEFAULT_MAX_TOKENS)
+    temperature: float | None = None  # None: not sent (the provider's default)
+    seed: int | None = None  # None: not sent
+    custom_host: bool = False  # the operator allowed this model's key to go to its base_url
+
+
+@dataclass(frozen=True)
+class CallUsage:
+    """What one attempt's paid calls used: a fallback makes two calls, and both are paid.
+
+    Tokens as the provider's `usage` reports them (None when no call reported any); `cost_usd` in
+    USD, from the provider's `usage.cost` when every call reported one (`cost_source` PROVIDER),
+    else estimated from the model's prices (ESTIMATE), else None (unpriced); `request_ids` in call
+    order.
+    """
+
+    calls: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    cost_source: CostSource | None = None
+    request_ids: tuple[str, ...] = ()
+
+    def plus(self, other: CallUsage) -> CallUsage:
+        """The usage of both calls together."""
+        source = (
+            other.cost_source
+            if self.calls == 0
+            else (self.cost_source if self.cost_source == other.cost_source else None)
+        )
+        return CallUsage(
+            calls=self.calls + other.calls,
+            prompt_tokens=_add(self.prompt_tokens, other.prompt_tokens),
+            completion_tokens=_add(self.completion_tokens, other.completion_tokens),
+            cost_usd=_add(self.cost_usd, other.cost_usd) if source else None,
+            cost_source=source,
+            request_ids=self.request_ids + other.request_ids,
+        )
+
+    @property
+    def request_id(self) -> str | None:
+        """The calls' request ids, space-separated (None when no call carried one)."""
+        return " ".join(self.request_ids)[:200] or None
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _add(a: _N | None, b: _N | None) -> _N | None:
+    return b if a is None else (a if b is None else a + b)
 
 
 @dataclass(frozen=True)
@@ -154,15 +225,18 @@ class AnswerRecord:
     latency_ms: int
     request_id: str | None
     mentions: tuple[MentionRecord, ...] = field(default_factory=tuple)
+    cost_usd: float | None = None  # USD of the answering call; None: unpriced
+    cost_source: CostSource | None = None
 
 
 @dataclass(frozen=True)
 class Completion:
-    """A claimed job's success to record: its answer and the call's cost (USD, None: unpriced)."""
+    """A claimed job's success to record: its answer, and what the attempt's calls used (the
+    attempt row; a fallback's first call included)."""
 
     job: ClaimedJob
     answer: AnswerRecord
-    cost_usd: float | None
+    usage: CallUsage = field(default_factory=CallUsage)
 
 
 @dataclass(frozen=True)
@@ -174,6 +248,8 @@ class FailureRecord:
     latency_ms: int | None = None
     retry_after: float | None = None
     request_id: str | None = None
+    usage: CallUsage | None = None  # what the attempt's answered calls used, if any
+    raw_body: str | None = None  # the last answered body (partial text of an errored answer)
 
 
 @dataclass(frozen=True)

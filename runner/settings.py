@@ -14,7 +14,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from db.types import Provider
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/promptbatch.db"
-OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 
 
 class Settings(BaseSettings):
@@ -36,16 +35,29 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "PROMPTBATCH_OPENROUTER_API_KEY")
     )
     compatible_api_key: SecretStr | None = None  # for `compatible` servers that want one
+    # Sent to OpenAI only (never to OpenRouter or a compatible server), as the SDK would from
+    # OPENAI_ORG_ID / OPENAI_PROJECT_ID; OPENAI_BASE_URL is NOT honoured: set a model's base_url.
+    openai_org_id: str | None = Field(
+        None, validation_alias=AliasChoices("OPENAI_ORG_ID", "PROMPTBATCH_OPENAI_ORG_ID")
+    )
+    openai_project_id: str | None = Field(
+        None, validation_alias=AliasChoices("OPENAI_PROJECT_ID", "PROMPTBATCH_OPENAI_PROJECT_ID")
+    )
     openrouter_referer: str = "https://github.com/promptbatch/promptbatch"  # HTTP-Referer
-    openrouter_title: str = "promptbatch"  # X-Title (OpenRouter app attribution)
+    # X-OpenRouter-Title, and X-Title for compatibility (OpenRouter "App Attribution")
+    openrouter_title: str = "promptbatch"
 
     batch_time: str = "00:00"  # HH:MM, UTC: when the daily batch is enqueued
     processes: int = Field(2, ge=1, le=64)  # worker processes per runner
     threads: int = Field(4, ge=1, le=256)  # jobs in flight per worker process
     max_attempts: int = Field(3, ge=1, le=50)  # attempts per job before it fails
     lease_seconds: float = Field(60.0, ge=2, le=3600)  # a claim's lease; heartbeats every 1/3
-    request_timeout: float = Field(60.0, gt=0, le=600)  # seconds per model call, whole request
+    # Seconds per model call, wall clock: connect + wait + read, a trickling server included.
+    request_timeout: float = Field(60.0, gt=0, le=600)
     connect_timeout: float = Field(10.0, gt=0, le=120)  # seconds to connect to the provider
+    # Output tokens asked for when a model sets no max_tokens: without one OpenRouter checks the
+    # balance against the model's whole output length (402 "You requested up to 65536 tokens").
+    default_max_tokens: int = Field(4096, ge=1, le=1_000_000)
     backoff_base: float = Field(2.0, gt=0, le=600)  # seconds; retry n waits up to base * 2^(n-1)
     backoff_cap: float = Field(300.0, gt=0, le=86_400)  # seconds; the longest backoff
     poll_interval: float = Field(1.0, gt=0, le=60)  # seconds between claims when idle
@@ -66,6 +78,8 @@ class Settings(BaseSettings):
         "openai_api_key",
         "openrouter_api_key",
         "compatible_api_key",
+        "openai_org_id",
+        "openai_project_id",
         mode="before",
     )
     @classmethod

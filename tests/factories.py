@@ -13,6 +13,7 @@ import queue as stdlib_queue
 import threading
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,8 +25,10 @@ from db.engine import is_sqlite, make_engine, read_tx, write_tx
 from db.models import JobAttempt, PromptJob, utcnow
 from db.types import (
     AnswerRecord,
+    CallUsage,
     ClaimedJob,
     Completion,
+    CostSource,
     EnqueueResult,
     Failure,
     FailureRecord,
@@ -126,9 +129,24 @@ def brand_key(name: str) -> str:
 # --- outcomes, written as a worker's group commit writes them --------------------------------
 
 
+def completion(job: ClaimedJob, answer_: AnswerRecord, cost: float | None = None) -> Completion:
+    """A success of one paid call costing `cost` USD (an estimate; None: unpriced), as the worker
+    builds it: the answer's call and the attempt's usage agree."""
+    source = CostSource.ESTIMATE if cost is not None else None
+    usage = CallUsage(
+        calls=1,
+        prompt_tokens=answer_.prompt_tokens,
+        completion_tokens=answer_.completion_tokens,
+        cost_usd=cost,
+        cost_source=source,
+        request_ids=(answer_.request_id,) if answer_.request_id else (),
+    )
+    return Completion(job, replace(answer_, cost_usd=cost, cost_source=source), usage)
+
+
 def complete(engine: Engine, job: ClaimedJob, answer_: AnswerRecord, cost: float | None) -> bool:
     """Record one success in its own transaction; False when the fence matched nothing."""
-    return complete_all(engine, [Completion(job, answer_, cost)])[0]
+    return complete_all(engine, [completion(job, answer_, cost)])[0]
 
 
 def complete_all(engine: Engine, done: Sequence[Completion]) -> list[bool]:

@@ -158,8 +158,8 @@ def test_missing_api_key_for_a_provider_in_use(db_url, engine):
     ("args", "needle"),
     [
         (["--max-concurrency", "99999999999999999999"], "max concurrency must be from 1 to 10000"),
-        (["--input-price", "nan"], "input price must be a USD amount"),
-        (["--output-price", "-1"], "output price must be a USD amount"),
+        (["--input-price", "nan"], "input price (USD per 1M tokens) must be from 0 to 10000"),
+        (["--output-price", "-1"], "output price (USD per 1M tokens) must be from 0 to 10000"),
     ],
 )
 def test_bad_model_values(db_url, engine, args, needle):

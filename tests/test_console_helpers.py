@@ -24,7 +24,6 @@ from db.models import AuditLog, PromptJob, Worker
 from db.types import (
     AnswerRecord,
     ClaimedJob,
-    Completion,
     ErrorKind,
     FailureRecord,
     MentionRecord,
@@ -102,7 +101,7 @@ def seed(engine: Engine, *, batch: str | None = None) -> Seeded:
     out = Seeded(key, previous, model_ids)
     queue.enqueue_batch(engine, previous, max_attempts=3, actor="test")
     done = [
-        Completion(job, answer(BRANDS[i % 3 : i % 3 + 3]), 0.0004)
+        f.completion(job, answer(BRANDS[i % 3 : i % 3 + 3]), 0.0004)
         for i, job in enumerate(claim_all(engine))
     ]
     f.complete_all(engine, done)  # one transaction: a worker's group commit
@@ -112,7 +111,7 @@ def seed(engine: Engine, *, batch: str | None = None) -> Seeded:
     for i, job in enumerate(jobs[:6]):
         body = HOSTILE_ANSWER if i == 0 else None
         brands = ("HubSpot", "Salesforce", "Pipedrive") if i == 0 else BRANDS[i % 4 : i % 4 + 2]
-        done.append(Completion(job, answer(brands, body), 0.0005))
+        done.append(f.completion(job, answer(brands, body), 0.0005))
         out.succeeded.append(job.id)
     f.complete_all(engine, done)
     for job, kind, message in zip(

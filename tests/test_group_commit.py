@@ -18,7 +18,7 @@ from db import operations, queue, results
 from db.engine import make_engine, read_tx
 from db.errors import DatabaseUnavailable
 from db.models import Entity, JobAttempt, Mention, PromptJob, Response
-from db.types import Completion, ErrorKind, Failure, FailureRecord, Recorded
+from db.types import ErrorKind, Failure, FailureRecord, Recorded
 from runner.simulator.server import SimulatorServer
 from runner.worker.group_commit import GroupCommit
 from runner.worker.process import Worker
@@ -35,7 +35,7 @@ def test_complete_jobs_writes_each_held_job_and_skips_the_rest(engine: Engine) -
     jobs = f.claim_all(engine, "w1")
     operations.cancel_jobs(engine, job_ids=[jobs[1].id], actor="op")
     done = [
-        Completion(job, f.answer(["Attio", f"Brand{n}"]), 0.001 * n) for n, job in enumerate(jobs)
+        f.completion(job, f.answer(["Attio", f"Brand{n}"]), 0.001 * n) for n, job in enumerate(jobs)
     ]
     assert f.complete_all(engine, done) == [True, False, True, True]
     assert [f.job(engine, j.id).status for j in jobs] == [
@@ -65,7 +65,7 @@ def test_complete_jobs_is_all_or_nothing(engine: Engine) -> None:
     broken = type(bad)(**{**bad.__dict__, "mentions": bad.mentions * 2})
     with pytest.raises(IntegrityError):
         f.complete_all(
-            engine, [Completion(first, f.answer(), None), Completion(second, broken, None)]
+            engine, [f.completion(first, f.answer(), None), f.completion(second, broken, None)]
         )
     assert (f.count(engine, Response), f.count(engine, JobAttempt)) == (0, 0)
     assert {f.job(engine, j.id).status for j in (first, second)} == {"processing"}
@@ -79,7 +79,7 @@ def test_complete_and_claim_frees_a_capped_slot_in_the_same_transaction(engine: 
     queue.enqueue_batch(engine, BATCH, max_attempts=3)
     first, second = f.claim_all(engine, "w1")
     recorded, claimed = results.write_outcomes_and_claim(
-        engine, [Completion(first, f.answer(), None)], "w1", 5, lease_seconds=30
+        engine, [f.completion(first, f.answer(), None)], "w1", 5, lease_seconds=30
     )
     assert recorded == [Recorded.SUCCEEDED]
     assert [j.id for j in claimed] == [second.id + 1]
@@ -93,7 +93,7 @@ def test_complete_and_claim_claims_nothing_when_the_write_fails(engine: Engine) 
     broken = type(bad)(**{**bad.__dict__, "mentions": bad.mentions * 2})
     with pytest.raises(IntegrityError):
         results.write_outcomes_and_claim(
-            engine, [Completion(first, broken, None)], "w1", 2, lease_seconds=30
+            engine, [f.completion(first, broken, None)], "w1", 2, lease_seconds=30
         )
     assert f.job_ids(engine, status="queued") == [first.id + 1, first.id + 2]
 
@@ -106,7 +106,7 @@ def test_successes_and_failures_share_one_transaction(engine: Engine) -> None:
     recorded = results.write_outcomes(
         engine,
         [
-            Completion(ok, f.answer(["HubSpot"]), None),
+            f.completion(ok, f.answer(["HubSpot"]), None),
             Failure(flaky, FailureRecord(ErrorKind.RATE_LIMITED, "429"), 30),
             Failure(broken, FailureRecord(ErrorKind.AUTH, "401"), 30),
         ],
@@ -137,7 +137,7 @@ def test_job_threads_block_until_their_batch_is_committed(engine: Engine) -> Non
     operations.cancel_jobs(engine, job_ids=[jobs[2].id], actor="op")
     group = GroupCommit(engine, threading.Event())
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(group.record, Completion(j, f.answer(), None)) for j in jobs]
+        futures = [pool.submit(group.record, f.completion(j, f.answer(), None)) for j in jobs]
         _wait_len(group, 3)
         assert not any(fut.done() for fut in futures)
         group.commit()
@@ -158,8 +158,8 @@ def test_one_bad_answer_fails_only_its_own_job(engine: Engine, caplog: Any) -> N
     broken = type(bad)(**{**bad.__dict__, "mentions": bad.mentions * 2})
     group = GroupCommit(engine, threading.Event())
     with ThreadPoolExecutor(2) as pool:
-        ok = pool.submit(group.record, Completion(good, f.answer(), None))
-        failing = pool.submit(group.record, Completion(bad_job, broken, None))
+        ok = pool.submit(group.record, f.completion(good, f.answer(), None))
+        failing = pool.submit(group.record, f.completion(bad_job, broken, None))
         _wait_len(group, 2)
         assert group.commit_and_claim("w1", 0, lease_seconds=30) == []
         assert ok.result(timeout=10) is Recorded.SUCCEEDED
@@ -177,7 +177,7 @@ def test_after_close_an_outcome_is_written_by_its_own_thread(engine: Engine) -> 
     done, failed = f.claim_all(engine, "w1")
     group = GroupCommit(engine, threading.Event())
     group.close()
-    assert group.record(Completion(done, f.answer(), None)) is Recorded.SUCCEEDED
+    assert group.record(f.completion(done, f.answer(), None)) is Recorded.SUCCEEDED
     assert group.record(Failure(failed, FailureRecord(ErrorKind.AUTH, "401"))) is Recorded.FAILED
     assert [f.job(engine, j.id).status for j in (done, failed)] == ["succeeded", "failed"]
 
@@ -198,11 +198,11 @@ def test_a_batch_kept_while_the_database_is_away_is_written_first_next_turn(
 
     event.listen(own, "do_connect", refuse)
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(group.record, Completion(j, f.answer(), None)) for j in jobs[:2]]
+        futures = [pool.submit(group.record, f.completion(j, f.answer(), None)) for j in jobs[:2]]
         _wait_len(group, 2)
         with pytest.raises(DatabaseUnavailable):
             group.commit()
-        late = pool.submit(group.record, Completion(jobs[2], f.answer(), None))
+        late = pool.submit(group.record, f.completion(jobs[2], f.answer(), None))
         _wait_len(group, 3)
         assert [o.job.id for o, _ in group._waiting] == [j.id for j in jobs]
         assert not any(fut.done() for fut in [*futures, late])
@@ -261,8 +261,8 @@ def test_a_stale_attempt_beside_the_current_one_is_told_it_was_dropped(engine: E
     [current] = f.claim_all(engine, "w1")
     assert (current.id, current.attempt) == (stale.id, 2)
     done = [
-        Completion(stale, f.answer(["HubSpot"]), None),
-        Completion(current, f.answer(["Pipedrive"]), None),
+        f.completion(stale, f.answer(["HubSpot"]), None),
+        f.completion(current, f.answer(["Pipedrive"]), None),
     ]
     assert f.complete_all(engine, done) == [False, True]
     assert f.count(engine, Response) == 1

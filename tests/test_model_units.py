@@ -19,12 +19,13 @@ from runner.worker.backoff import backoff_seconds
 
 
 def test_fenced_json_is_unwrapped():
-    """C18: JSON inside ```json fences parses, and says it was fenced."""
+    """C18: JSON inside ```json fences parses, and says it was not the exact content."""
     body = json.dumps({"answer": "Try **HubSpot**.", "mentions": ["HubSpot"]})
     parsed = parse_answer_json(f"```json\n{body}\n```")
     assert parsed is not None
-    answer, fenced = parsed
-    assert (answer.answer, answer.mentions, fenced) == ("Try **HubSpot**.", ["HubSpot"], True)
+    answer, exact = parsed
+    assert (answer.answer, answer.mentions, exact) == ("Try **HubSpot**.", ["HubSpot"], False)
+    assert parse_answer_json(body) == (answer, True)
 
 
 def test_backticks_inside_json_strings_are_untouched():
@@ -32,7 +33,7 @@ def test_backticks_inside_json_strings_are_untouched():
     text = "Run `pip install x`, then:\n```json\n{}\n```"
     body = json.dumps({"answer": text, "mentions": []})
     parsed = parse_answer_json(body)
-    assert parsed is not None and parsed[0].answer == text and parsed[1] is False
+    assert parsed is not None and parsed[0].answer == text and parsed[1] is True
     fenced = parse_answer_json(f"```json\n{body}\n```")
     assert fenced is not None and fenced[0].answer == text
 
@@ -66,7 +67,7 @@ def test_retry_after_forms():
         (400, ErrorKind.BAD_REQUEST),
         (401, ErrorKind.AUTH),
         (402, ErrorKind.PAYMENT_REQUIRED),
-        (403, ErrorKind.AUTH),
+        (403, ErrorKind.FORBIDDEN),
         (404, ErrorKind.NOT_FOUND),
         (408, ErrorKind.TIMEOUT),
         (409, ErrorKind.SERVER_ERROR),

@@ -1,5 +1,6 @@
-"""Prompts & models: list, add, edit, (de)activate; per-model max_concurrency; enqueue today's
-batch now (idempotent: shows created / existing)."""
+"""Prompts & models: list, add, edit, (de)activate; per model max_concurrency, max_tokens,
+temperature, seed and the custom-host opt-in; enqueue today's batch now (idempotent: shows
+created / existing)."""
 
 from __future__ import annotations
 
@@ -143,7 +144,11 @@ def models_section(ctx: context.ConsoleContext) -> None:
                 "name",
                 "label",
                 "base_url",
+                "custom_host",
                 "max_concurrency",
+                "max_tokens",
+                "temperature",
+                "seed",
                 "supports_json_schema",
                 "input_usd_per_mtok",
                 "output_usd_per_mtok",
@@ -159,8 +164,10 @@ def models_section(ctx: context.ConsoleContext) -> None:
         provider = st.selectbox("Provider", [p.value for p in Provider])
         name = st.text_input("API model id", placeholder="gpt-4o-mini")
         label = st.text_input("Label")
-        base_url = st.text_input("Base URL (compatible providers)")
+        base_url = st.text_input("Base URL (compatible providers, or a custom host)")
+        custom_host = st.toggle("Send the key to this custom host (openai/openrouter)")
         cap = st.number_input("Max concurrency (0 = unlimited)", min_value=0, value=0, step=1)
+        max_tokens = st.number_input("Max tokens (0 = the runner's default)", min_value=0, step=1)
         if st.form_submit_button("Add model"):
 
             def add() -> str:
@@ -170,7 +177,9 @@ def models_section(ctx: context.ConsoleContext) -> None:
                     name=name.strip(),
                     label=label.strip() or None,
                     base_url=base_url.strip() or None,
+                    custom_host=custom_host,
                     max_concurrency=int(cap) or None,
+                    max_tokens=int(max_tokens) or None,
                     actor=context.ACTOR,
                 )
                 return f"model #{model_id} saved"
@@ -195,10 +204,18 @@ def edit_model(ctx: context.ConsoleContext, rows: list[catalog.ModelRow]) -> Non
     row = by_id[chosen]
     with st.form(f"model_edit_{chosen}"):
         label = st.text_input("Label", value=row.label)
-        base_url = st.text_input("Base URL", value=row.base_url or "")
+        base_url = st.text_input("Base URL (empty = the provider's API)", value=row.base_url or "")
+        custom_host = st.toggle("Send the key to this custom host", value=row.custom_host)
         cap = st.number_input(
             "Max concurrency (0 = unlimited)", min_value=0, value=row.max_concurrency or 0, step=1
         )
+        max_tokens = st.number_input(
+            "Max tokens (0 = the runner's default)", min_value=0, value=row.max_tokens or 0, step=1
+        )
+        temperature = st.text_input(
+            "Temperature (empty = the provider's default)", value=_text(row.temperature)
+        )
+        seed = st.text_input("Seed (empty = none)", value=_text(row.seed))
         active = st.toggle("Active", value=row.is_active)
         if st.form_submit_button("Save model"):
 
@@ -206,16 +223,33 @@ def edit_model(ctx: context.ConsoleContext, rows: list[catalog.ModelRow]) -> Non
                 catalog.update_model(
                     data.engine_for(ctx.database_url),
                     chosen,
-                    label=label.strip() or None,
+                    label=label.strip(),
                     base_url=base_url.strip() or None,
+                    custom_host=custom_host,
                     is_active=active,
                     max_concurrency=int(cap) or None,
-                    clear_max_concurrency=not cap,
+                    max_tokens=int(max_tokens) or None,
+                    temperature=_number(temperature, float, "temperature"),
+                    seed=_number(seed, int, "seed"),
                     actor=context.ACTOR,
                 )
                 return f"model #{chosen} saved"
 
             attempt("Save model", save)
+
+
+def _text(value: float | int | None) -> str:
+    return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _number(text: str, kind: type[float] | type[int], what: str) -> float | int | None:
+    """`text` as a number of `kind`, None when empty; InvalidInput naming `what` otherwise."""
+    if not text.strip():
+        return None
+    try:
+        return kind(text.strip())
+    except ValueError as exc:
+        raise InvalidInput(f"{what} must be a {kind.__name__} number, got {text!r}") from exc
 
 
 ctx = context.current()

@@ -135,19 +135,54 @@ def prompts_list(json_out: JsonOpt = False) -> None:
         typer.echo(f"{r.id:>5}  {state:<8} runs={r.runs}  [{r.category or '-'}]  {r.text[:90]}")
 
 
+MaxTokensOpt = Annotated[
+    int | None,
+    typer.Option(help="Output-token cap per call (default: PROMPTBATCH_DEFAULT_MAX_TOKENS)."),
+]
+TemperatureOpt = Annotated[
+    float | None, typer.Option(help="Sampling temperature 0-2 (default: the provider's).")
+]
+SeedOpt = Annotated[int | None, typer.Option(help="Sampling seed (default: none sent).")]
+CustomHostOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--custom-host/--no-custom-host",
+        help="Allow an openai/openrouter model's API key to go to --base-url's host "
+        "(https, or loopback).",
+    ),
+]
+CapOpt = Annotated[
+    int | None, typer.Option(help="Jobs of this model in flight across all runners.")
+]
+InputPriceOpt = Annotated[float | None, typer.Option(help="USD per 1M prompt tokens.")]
+OutputPriceOpt = Annotated[float | None, typer.Option(help="USD per 1M completion tokens.")]
+# --unset NAME -> the catalog setting it clears
+_UNSETTABLE = {
+    "base-url": "base_url",
+    "max-concurrency": "max_concurrency",
+    "max-tokens": "max_tokens",
+    "temperature": "temperature",
+    "seed": "seed",
+    "input-price": "input_usd_per_mtok",
+    "output-price": "output_usd_per_mtok",
+}
+
+
 @models_app.command("add")
 def models_add(
     provider: Annotated[str, typer.Option(help="openai | openrouter | compatible")],
     name: Annotated[str, typer.Option(help="The API model id, e.g. gpt-4o-mini.")],
     label: Annotated[str | None, typer.Option(help="Display name.")] = None,
-    base_url: Annotated[str | None, typer.Option(help="For compatible providers.")] = None,
-    max_concurrency: Annotated[
-        int | None, typer.Option(help="Jobs of this model in flight across all runners.")
+    base_url: Annotated[
+        str | None, typer.Option(help="A compatible server's URL, or a custom host.")
     ] = None,
-    input_price: Annotated[float | None, typer.Option(help="USD per 1M prompt tokens.")] = None,
-    output_price: Annotated[
-        float | None, typer.Option(help="USD per 1M completion tokens.")
-    ] = None,
+    custom_host: CustomHostOpt = None,
+    max_concurrency: CapOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    seed: SeedOpt = None,
+    input_price: InputPriceOpt = None,
+    output_price: OutputPriceOpt = None,
 ) -> None:
     """Add a model (or update the one with the same provider and name)."""
     from db import catalog
@@ -158,16 +193,68 @@ def models_add(
         name=name,
         label=label,
         base_url=base_url,
+        custom_host=bool(custom_host),
         max_concurrency=max_concurrency,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
         input_usd_per_mtok=input_price,
         output_usd_per_mtok=output_price,
     )
     typer.echo(f"model {model_id}: {provider} {name}")
 
 
+@models_app.command("update")
+def models_update(
+    model: Annotated[str, typer.Argument(help="The model's id, name or label.")],
+    label: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="New base URL.")] = None,
+    custom_host: CustomHostOpt = None,
+    active: Annotated[
+        bool | None, typer.Option("--active/--inactive", help="Ask this model or not.")
+    ] = None,
+    max_concurrency: CapOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    seed: SeedOpt = None,
+    input_price: InputPriceOpt = None,
+    output_price: OutputPriceOpt = None,
+    unset: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Clear a setting (repeatable): {', '.join(_UNSETTABLE)}."),
+    ] = None,
+) -> None:
+    """Change a model's settings; what is not given is kept."""
+    from db import catalog
+
+    engine = open_engine(load_settings())
+    target = catalog.resolve_model(engine, model)
+    given = {
+        "label": label,
+        "base_url": base_url,
+        "custom_host": custom_host,
+        "is_active": active,
+        "max_concurrency": max_concurrency,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "input_usd_per_mtok": input_price,
+        "output_usd_per_mtok": output_price,
+    }
+    changes: dict[str, object] = {k: v for k, v in given.items() if v is not None}
+    for name in unset or ():
+        if name not in _UNSETTABLE:
+            raise InvalidInput(f"--unset takes one of {', '.join(_UNSETTABLE)}, got {name!r}")
+        changes[_UNSETTABLE[name]] = None
+    if not changes:
+        raise InvalidInput("nothing to change: give a setting to change or --unset NAME")
+    catalog.update_model(engine, target.id, actor="cli", **changes)
+    typer.echo(f"model {target.id}: {target.provider} {target.name} updated")
+
+
 @models_app.command("list")
 def models_list(json_out: JsonOpt = False) -> None:
-    """List models."""
+    """List models: state, provider, name, the call settings and where the key goes."""
     from db import catalog
 
     rows = catalog.list_models(open_engine(load_settings()))
@@ -175,12 +262,55 @@ def models_list(json_out: JsonOpt = False) -> None:
         echo_json([r.__dict__ for r in rows])
         return
     for r in rows:
-        cap = r.max_concurrency or "-"
         state = "active" if r.is_active else "inactive"
-        typer.echo(
-            f"{r.id:>4}  {state:<8} {r.provider:<10} {r.name:<32} max_concurrency={cap} "
-            f"{r.base_url or ''}"
+        settings = " ".join(
+            f"{k}={v}"
+            for k, v in (
+                ("max_concurrency", r.max_concurrency),
+                ("max_tokens", r.max_tokens or "default"),
+                ("temperature", r.temperature),
+                ("seed", r.seed),
+                (
+                    "json_schema",
+                    {None: "unknown", True: "yes", False: "no"}[r.supports_json_schema],
+                ),
+            )
+            if v is not None
         )
+        host = f"{r.base_url or ''}{' (custom host)' if r.custom_host else ''}"
+        typer.echo(
+            f"{r.id:>4}  {state:<8} {r.provider:<10} {r.name:<32} {settings} {host}".rstrip()
+        )
+
+
+@models_app.command("check")
+def models_check(
+    model: Annotated[
+        str | None, typer.Argument(help="A model's id, name or label (default: every active).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """One real call per model: reachable, key accepted, json_schema honoured, latency and the
+    rate-limit headers seen, then a one-line verdict. Exit 1 when a model cannot be used."""
+    from runner.cli.probe import check_models
+
+    settings = load_settings()
+    reports = check_models(open_engine(settings), settings, model)
+    if json_out:
+        echo_json([{"model": name, **report.__dict__} for name, report in reports])
+    else:
+        for name, report in reports:
+            typer.echo(f"{name}: {report.verdict}")
+            typer.echo(
+                f"    reachable={_yes(report.reachable)} key={_yes(report.key_accepted)} "
+                f"json_schema={_yes(report.json_schema)} latency={report.latency_ms} ms "
+                f"rate-limit headers={','.join(report.rate_limit_headers) or 'none'}"
+            )
+    raise typer.Exit(0 if all(r.usable for _, r in reports) else 1)
+
+
+def _yes(value: bool | None) -> str:
+    return "unknown" if value is None else ("yes" if value else "no")
 
 
 @entities_app.command("import")

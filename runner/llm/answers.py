@@ -2,8 +2,10 @@
 answer validated by pydantic, JSON recovered from plain content, a refusal, or a failure.
 
 A refusal is a result, not an error (output_mode 'refusal'); a truncated answer (finish_reason
-'length') and a blank one are failures, never saved as answers (case C17). JSON wrapped in one
-code fence is unwrapped (case C18).
+'length') and a blank one are failures, never saved as answers (case C17). The answer JSON is
+recovered from a code fence around the whole content (case C18) or from one object inside prose
+("Here is the JSON:" before it, a closing remark after it). A structured call answered in plain
+prose is the model ignoring json_schema: the prose is the answer, and the model is marked.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from db.types import ErrorKind, OutputMode
+from db.types import CallUsage, ErrorKind, OutputMode
 from runner.llm.errors import CallFailed
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*[ \t]*\n(?P<body>.*)\n[ \t]*```\s*$", re.DOTALL)
+_DECODER = json.JSONDecoder()
+MAX_OBJECT_STARTS = 50  # `{` positions tried when looking for the answer object inside prose
 
 
 class ModelAnswer(BaseModel):
@@ -30,30 +34,39 @@ class ModelAnswer(BaseModel):
 
 
 @dataclass(frozen=True)
+class RawReply:
+    """An HTTP 200 completion as received: the decoded body, its text, and the call's usage."""
+
+    body: dict[str, Any]
+    text: str
+    usage: CallUsage
+
+    @property
+    def request_id(self) -> str | None:
+        return self.usage.request_id
+
+
+@dataclass(frozen=True)
 class ModelReply:
-    """A usable answer. `mention_names` None means: find the mentions in the text."""
+    """A usable answer. `mention_names` None means: find the mentions in the text.
+
+    `call` is what the answering call used (the response row), `usage` what the whole attempt
+    used (the attempt row; a fallback's first call included). `schema_unsupported`: the model
+    rejected or ignored json_schema, so later jobs go straight to the plain call.
+    """
 
     answer: str | None
     mention_names: tuple[str, ...] | None
     output_mode: OutputMode
     finish_reason: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    request_id: str | None
     raw_body: str
-    schema_rejected: bool = False
-
-
-@dataclass(frozen=True)
-class RawReply:
-    """An HTTP 200 completion as received: the decoded body, its text and the request id."""
-
-    body: dict[str, Any]
-    text: str
-    request_id: str | None
+    call: CallUsage
+    usage: CallUsage
+    schema_unsupported: bool = False
 
 
 def decode_body(text: str) -> dict[str, Any]:
+    """The JSON object of a 200's body; CallFailed(server_error) when it is not one."""
     try:
         body = json.loads(text)
     except ValueError as exc:
@@ -78,53 +91,59 @@ def _choice(raw: RawReply) -> dict[str, Any]:
 
 def _reply(
     raw: RawReply,
+    spent: CallUsage,
     answer: str | None,
     names: tuple[str, ...] | None,
     mode: OutputMode,
-    rejected: bool = False,
+    unsupported: bool = False,
 ) -> ModelReply:
-    usage = raw.body.get("usage") or {}
     return ModelReply(
         answer=answer,
         mention_names=names,
         output_mode=mode,
         finish_reason=_choice(raw).get("finish_reason"),
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-        request_id=raw.request_id,
         raw_body=raw.text,
-        schema_rejected=rejected,
+        call=raw.usage,
+        usage=spent,
+        schema_unsupported=unsupported,
     )
 
 
-def _refusal_or_truncation(raw: RawReply) -> ModelReply | None:
+def _refusal_or_truncation(raw: RawReply, spent: CallUsage) -> ModelReply | None:
     choice = _choice(raw)
     message = choice.get("message") or {}
     if message.get("refusal") or choice.get("finish_reason") == "content_filter":
-        return _reply(raw, message.get("refusal"), (), OutputMode.REFUSAL)
+        return _reply(raw, spent, message.get("refusal"), (), OutputMode.REFUSAL)
     if choice.get("finish_reason") == "length":
         raise CallFailed(
             ErrorKind.TRUNCATED,
-            "the answer was cut off (finish_reason 'length')",
+            "the answer was cut off (finish_reason 'length'; raise the model's max_tokens)",
             request_id=raw.request_id,
         )
     return None
 
 
-def structured_reply(raw: RawReply) -> ModelReply | None:
-    """The validated structured answer, or None when the content is not the schema's JSON."""
-    if (special := _refusal_or_truncation(raw)) is not None:
+def structured_reply(raw: RawReply, spent: CallUsage) -> ModelReply | None:
+    """The answer of a json_schema call: the validated JSON; the prose, when the model ignored
+    the schema (marked unsupported); None when the content is broken JSON or blank (ask again
+    without the schema). `spent` is the attempt's usage so far, this call included."""
+    if (special := _refusal_or_truncation(raw, spent)) is not None:
         return special
-    parsed = parse_answer_json(_content(raw))
-    if parsed is None:
-        return None
-    answer, fenced = parsed
-    mode = OutputMode.JSON if fenced else OutputMode.STRUCTURED
-    return _reply(raw, answer.answer, tuple(answer.mentions), mode)
+    content = _content(raw)
+    parsed = parse_answer_json(content)
+    if parsed is not None:
+        answer, exact = parsed
+        mode = OutputMode.STRUCTURED if exact else OutputMode.JSON
+        return _reply(raw, spent, answer.answer, tuple(answer.mentions), mode)
+    if _is_prose(content):
+        return _reply(raw, spent, content, None, OutputMode.TEXT_FALLBACK, unsupported=True)
+    return None
 
 
-def plain_reply(raw: RawReply, rejected: bool) -> ModelReply:
-    if (special := _refusal_or_truncation(raw)) is not None:
+def plain_reply(raw: RawReply, spent: CallUsage, rejected: bool) -> ModelReply:
+    """The answer of a plain call: JSON recovered if the model sent the answer object anyway,
+    else the text (mentions found from the catalog). Raises CallFailed for a blank answer."""
+    if (special := _refusal_or_truncation(raw, spent)) is not None:
         return special
     content = _content(raw)
     if not content.strip():
@@ -135,8 +154,9 @@ def plain_reply(raw: RawReply, rejected: bool) -> ModelReply:
         )
     parsed = parse_answer_json(content)
     if parsed is not None:
-        return _reply(raw, parsed[0].answer, tuple(parsed[0].mentions), OutputMode.JSON, rejected)
-    return _reply(raw, content, None, OutputMode.TEXT_FALLBACK, rejected)
+        answer = parsed[0]
+        return _reply(raw, spent, answer.answer, tuple(answer.mentions), OutputMode.JSON, rejected)
+    return _reply(raw, spent, content, None, OutputMode.TEXT_FALLBACK, rejected)
 
 
 def _content(raw: RawReply) -> str:
@@ -144,15 +164,50 @@ def _content(raw: RawReply) -> str:
     return content if isinstance(content, str) else ""
 
 
-def parse_answer_json(content: str) -> tuple[ModelAnswer, bool] | None:
-    """Parse `content` as ModelAnswer JSON, unwrapping one ```json fence around the whole content.
+def _is_prose(content: str) -> bool:
+    """Text that is not an attempt at JSON: non-blank and not opening an object, array or fence."""
+    stripped = content.strip()
+    return bool(stripped) and stripped[0] not in "{[`"
 
-    Returns (answer, was_fenced) or None. Backticks inside JSON strings are left alone: only a fence
-    that wraps the entire content is removed (case C18).
+
+def parse_answer_json(content: str) -> tuple[ModelAnswer, bool] | None:
+    """The ModelAnswer in `content`, and whether `content` was exactly its JSON.
+
+    Tried in order: the whole content; one ```json fence wrapping the whole content (backticks
+    inside JSON strings are left alone, case C18); the first object in the text that validates
+    as ModelAnswer (prose before or after it). None when there is none.
     """
+    exact = _validate(content)
+    if exact is not None:
+        return exact, True
     match = _FENCE.match(content)
-    body = match.group("body") if match else content
+    fenced = _validate(match.group("body")) if match else None
+    if fenced is not None:
+        return fenced, False
+    embedded = _embedded_answer(content)
+    return (embedded, False) if embedded is not None else None
+
+
+def _validate(text: str) -> ModelAnswer | None:
     try:
-        return ModelAnswer.model_validate_json(body), match is not None
+        return ModelAnswer.model_validate_json(text)
     except ValidationError:
         return None
+
+
+def _embedded_answer(content: str) -> ModelAnswer | None:
+    start = content.find("{")
+    for _ in range(MAX_OBJECT_STARTS):
+        if start < 0:
+            return None
+        try:
+            value, _end = _DECODER.raw_decode(content, start)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            try:
+                return ModelAnswer.model_validate(value)
+            except ValidationError:
+                pass
+        start = content.find("{", start + 1)
+    return None

@@ -1,22 +1,29 @@
 """Model calls through the openai SDK: structured answer first, then the fallbacks.
 
-One SDK client per (provider, base_url) per process, with SDK retries off (`max_retries=0`): the
-queue owns retries so every attempt is visible in job_attempts (case C19). Timeouts are explicit
-(case C15). The order of paths follows DESIGN.md "Model calls":
-1. json_schema structured output (unless the model is known not to support it), validated by
-   pydantic (`runner.llm.answers`).
-2. A plain completion when the provider rejects json_schema (HTTP 400, or OpenRouter's
-   200-with-error code 400, case C16; `runner.llm.errors`) or the structured content is not valid
-   JSON; its mentions are then found in the text from the entity catalog.
+One `openai.AsyncOpenAI` per (provider, base_url) per process, on the process's call loop
+(`runner.llm.loop`), with SDK retries off (`max_retries=0`): the queue owns retries so every
+attempt is visible in job_attempts (case C19). Each call has a wall-clock deadline
+(PROMPTBATCH_REQUEST_TIMEOUT; case C15). The order of paths follows DESIGN.md "Model calls":
+1. json_schema structured output (unless the model is known not to take it), validated by
+   pydantic (`runner.llm.answers`); on OpenRouter with `provider.require_parameters`, so it
+   routes only to endpoints that honour response_format ("Provider Routing").
+2. A plain completion when the provider rejects json_schema (400/422 naming the schema,
+   OpenRouter's 200-with-error or its "No endpoints found" 404; `runner.llm.errors`) or the
+   structured content is broken JSON; its mentions are then found in the text from the catalog.
+   A model that answered the structured call in prose is marked, and its prose is the answer.
+
+What goes where (issue 9, key safety): a model's key only to its provider's host or a host the
+operator opted in to (`db.endpoints`, checked again here before a client is built);
+OpenAI-Organization/OpenAI-Project only to OpenAI; OPENAI_BASE_URL is never read.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
+from collections.abc import Coroutine
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
-import httpx
 import openai
 
 # openai imports its chat resource lazily, on a client's first `.chat`: 0.7 s of CPU that every
@@ -24,7 +31,9 @@ import openai
 # once per process, before the worker claims anything.
 import openai.resources.chat
 
-from db.types import ClaimedJob, ErrorKind, Provider
+from db.endpoints import base_url_for, check_endpoint
+from db.errors import InvalidInput
+from db.types import CallUsage, ClaimedJob, ErrorKind, Provider
 from runner.llm.answers import (
     ModelAnswer,
     ModelReply,
@@ -33,8 +42,16 @@ from runner.llm.answers import (
     plain_reply,
     structured_reply,
 )
-from runner.llm.errors import CallFailed, SchemaRejected, check_embedded_error, status_failure
-from runner.settings import OPENROUTER_BASE_URL, Settings
+from runner.llm.errors import (
+    CallFailed,
+    SchemaRejected,
+    check_embedded_error,
+    request_id_of,
+    status_failure,
+)
+from runner.llm.loop import CallLoop
+from runner.llm.usage import call_usage
+from runner.settings import Settings
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer the user's question as you normally would, "
@@ -45,67 +62,196 @@ STRUCTURED_INSTRUCTIONS = (
     "lists every brand, product or company your answer names, in order of "
     "first appearance, each once."
 )
+T = TypeVar("T")
+_KEY_ENV = {Provider.OPENAI: "OPENAI_API_KEY", Provider.OPENROUTER: "OPENROUTER_API_KEY"}
 
 
 class ModelClient:
-    """Asks models for answers; thread-safe, one per worker process."""
+    """Asks models for answers; thread-safe, one per worker process. `ask` blocks its thread
+    while the call runs on the process's call loop."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._clients: dict[tuple[str, str | None], openai.OpenAI] = {}
-        self._lock = threading.Lock()
+        self._loop = CallLoop()
+        self._clients: dict[tuple[str, str | None], openai.AsyncOpenAI] = {}  # loop thread only
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
 
     def ask(self, job: ClaimedJob) -> ModelReply:
-        """Ask `job.prompt_text` of the job's model. Raises CallFailed (kind, message)."""
-        client = self._client(job.provider, job.base_url)
+        """Ask `job.prompt_text` of the job's model: at most two paid calls (structured, then
+        plain). Raises CallFailed (kind, message, and what the attempt's calls used)."""
+        return self._loop.run(self._ask(job))
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on this client's call loop and wait for it (for `runner.llm.check`)."""
+        return self._loop.run(coro)
+
+    def close(self) -> None:
+        """Close every SDK client and stop the call loop."""
+        self._loop.run(self._close_clients())
+        self._loop.close()
+
+    async def _ask(self, job: ClaimedJob) -> ModelReply:
+        client = self.sdk_client(job)
+        attempt = _Attempt(self._settings, client, job)
+        try:
+            return await attempt.answer()
+        except CallFailed as exc:
+            exc.usage = attempt.spent if attempt.spent.calls else None
+            exc.raw_body = attempt.last_body
+            exc.request_id = attempt.spent.request_id or exc.request_id
+            raise
+
+    async def _close_clients(self) -> None:
+        clients = list(self._clients.values())
+        self._clients.clear()
+        for client in clients:
+            await client.close()
+
+    def sdk_client(self, job: ClaimedJob) -> openai.AsyncOpenAI:
+        """The SDK client for `job`'s model (built on first use); call on the loop thread only.
+        Raises CallFailed(config) when the key is missing or may not go to the base URL."""
+        key = (job.provider, job.base_url)
+        if key not in self._clients:
+            self._clients[key] = build_sdk_client(
+                self._settings, job.provider, job.base_url, custom_host=job.custom_host
+            )
+        return self._clients[key]
+
+
+class _Attempt:
+    """One attempt's calls: the structured call, then the plain one if needed; `spent` adds up
+    every answered call, `last_body` is the last body received."""
+
+    def __init__(self, settings: Settings, client: openai.AsyncOpenAI, job: ClaimedJob) -> None:
+        self.settings, self.client, self.job = settings, client, job
+        self.spent = CallUsage()
+        self.last_body: str | None = None
+
+    async def answer(self) -> ModelReply:
         rejected = False
-        if job.supports_json_schema is not False:
+        if self.job.supports_json_schema is not False:
             try:
-                reply = structured_reply(_call(client, job, structured=True))
+                raw = await self._call(structured=True)
             except SchemaRejected:
                 rejected = True
             else:
+                reply = structured_reply(raw, self.spent)
                 if reply is not None:
                     return reply
-        return plain_reply(_call(client, job, structured=False), rejected)
+        raw = await self._call(structured=False)
+        return plain_reply(raw, self.spent, rejected)
 
-    def close(self) -> None:
-        with self._lock:
-            for client in self._clients.values():
-                client.close()
-            self._clients.clear()
-
-    def _client(self, provider: str, base_url: str | None) -> openai.OpenAI:
-        with self._lock:
-            key = (provider, base_url)
-            if key not in self._clients:
-                self._clients[key] = build_sdk_client(self._settings, provider, base_url)
-            return self._clients[key]
+    async def _call(self, *, structured: bool) -> RawReply:
+        text, headers = await post(self.client, self.job, self.settings, structured=structured)
+        self.last_body = text
+        body = decode_body(text)
+        raw = RawReply(body, text, call_usage(body, request_id_of(headers, body), self.job))
+        self.spent = self.spent.plus(raw.usage)
+        check_embedded_error(body, raw.request_id, structured)
+        return raw
 
 
-def build_sdk_client(settings: Settings, provider: str, base_url: str | None) -> openai.OpenAI:
-    """An openai.OpenAI for a provider: retries off, explicit timeouts. Raises CallFailed(config)
-    when the provider's API key is missing."""
+async def post(
+    client: openai.AsyncOpenAI, job: ClaimedJob, settings: Settings, *, structured: bool
+) -> tuple[str, Any]:
+    """POST one chat completion under the wall-clock deadline (settings.request_timeout,
+    seconds: connect + wait + read); the body text and the response headers of a 2xx. Raises
+    CallFailed (timeout, connection, or the status's kind) or SchemaRejected."""
+    deadline = settings.request_timeout
+    try:
+        async with asyncio.timeout(deadline):
+            return await _post(client, job, settings, structured)
+    except TimeoutError as exc:
+        raise CallFailed(
+            ErrorKind.TIMEOUT,
+            f"no complete answer within {deadline:g} s (PROMPTBATCH_REQUEST_TIMEOUT, the whole "
+            "call)",
+        ) from exc
+
+
+async def _post(
+    client: openai.AsyncOpenAI, job: ClaimedJob, settings: Settings, structured: bool
+) -> tuple[str, Any]:
+    try:
+        raw = await client.chat.completions.with_raw_response.create(
+            **request_body(job, settings, structured=structured)
+        )
+    except openai.APIStatusError as exc:
+        raise status_failure(exc, structured) from exc
+    except openai.APITimeoutError as exc:
+        raise CallFailed(ErrorKind.TIMEOUT, f"no answer within the read timeout: {exc}") from exc
+    except openai.APIConnectionError as exc:
+        raise CallFailed(ErrorKind.CONNECTION, f"connection failed: {exc}") from exc
+    return raw.http_response.text, raw.headers
+
+
+def request_body(job: ClaimedJob, settings: Settings, *, structured: bool) -> dict[str, Any]:
+    """The create() arguments for `job`: model, messages, the output-token cap under the name
+    the provider expects (OpenAI: `max_completion_tokens`, which counts reasoning tokens and
+    replaces the deprecated `max_tokens`; others: `max_tokens`), temperature and seed only when
+    the model sets them, and for a structured call the json_schema response_format (plus
+    OpenRouter's `provider.require_parameters`)."""
+    limit = job.max_tokens or settings.default_max_tokens
+    cap = "max_completion_tokens" if job.provider == Provider.OPENAI else "max_tokens"
+    body: dict[str, Any] = {
+        "model": job.model_name,
+        "messages": _messages(job, structured),
+        cap: limit,
+    }
+    if job.temperature is not None:
+        body["temperature"] = job.temperature
+    if job.seed is not None:
+        body["seed"] = job.seed
+    if structured:
+        body["response_format"] = _response_format()
+        if job.provider == Provider.OPENROUTER:
+            body["extra_body"] = {"provider": {"require_parameters": True}}
+    return body
+
+
+def build_sdk_client(
+    settings: Settings, provider: str, base_url: str | None, *, custom_host: bool = False
+) -> openai.AsyncOpenAI:
+    """An openai.AsyncOpenAI for a model's provider and base URL: retries off, the read timeout
+    as a backstop to the call's deadline, attribution headers for OpenRouter, org/project for
+    OpenAI only. Raises CallFailed(config) when the key is missing or may not go to `base_url`."""
+    try:
+        check_endpoint(provider, base_url, custom_host)
+    except InvalidInput as exc:
+        raise CallFailed(ErrorKind.CONFIG, f"model not called: {exc}") from exc
     api_key = settings.api_key(provider)
     if api_key is None and provider != Provider.COMPATIBLE:
-        env = "OPENAI_API_KEY" if provider == Provider.OPENAI else "OPENROUTER_API_KEY"
+        env = _KEY_ENV[Provider(provider)]
         raise CallFailed(
             ErrorKind.CONFIG, f"{env} is not set; models of provider {provider} cannot be called"
         )
-    headers = (
-        {"HTTP-Referer": settings.openrouter_referer, "X-Title": settings.openrouter_title}
-        if provider == Provider.OPENROUTER
-        else None
-    )
-    url = OPENROUTER_BASE_URL if provider == Provider.OPENROUTER and not base_url else base_url
-    timeout = httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout)
-    return openai.OpenAI(
+    client = openai.AsyncOpenAI(
         api_key=api_key or "not-needed",
-        base_url=url,
+        base_url=base_url_for(provider, base_url),
         max_retries=0,
-        timeout=timeout,
-        default_headers=headers,
+        timeout=openai.Timeout(settings.request_timeout, connect=settings.connect_timeout),
+        default_headers=_attribution(settings) if provider == Provider.OPENROUTER else None,
     )
+    # The SDK reads OPENAI_ORG_ID / OPENAI_PROJECT_ID itself: set them for OpenAI, clear them
+    # for everyone else, so an OpenAI account's ids never reach another provider.
+    is_openai = provider == Provider.OPENAI
+    client.organization = settings.openai_org_id if is_openai else None
+    client.project = settings.openai_project_id if is_openai else None
+    return client
+
+
+def _attribution(settings: Settings) -> dict[str, str]:
+    """OpenRouter's app attribution headers: X-OpenRouter-Title, and X-Title kept for older
+    deployments ("App Attribution")."""
+    title = settings.openrouter_title
+    return {
+        "HTTP-Referer": settings.openrouter_referer,
+        "X-OpenRouter-Title": title,
+        "X-Title": title,
+    }
 
 
 def _messages(job: ClaimedJob, structured: bool) -> list[dict[str, str]]:
@@ -121,23 +267,3 @@ def _response_format() -> dict[str, Any]:
         "type": "json_schema",
         "json_schema": {"name": "ModelAnswer", "schema": schema, "strict": True},
     }
-
-
-def _call(client: openai.OpenAI, job: ClaimedJob, *, structured: bool) -> RawReply:
-    response_format: Any = _response_format() if structured else openai.omit
-    try:
-        raw = client.chat.completions.with_raw_response.create(
-            model=job.model_name,
-            messages=_messages(job, structured),  # type: ignore[arg-type]
-            response_format=response_format,
-        )
-    except openai.APIStatusError as exc:
-        raise status_failure(exc, structured) from exc
-    except openai.APITimeoutError as exc:
-        raise CallFailed(ErrorKind.TIMEOUT, f"no answer within the timeout: {exc}") from exc
-    except openai.APIConnectionError as exc:
-        raise CallFailed(ErrorKind.CONNECTION, f"connection failed: {exc}") from exc
-    text = raw.http_response.text
-    result = RawReply(decode_body(text), text, raw.headers.get("x-request-id"))
-    check_embedded_error(result.body, result.request_id, structured)
-    return result

@@ -1,13 +1,24 @@
 """How a failed model call is classified: HTTP status and error bodies -> an ErrorKind, the
-provider's Retry-After, and whether the failure means "this model rejects json_schema".
+provider's Retry-After, and whether the failure means "this model does not take json_schema".
 
-Rules from the providers' error-code docs (OpenAI "Error codes", OpenRouter "Errors") and the
-reported faults in shared/cases (C16: OpenRouter's HTTP 200 with an `error` body).
+Rules from the providers' docs (OpenAI "Error codes"; OpenRouter "Errors", "Provider Routing")
+and the reported faults in shared/cases (C16: OpenRouter's HTTP 200 with an `error` body):
+- 401 -> auth; 403 -> forbidden (OpenRouter: moderation flag, guardrail, permissions);
+  404 -> not_found, except OpenRouter's "No endpoints found that can handle the requested
+  parameters" on a structured call, which means no endpoint takes json_schema (fallback).
+- 402 with Retry-After (OpenRouter's in-flight spend) -> rate_limited, waited out; 402 without
+  it -> payment_required, the account's (ErrorKind.model_level).
+- 429 with code or type `insufficient_quota` (OpenAI: the plan's quota is spent) ->
+  quota_exceeded, never retried as a rate limit that passes.
+- A 200 whose choice ended in error (`finish_reason: "error"`, a `choices[].error` object, after
+  generation started) -> the inner code's kind (provider_error when it has none); its partial
+  text is never an answer.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -16,13 +27,21 @@ from typing import Any
 import openai
 
 from db.errors import ModelCallError
-from db.types import ErrorKind
+from db.types import CallUsage, ErrorKind
 
 _SCHEMA_WORDS = ("json_schema", "response_format", "structured output", "schema")
+_NO_CAPABLE_ENDPOINT = re.compile(
+    r"no endpoints found that (can handle|support) the requested parameters", re.IGNORECASE
+)
+_QUOTA = "insufficient_quota"
 
 
 class CallFailed(ModelCallError):
-    """A model call failed; `kind` decides retry vs fail, `retry_after` is in seconds."""
+    """A model call failed; `kind` decides retry vs fail, `retry_after` is in seconds.
+
+    `usage` is what the attempt's answered calls used (a truncated or errored answer is paid
+    for), `raw_body` the last body received: both are saved with the attempt for diagnosis.
+    """
 
     def __init__(
         self,
@@ -36,44 +55,88 @@ class CallFailed(ModelCallError):
         self.kind = kind
         self.retry_after = retry_after
         self.request_id = request_id
+        self.usage: CallUsage | None = None
+        self.raw_body: str | None = None
 
 
 class SchemaRejected(Exception):
-    """The provider does not accept response_format json_schema for this model."""
+    """The provider does not take response_format json_schema for this model."""
+
+
+def request_id_of(headers: Mapping[str, str], body: object = None) -> str | None:
+    """The call's id: `x-request-id` (OpenAI), else `x-litellm-call-id` (LiteLLM proxies), else
+    the body's `id` (OpenRouter's `gen-...`, the key of its generation endpoint)."""
+    for name in ("x-request-id", "x-litellm-call-id"):
+        if value := headers.get(name):
+            return value[:200]
+    body_id = body.get("id") if isinstance(body, dict) else None
+    return body_id[:200] if isinstance(body_id, str) and body_id else None
 
 
 def status_failure(exc: openai.APIStatusError, structured: bool) -> Exception:
     """The CallFailed (or SchemaRejected, for a structured call) an HTTP error status means."""
     message = _error_message(exc.body) or str(exc)
-    request_id = exc.response.headers.get("x-request-id")
-    if structured and exc.status_code in (400, 422) and _mentions_schema(message):
+    status = exc.status_code
+    if structured and _means_schema_unsupported(status, message):
         return SchemaRejected(message)
-    kind = kind_for_status(exc.status_code)
     retry_after = retry_after_seconds(exc.response.headers)
     return CallFailed(
-        kind, f"HTTP {exc.status_code}: {message}", retry_after=retry_after, request_id=request_id
+        classify(status, _error_codes(exc.body), retry_after),
+        f"HTTP {status}: {message}",
+        retry_after=retry_after,
+        request_id=request_id_of(exc.response.headers, exc.body),
     )
+
+
+def classify(
+    status: int, codes: tuple[str, ...] = (), retry_after: float | None = None
+) -> ErrorKind:
+    """The kind of an error with HTTP `status` (or an error body's numeric code), its string
+    codes (`code`, `type`) and Retry-After."""
+    if status == 429 and _QUOTA in codes:
+        return ErrorKind.QUOTA_EXCEEDED
+    if status == 402 and retry_after is not None:
+        return ErrorKind.RATE_LIMITED
+    return kind_for_status(status)
 
 
 def check_embedded_error(body: dict[str, Any], request_id: str | None, structured: bool) -> None:
-    """Raise for OpenRouter's HTTP 200 whose body is an `error` object and no choices (C16)."""
+    """Raise for an HTTP 200 that is not an answer: OpenRouter's body-level `error` with no
+    choices (C16), or a choice that ended in error mid-generation."""
     error = body.get("error")
-    if not error or body.get("choices"):
-        return
-    code = error.get("code") if isinstance(error, dict) else None
-    message = _error_message(body) or "error without a message"
-    metadata = (error.get("metadata") or {}) if isinstance(error, dict) else {}
-    provider = metadata.get("provider_name")
-    status = code if isinstance(code, int) else 500
-    detail = json.dumps(error.get("metadata", {}))[:300] if isinstance(error, dict) else ""
-    if structured and status in (400, 422) and _mentions_schema(f"{message} {detail}"):
+    if error and not body.get("choices"):
+        _raise_embedded(error, "HTTP 200 with error", request_id, structured)
+    choices = body.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    if isinstance(choice, dict) and (choice.get("error") or choice.get("finish_reason") == "error"):
+        inner = choice.get("error") or {"message": "the answer ended in error (finish_reason)"}
+        _raise_embedded(inner, "the answer ended in error", request_id, structured)
+
+
+def _raise_embedded(error: object, what: str, request_id: str | None, structured: bool) -> None:
+    inner = error if isinstance(error, dict) else {"message": str(error)}
+    code = inner.get("code")
+    message = _error_message({"error": inner}) or "error without a message"
+    metadata = inner.get("metadata") or {}
+    detail = json.dumps(metadata)[:300]
+    status = code if isinstance(code, int) and not isinstance(code, bool) else None
+    if (
+        structured
+        and status is not None
+        and _means_schema_unsupported(status, f"{message} {detail}")
+    ):
         raise SchemaRejected(message)
+    provider = metadata.get("provider_name") if isinstance(metadata, dict) else None
     where = f" from provider {provider}" if provider else ""
-    raise CallFailed(
-        kind_for_status(status),
-        f"HTTP 200 with error {code}{where}: {message}",
-        request_id=request_id,
-    )
+    kind = classify(status, _error_codes({"error": inner})) if status else ErrorKind.PROVIDER_ERROR
+    raise CallFailed(kind, f"{what} {code}{where}: {message}", request_id=request_id)
+
+
+def _means_schema_unsupported(status: int, message: str) -> bool:
+    if status in (400, 422):
+        lowered = message.lower()
+        return any(word in lowered for word in _SCHEMA_WORDS)
+    return status == 404 and _NO_CAPABLE_ENDPOINT.search(message) is not None
 
 
 def _error_message(body: object) -> str | None:
@@ -84,9 +147,12 @@ def _error_message(body: object) -> str | None:
     return None
 
 
-def _mentions_schema(message: str) -> bool:
-    lowered = message.lower()
-    return any(word in lowered for word in _SCHEMA_WORDS)
+def _error_codes(body: object) -> tuple[str, ...]:
+    """String `code` and `type` of an error body (OpenAI puts `insufficient_quota` in either)."""
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(inner, dict):
+        return ()
+    return tuple(str(inner[k]) for k in ("code", "type") if isinstance(inner.get(k), str))
 
 
 def kind_for_status(status: int) -> ErrorKind:
@@ -95,7 +161,7 @@ def kind_for_status(status: int) -> ErrorKind:
         400: ErrorKind.BAD_REQUEST,
         401: ErrorKind.AUTH,
         402: ErrorKind.PAYMENT_REQUIRED,
-        403: ErrorKind.AUTH,
+        403: ErrorKind.FORBIDDEN,
         404: ErrorKind.NOT_FOUND,
         408: ErrorKind.TIMEOUT,
         409: ErrorKind.SERVER_ERROR,
@@ -110,7 +176,7 @@ def kind_for_status(status: int) -> ErrorKind:
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """Seconds from `retry-after-ms` or `retry-after` (delta-seconds or HTTP date), if present and
     readable (OpenAI sends both forms; RFC 9110 section 10.2.3 allows a date). `headers` must
-    look names up case-insensitively, as httpx.Headers does."""
+    look names up case-insensitively, as the SDK's response headers do."""
     ms = _non_negative(headers.get("retry-after-ms"))
     if ms is not None:
         return ms / 1000

@@ -12,13 +12,23 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 from uuid import uuid4
 
 from db.errors import InvalidInput
-from runner.simulator.faults import Faults, Message, Reply, shape_message, split_model
+from runner.simulator.faults import (
+    LENGTH_TEXT_CHARS,
+    Faults,
+    Message,
+    Reply,
+    Style,
+    shape_message,
+    split_model,
+)
+
+SIM_USD_PER_MTOK = 0.5  # what the OpenRouter style reports as usage.cost per million tokens
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,9 @@ class ChatRequest:
     messages: tuple[dict[str, Any], ...]
     response_format: str | None  # response_format.type, None when absent
     stream: bool
+    max_tokens: int | None = None  # max_completion_tokens, else max_tokens
+    require_parameters: bool = False  # OpenRouter's provider.require_parameters
+    params: frozenset[str] = frozenset()  # the body's top-level keys
 
     @property
     def model_name(self) -> str:
@@ -132,32 +145,78 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise InvalidInput("'messages' must be a list of message objects.")
     response_format = body.get("response_format")
     format_type = response_format.get("type") if isinstance(response_format, dict) else None
-    return ChatRequest(model, tuple(messages), format_type, bool(body.get("stream")))
+    provider = body.get("provider")
+    return ChatRequest(
+        model,
+        tuple(messages),
+        format_type,
+        bool(body.get("stream")),
+        max_tokens=_max_tokens(body),
+        require_parameters=isinstance(provider, dict)
+        and provider.get("require_parameters") is True,
+        params=frozenset(body),
+    )
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise InvalidInput(f"Invalid '{name}': integer below minimum value 1.")
+            return value
+    return None
 
 
 def _tokens(chars: int) -> int:
     return math.ceil(chars / 4)
 
 
-def completion_body(request: ChatRequest, message: Message) -> dict[str, Any]:
-    """A ChatCompletion JSON object; token counts are estimated as ceil(characters / 4)."""
+def completion_body(
+    request: ChatRequest, message: Message, style: Style = "sim", error_code: int | None = None
+) -> dict[str, Any]:
+    """A ChatCompletion JSON object; token counts are estimated as ceil(characters / 4).
+
+    OpenRouter's style has a ``gen-`` id and ``usage.cost`` (credits, at SIM_USD_PER_MTOK);
+    ``error_code`` makes the choice end in error mid-generation (OpenRouter "Errors").
+    """
     prompt_tokens = _tokens(request.prompt_chars)
     completion_tokens = _tokens(len(message.content or message.refusal or ""))
     assistant = {"role": "assistant", "content": message.content, "refusal": message.refusal}
-    choice = {"index": 0, "message": assistant, "finish_reason": message.finish_reason}
-    usage = {
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": assistant,
+        "finish_reason": message.finish_reason,
+    }
+    if error_code is not None:
+        choice["error"] = {
+            "code": error_code,
+            "message": "Upstream error mid-generation (simulated)",
+        }
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if style == "openrouter":
+        usage["cost"] = round((prompt_tokens + completion_tokens) * SIM_USD_PER_MTOK / 1e6, 9)
+    prefix = "gen-" if style == "openrouter" else "chatcmpl-sim-"
     return {
-        "id": f"chatcmpl-sim-{uuid4().hex}",
+        "id": f"{prefix}{uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": request.model,
         "choices": [{**choice, "logprobs": None}],
         "usage": usage,
     }
+
+
+def _capped(message: Message, max_tokens: int | None) -> Message:
+    """The message cut at the request's output-token cap, as providers cut (finish 'length')."""
+    content = message.content
+    if max_tokens is None or content is None or _tokens(len(content)) <= max_tokens:
+        return message
+    return Message(content[: max_tokens * 4], message.refusal, "length")
 
 
 def answer_reply(
@@ -169,5 +228,11 @@ def answer_reply(
     with several bank entries gets them in turn.
     """
     entry = pick_answer(request.last_user_text, bank, answer_number(faults, call_number))
+    if faults.no_endpoints:  # routed to a provider that ignores response_format
+        faults = replace(faults, ignores_schema=True)
     message = shape_message(entry.answer, entry.mentions, faults, request.response_format)
-    return Reply(200, completion_body(request, message))
+    message = _capped(message, request.max_tokens)
+    if faults.choice_error is not None:
+        partial = Message((message.content or "")[:LENGTH_TEXT_CHARS], None, "error")
+        return Reply(200, completion_body(request, partial, faults.style, faults.choice_error))
+    return Reply(200, completion_body(request, message, faults.style))

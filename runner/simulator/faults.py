@@ -23,6 +23,11 @@ LENGTH_JSON_CHARS = 30  # a `length` cut of a json_schema answer keeps this many
 LENGTH_TEXT_CHARS = 200  # a `length` cut of a plain answer keeps this many characters
 
 CountedFault = Literal["rate_limit", "error500", "or_error"]
+Style = Literal["sim", "openai", "openrouter", "litellm"]
+STYLES: tuple[Style, ...] = ("sim", "openai", "openrouter", "litellm")
+PROSE_BEFORE = "Sure! Here is the JSON you asked for:\n\n"
+PROSE_AFTER = "\n\nLet me know if you would like more detail on any of these."
+NO_ENDPOINTS = "No endpoints found that can handle the requested parameters."
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,17 @@ class Faults:
     or_error: int | None = None  # OpenRouter 200-with-error carrying this code
     or_error_times: int | None = None  # how many calls get or_error; None = all
     status: int | None = None  # always answer this HTTP status
+    # How the server speaks (headers, ids, usage): "sim" (x-request-id sim-...), "openai"
+    # (x-request-id req_..., x-ratelimit-* headers, unknown body parameters refused), "openrouter"
+    # (no x-request-id, gen-... ids, usage.cost), "litellm" (x-litellm-call-id only).
+    style: Style = "sim"
+    trickle_ms: int | None = None  # headers at once, then one body byte every N ms
+    choice_error: int | None = None  # 200 whose choice ends in error (this code), partial text
+    prose_json: bool = False  # the answer JSON inside prose, for any request
+    ignores_schema: bool = False  # json_schema accepted but answered in plain prose
+    no_endpoints: bool = False  # OpenRouter: require_parameters + json_schema -> 404
+    quota: bool = False  # 429 insufficient_quota (OpenAI: the plan's quota is spent)
+    spend_wait_s: float | None = None  # 402 with Retry-After (OpenRouter's in-flight spend)
 
     @property
     def rejects_json_schema(self) -> bool:
@@ -65,7 +81,7 @@ class Message:
 
     content: str | None
     refusal: str | None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "error"]
 
 
 def _count(value: str) -> int:
@@ -98,6 +114,13 @@ def _flag(value: str) -> bool:
     raise ValueError(value)
 
 
+def _style(value: str) -> Style:
+    for style in STYLES:
+        if value == style:
+            return style
+    raise ValueError(value)
+
+
 # fault name -> (Faults field, converter of the text after "=")
 _FAULTS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "latency": ("latency_ms", _count),
@@ -114,6 +137,14 @@ _FAULTS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "or_error": ("or_error", _http_status),
     "or_error_times": ("or_error_times", _count),
     "status": ("status", _http_status),
+    "style": ("style", _style),
+    "trickle": ("trickle_ms", lambda v: _count(v or "1000")),
+    "choice_error": ("choice_error", _http_status),
+    "prose_json": ("prose_json", _flag),
+    "ignores_schema": ("ignores_schema", _flag),
+    "no_endpoints": ("no_endpoints", _flag),
+    "quota": ("quota", _flag),
+    "spend_wait": ("spend_wait_s", _seconds),
 }
 
 
@@ -214,11 +245,33 @@ def status_reply(status: int, model: str) -> Reply:
     if status == 402:
         message = "Insufficient credits (simulated)"
         return error_reply(402, message, "insufficient_quota", code="insufficient_quota")
+    if status == 403:
+        message = "Your chosen model requires moderation and your input was flagged (simulated)"
+        return error_reply(403, message, "invalid_request_error", code="moderation")
     if status == 404:
         message = f"The model `{model}` does not exist (simulated)"
         return error_reply(404, message, "invalid_request_error", code="model_not_found")
     error_type = "server_error" if status >= 500 else "invalid_request_error"
     return error_reply(status, f"HTTP {status} (simulated)", error_type)
+
+
+def quota_reply() -> Reply:
+    """OpenAI's 429 when the plan's quota is spent (not a rate limit that passes)."""
+    message = "You exceeded your current quota, please check your plan and billing details."
+    return error_reply(429, message, "insufficient_quota", code="insufficient_quota")
+
+
+def spend_wait_reply(seconds: float) -> Reply:
+    """OpenRouter's 402 with Retry-After: the key's in-flight spend is at its limit for now."""
+    message = "Insufficient credits for the requests in flight; retry shortly (simulated)"
+    return Reply(
+        402, {"error": {"code": 402, "message": message}}, (("Retry-After", f"{seconds:g}"),)
+    )
+
+
+def no_endpoints_reply() -> Reply:
+    """OpenRouter's 404 when `provider.require_parameters` leaves no endpoint for the request."""
+    return Reply(404, {"error": {"code": 404, "message": NO_ENDPOINTS}})
 
 
 def or_error_reply(code: int, model: str, generation_id: str, created: int) -> Reply:
@@ -251,6 +304,16 @@ def _plain_content(answer: str, mentions: Sequence[str], faults: Faults, fence: 
     return answer
 
 
+def _content(
+    answer: str, mentions: Sequence[str], faults: Faults, response_format: str | None
+) -> str:
+    if faults.prose_json:
+        return PROSE_BEFORE + answer_json(answer, mentions) + PROSE_AFTER
+    if response_format == "json_schema" and not faults.ignores_schema:
+        return _structured_content(answer, mentions, faults)
+    return _plain_content(answer, mentions, faults, fence=response_format is None)
+
+
 def shape_message(
     answer: str, mentions: Sequence[str], faults: Faults, response_format: str | None
 ) -> Message:
@@ -262,12 +325,8 @@ def shape_message(
         return Message(None, REFUSAL_TEXT, "stop")
     if faults.blank:
         return Message("", None, "stop")
-    if response_format == "json_schema":
-        content = _structured_content(answer, mentions, faults)
-        cut = LENGTH_JSON_CHARS
-    else:
-        content = _plain_content(answer, mentions, faults, fence=response_format is None)
-        cut = LENGTH_TEXT_CHARS
+    content = _content(answer, mentions, faults, response_format)
+    cut = LENGTH_JSON_CHARS if response_format == "json_schema" else LENGTH_TEXT_CHARS
     if faults.length:
         return Message(content[:cut], None, "length")
     return Message(content, None, "stop")

@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,9 +34,12 @@ from runner.simulator.faults import (
     build_faults,
     counted_fault,
     error_reply,
+    no_endpoints_reply,
     or_error_reply,
+    quota_reply,
     rate_limit_reply,
     server_error_reply,
+    spend_wait_reply,
     split_model,
     status_reply,
     unsupported_schema_reply,
@@ -50,6 +54,7 @@ HANG_POLL_S = 0.05  # how often a `hang` request checks for shutdown or a gone c
 SERVE_POLL_S = 0.05  # serve_forever's poll interval: bounds how long shutdown() waits
 IDLE_TIMEOUT_S = 30.0  # an idle keep-alive connection is closed after this (httpx keeps 5 s)
 
+CAPTURE_LIMIT = 200  # requests kept for `SimulatorServer.captured`
 CallKey = tuple[str, str, str]  # (model name without faults, last user message, X-Simulator-Key)
 
 
@@ -62,14 +67,93 @@ def models_body() -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
+# Chat-completions body parameters OpenAI's API takes (its API reference); the "openai" style
+# refuses others with a 400, as OpenAI does ("Unrecognized request argument supplied").
+OPENAI_PARAMS = frozenset(
+    [
+        "model",
+        "messages",
+        "max_completion_tokens",
+        "max_tokens",
+        "temperature",
+        "seed",
+        "response_format",
+        "stream",
+        "stream_options",
+        "top_p",
+        "n",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "user",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "service_tier",
+        "store",
+        "metadata",
+        "reasoning_effort",
+        "modalities",
+        "audio",
+        "prediction",
+        "web_search_options",
+        "verbosity",
+        "prompt_cache_key",
+        "safety_identifier",
+    ]
+)
+
+
 def rejection_reply(request: ChatRequest, faults: Faults) -> Reply | None:
-    """The 400 for a request the simulated model refuses to take, if any."""
+    """The 4xx for a request the simulated provider refuses to take, if any."""
     if request.stream:
         message = "Streaming is not supported by the simulator."
         return error_reply(400, message, "invalid_request_error", param="stream")
-    if request.response_format == "json_schema" and faults.rejects_json_schema:
+    unknown = sorted(request.params - OPENAI_PARAMS) if faults.style == "openai" else []
+    if unknown:
+        message = f"Unrecognized request argument supplied: {unknown[0]}"
+        return error_reply(400, message, "invalid_request_error")
+    structured = request.response_format == "json_schema"
+    if structured and faults.rejects_json_schema:
         return unsupported_schema_reply()
+    if structured and faults.no_endpoints and request.require_parameters:
+        return no_endpoints_reply()
     return None
+
+
+def account_reply(faults: Faults, model: str) -> Reply | None:
+    """The reply of an account-level fault (forced status, spent quota, spend limit), if any."""
+    if faults.status is not None:
+        return status_reply(faults.status, model)
+    if faults.quota:
+        return quota_reply()
+    if faults.spend_wait_s is not None:
+        return spend_wait_reply(faults.spend_wait_s)
+    return None
+
+
+def style_headers(style: str) -> tuple[tuple[str, str], ...]:
+    """Per-style id and limit headers: OpenAI's x-request-id and x-ratelimit-* ("Rate limits"),
+    LiteLLM's x-litellm-call-id, none for OpenRouter (its id is the body's), ours for "sim"."""
+    if style == "openai":
+        return (
+            ("x-request-id", f"req_{uuid4().hex}"),
+            ("openai-processing-ms", "5"),
+            ("x-ratelimit-limit-requests", "10000"),
+            ("x-ratelimit-remaining-requests", "9999"),
+            ("x-ratelimit-reset-requests", "6ms"),
+            ("x-ratelimit-limit-tokens", "30000000"),
+            ("x-ratelimit-remaining-tokens", "29999000"),
+            ("x-ratelimit-reset-tokens", "2ms"),
+        )
+    if style == "litellm":
+        return (("x-litellm-call-id", str(uuid4())),)
+    if style == "openrouter":
+        return ()
+    return (("x-request-id", f"sim-{uuid4().hex}"),)
 
 
 def counted_reply(request: ChatRequest, faults: Faults, call_number: int) -> Reply | None:
@@ -92,6 +176,19 @@ def not_found_reply(method: str, path: str) -> Reply:
     """HTTP 404 for a path the simulator does not serve."""
     message = f"Unknown request URL: {method} {path}. (simulator)"
     return error_reply(404, message, "invalid_request_error")
+
+
+@dataclass(frozen=True)
+class CapturedRequest:
+    """A request as received: path, headers (as sent, names case-preserved), parsed JSON body."""
+
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+    def header(self, name: str) -> str | None:
+        """A header's value by case-insensitive name."""
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
 
 
 @dataclass(frozen=True)
@@ -124,6 +221,7 @@ class SimulatorServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._calls: dict[CallKey, int] = {}
         self._request_count = 0
+        self._captured: deque[CapturedRequest] = deque(maxlen=CAPTURE_LIMIT)
 
     @property
     def address(self) -> SimulatorAddress:
@@ -148,6 +246,21 @@ class SimulatorServer(ThreadingHTTPServer):
         with self._lock:
             return dict(self._calls)
 
+    def capture(self, path: str, headers: dict[str, str], body: bytes) -> None:
+        """Keep a received request (the last CAPTURE_LIMIT) for tests of what clients send."""
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        with self._lock:
+            self._captured.append(CapturedRequest(path, headers, parsed))
+
+    @property
+    def captured(self) -> list[CapturedRequest]:
+        """The last CAPTURE_LIMIT POSTs received, oldest first (a copy)."""
+        with self._lock:
+            return list(self._captured)
+
     def count_request(self) -> None:
         """Count one received HTTP request."""
         with self._lock:
@@ -164,6 +277,7 @@ class SimulatorServer(ThreadingHTTPServer):
         with self._lock:
             self._calls.clear()
             self._request_count = 0
+            self._captured.clear()
 
     def shutdown(self) -> None:
         """Stop serve_forever and release `hang` handlers."""
@@ -216,7 +330,9 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             self._send(not_found_reply("POST", self.path))
             return
         try:
-            request = parse_chat_request(self._read_body())
+            raw = self._read_body()
+            self.server.capture(self.path, dict(self.headers.items()), raw)
+            request = parse_chat_request(raw)
             faults = build_faults(split_model(request.model)[1], self.headers[FAULTS_HEADER] or "")
         except InvalidInput as exc:
             self._send(error_reply(400, str(exc), "invalid_request_error"))
@@ -228,16 +344,14 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         if faults.hang:
             self._hang()
         else:
-            self._send(self._reply(request, faults))
+            self._send(self._reply(request, faults), faults)
 
     def _reply(self, request: ChatRequest, faults: Faults) -> Reply:
         if not self._authorized():
             return status_reply(401, request.model)
-        if faults.status is not None:
-            return status_reply(faults.status, request.model)
-        rejection = rejection_reply(request, faults)
-        if rejection is not None:
-            return rejection
+        refused = account_reply(faults, request.model) or rejection_reply(request, faults)
+        if refused is not None:
+            return refused
         key = (request.model_name, request.last_user_text, self.headers[KEY_HEADER] or "")
         call_number = self.server.next_call_number(key)
         counted = counted_reply(request, faults, call_number)
@@ -273,23 +387,36 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         except OSError:
             return True
 
-    def _send(self, reply: Reply) -> None:
+    def _send(self, reply: Reply, faults: Faults | None = None) -> None:
         data = json.dumps(reply.body).encode()
-        request_id = f"sim-{uuid4().hex}"
+        style = faults.style if faults is not None else "sim"
         self.send_response(reply.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-request-id", request_id)
-        for name, value in reply.headers:
+        for name, value in (*style_headers(style), *reply.headers):
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if faults is not None and faults.trickle_ms is not None:
+            self._trickle(data, faults.trickle_ms / 1000)
+        else:
+            self.wfile.write(data)
         logger.debug(
-            "Simulator answered %s with HTTP %s",
-            request_id,
+            "Simulator answered HTTP %s",
             reply.status,
-            extra={"action": "simulator_replied", "request_id": request_id},
+            extra={"action": "simulator_replied", "status": reply.status},
         )
+
+    def _trickle(self, data: bytes, interval: float) -> None:
+        """Send `data` one byte every `interval` seconds, until shutdown or the client goes."""
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                if self.server.stopping.wait(interval):
+                    break
+        except OSError:
+            pass  # the client gave up (its deadline): what a trickle test expects
+        self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Send the access log to DEBUG instead of stderr."""

@@ -74,7 +74,14 @@ def _ask(ctx: JobContext, job: ClaimedJob) -> ModelReply | FailureRecord:
     try:
         return ctx.client.ask(job)
     except CallFailed as exc:
-        return FailureRecord(exc.kind, str(exc), None, exc.retry_after, exc.request_id)
+        return FailureRecord(
+            exc.kind,
+            str(exc),
+            retry_after=exc.retry_after,
+            request_id=exc.request_id,
+            usage=exc.usage,
+            raw_body=exc.raw_body,
+        )
     except Exception as exc:  # a bug of ours: the job fails visibly, the worker lives on
         log.exception("job crashed", extra={"action": "job_crashed", "job_id": job.id})
         return FailureRecord(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
@@ -83,10 +90,10 @@ def _ask(ctx: JobContext, job: ClaimedJob) -> ModelReply | FailureRecord:
 def _record_success(
     ctx: JobContext, job: ClaimedJob, reply: ModelReply, latency_ms: int
 ) -> JobOutcome:
-    if reply.schema_rejected:
+    if reply.schema_unsupported:
         results.mark_json_schema_unsupported(ctx.engine, job.model_id)
         log.info(
-            "model rejects json_schema; using the fallback from now on",
+            "model rejects or ignores json_schema; using the plain call from now on",
             extra={"action": "json_schema_unsupported", "model": job.model_name},
         )
     answer = AnswerRecord(
@@ -94,13 +101,15 @@ def _record_success(
         raw_body=reply.raw_body,
         output_mode=reply.output_mode,
         finish_reason=reply.finish_reason,
-        prompt_tokens=reply.prompt_tokens,
-        completion_tokens=reply.completion_tokens,
+        prompt_tokens=reply.call.prompt_tokens,
+        completion_tokens=reply.call.completion_tokens,
         latency_ms=latency_ms,
-        request_id=reply.request_id,
+        request_id=reply.call.request_id,
         mentions=find_mentions(reply, ctx.catalog.get()),
+        cost_usd=reply.call.cost_usd,
+        cost_source=reply.call.cost_source,
     )
-    if ctx.outcomes.record(Completion(job, answer, cost_usd(job, reply))) is Recorded.DROPPED:
+    if ctx.outcomes.record(Completion(job, answer, reply.usage)) is Recorded.DROPPED:
         _log_dropped(job)
         return JobOutcome.DROPPED
     log.info(
@@ -166,16 +175,6 @@ def find_mentions(reply: ModelReply, catalog: Catalog) -> tuple[MentionRecord, .
         MentionRecord(m.raw_name, m.display, m.key, n, m.char_offset)
         for n, m in enumerate(unique, start=1)
     )
-
-
-def cost_usd(job: ClaimedJob, reply: ModelReply) -> float | None:
-    """USD for the call from the model's per-million-token prices, or None when unpriced."""
-    if job.input_usd_per_mtok is None or job.output_usd_per_mtok is None:
-        return None
-    return (
-        (reply.prompt_tokens or 0) * job.input_usd_per_mtok
-        + (reply.completion_tokens or 0) * job.output_usd_per_mtok
-    ) / 1_000_000
 
 
 def _ms_since(started: float) -> int:
