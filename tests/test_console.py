@@ -355,7 +355,7 @@ def test_prompts_and_models_edit_and_enqueue(monkeypatch, db_url, engine, seeded
     add.click().run()
     assert "prompt added" in texts(at)
     at.selectbox(key="model_pick").set_value(seeded.model_ids[1]).run()
-    at.number_input[-1].set_value(2)
+    [n for n in at.number_input if n.label.startswith("Max concurrency")][-1].set_value(2)
     [t for t in at.toggle if t.label == "Active"][-1].set_value(False)
     next(b for b in at.get("form_submit_button") if b.label == "Save model").click().run()
     assert f"model #{seeded.model_ids[1]} saved" in texts(at)
