@@ -222,7 +222,8 @@ def _as_utc(value: datetime | str) -> datetime:
 
 @dataclass(frozen=True)
 class BatchSummary:
-    """One past batch: size, outcome, duration (enqueue to last finish), tokens and cost (USD)."""
+    """One past batch: size, outcome, duration (enqueue to last finish), and the tokens and USD
+    of every paid call of its attempts (failed ones and a fallback's first call included)."""
 
     batch_key: str
     jobs: int
@@ -263,15 +264,16 @@ def batch_history(engine: Engine, *, limit: int = 14) -> list[BatchSummary]:
         .where(J.batch_key.in_(keys))
         .group_by(J.batch_key)
     )
-    usage = (
+    usage = (  # every paid call: failed attempts and a fallback's first call cost money too
         select(
-            Response.batch_key,
-            func.sum(Response.prompt_tokens),
-            func.sum(Response.completion_tokens),
-            func.sum(Response.cost),
+            J.batch_key,
+            func.sum(JobAttempt.prompt_tokens),
+            func.sum(JobAttempt.completion_tokens),
+            func.sum(JobAttempt.cost),
         )
-        .where(Response.batch_key.in_(keys))
-        .group_by(Response.batch_key)
+        .join(J, J.id == JobAttempt.job_id)
+        .where(J.batch_key.in_(keys))
+        .group_by(J.batch_key)
     )
     with read_tx(engine) as conn:
         counted = {row[0]: row for row in conn.execute(jobs)}
@@ -400,6 +402,12 @@ class AttemptRow:
     error_kind: str | None
     error_message: str | None
     latency_ms: int | None
+    calls: int | None  # paid calls in the attempt (a fallback makes two)
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    cost_source: str | None  # "provider" (charged) or "estimate" (prices)
+    request_id: str | None  # the calls' ids, space-separated
 
 
 @dataclass(frozen=True)
@@ -418,6 +426,7 @@ class ResponseRow:
     prompt_tokens: int | None
     completion_tokens: int | None
     cost_usd: float | None
+    cost_source: str | None
     latency_ms: int
     request_id: str | None
     created_at: datetime
@@ -498,6 +507,12 @@ def job_detail(engine: Engine, job_id: int) -> JobDetail | None:
             JobAttempt.error_kind,
             JobAttempt.error_message,
             JobAttempt.latency_ms,
+            JobAttempt.calls,
+            JobAttempt.prompt_tokens,
+            JobAttempt.completion_tokens,
+            JobAttempt.cost,
+            JobAttempt.cost_source,
+            JobAttempt.request_id,
         )
         .where(JobAttempt.job_id == job_id)
         .order_by(JobAttempt.attempt)
@@ -511,6 +526,7 @@ def job_detail(engine: Engine, job_id: int) -> JobDetail | None:
         Response.prompt_tokens,
         Response.completion_tokens,
         Response.cost,
+        Response.cost_source,
         Response.latency_ms,
         Response.request_id,
         Response.created_at,
@@ -519,7 +535,7 @@ def job_detail(engine: Engine, job_id: int) -> JobDetail | None:
         job = conn.execute(job_q).one_or_none()
         if job is None:
             return None
-        attempts = [AttemptRow(*row) for row in conn.execute(attempts_q)]
+        attempts = [AttemptRow(*tuple(row)) for row in conn.execute(attempts_q)]
         response = conn.execute(response_q).one_or_none()
         mentions = _mentions_of(conn, response[0]) if response is not None else []
     core = dict(zip(_JOB_FIELDS, job, strict=True))

@@ -188,6 +188,12 @@ def show_job(job: insights.JobDetail) -> None:
                 "error_kind",
                 "error_message",
                 "latency_ms",
+                "calls",
+                "prompt_tokens",
+                "completion_tokens",
+                "cost_usd",
+                "cost_source",
+                "request_id",
             ],
         ),
         hide_index=True,
@@ -219,7 +225,8 @@ def response_part(job: insights.JobDetail) -> None:
     st.caption(
         f"Response · {response.output_mode} · finish {response.finish_reason or '—'} · "
         f"{response.prompt_tokens or 0}+{response.completion_tokens or 0} tokens · "
-        f"${response.cost_usd or 0:.5f} · {response.latency_ms} ms"
+        f"${response.cost_usd or 0:.5f} ({response.cost_source or 'unpriced'}) · "
+        f"{response.latency_ms} ms · request {response.request_id or '—'}"
     )
     # Model output is untrusted: plain text only, never Markdown or HTML.
     st.code(response.answer or "", language=None, wrap_lines=True)
