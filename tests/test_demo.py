@@ -38,6 +38,7 @@ def test_demo_runs_the_whole_batch_and_is_idempotent(db_url):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "142 jobs created, 0 existing" in first.stdout
     assert "simulated" in first.stdout  # the simulator is labelled as such
+    assert first.stdout.count(": ok: structured answers") == 2  # models check, one per model
     engine = make_engine(db_url)
     counts = batch_overview(engine, utc_batch_key())
     assert (counts.get(JobStatus.SUCCEEDED), counts.total) == (142, 142)

@@ -27,6 +27,7 @@ def data_file(name: str) -> Path:
 
 def run_demo(settings: Settings) -> int:
     """Run the demo batch; returns the drain's exit code (0 = every job succeeded)."""
+    from runner.cli.probe import check_models
     from runner.worker.supervisor import Supervisor
 
     engine = make_engine(settings.database_url)
@@ -48,6 +49,9 @@ def run_demo(settings: Settings) -> int:
                 actor="demo",
             )
         typer.echo(f"simulator (simulated models, no real LLM is called): {sim.base_url}")
+        # The first step against a real provider, shown here: one call per model, a verdict each.
+        for name, report in check_models(engine, settings, None):
+            typer.echo(f"models check: {name}: {report.verdict} ({report.latency_ms} ms)")
         key = utc_batch_key()
         result = queue.enqueue_batch(engine, key, max_attempts=settings.max_attempts, actor="demo")
         typer.echo(f"batch {key}: {result.created} jobs created, {result.existing} existing")
