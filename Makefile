@@ -49,7 +49,7 @@ MODEL_TESTS := tests/test_provider_contract.py tests/test_jobs.py tests/test_sim
 $(STAMP3): pyproject.toml
 	$(PYTHON) -m venv $(VENV3)
 	$(VENV3)/bin/pip install --quiet --upgrade pip
-	$(VENV3)/bin/pip install --quiet -e . 'openai>=3,<4' 'pytest>=8,<10' 'pytest-timeout>=2.3,<3' \
+	$(VENV3)/bin/pip install --quiet -e . 'openai[aiohttp]>=3,<4' 'pytest>=8,<10' 'pytest-timeout>=2.3,<3' \
 		'pytest-xdist>=3.5,<4' time-machine 'pyyaml>=6,<7' mypy types-pytz types-PyYAML
 	touch $(STAMP3)
 
