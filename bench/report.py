@@ -74,6 +74,23 @@ def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str, str]]]]
             _concurrency_rows(lite["concurrency"]),
         ),
         ("6. Start-up (medians of 5)", _startup_rows(r["startup"])),
+        ("7. The model call (simulator in its own process)", _call_rows(r["calls"])),
+    ]
+
+
+def _call_rows(c: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [
+        ("client CPU per call, one at a time", f"{c['cpu_ms_per_call_sequential']:.2f} ms", ""),
+        (
+            f"client CPU per call, {c['concurrent_threads']} job threads",
+            f"{c['cpu_ms_per_call_concurrent']:.2f} ms",
+            "",
+        ),
+        (
+            f"a trickling server (1 byte/s) cut after the {c['deadline_s']:g} s deadline",
+            f"+{c['trickle_deadline_overrun_s'] * 1000:.0f} ms",
+            "<= +1000 ms",
+        ),
     ]
 
 

@@ -1,4 +1,4 @@
-"""`python -m bench.run` (`make bench`): every benchmark (issues 4 and 8), then the report."""
+"""`python -m bench.run` (`make bench`): every benchmark (issues 4, 8 and 9), then the report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from bench import concurrency, enqueue, growth, machine, peers, report, startup, throughput
+from bench import calls, concurrency, enqueue, growth, machine, peers, report, startup, throughput
 from bench.databases import ADMIN_URL, Target, fresh_target
 
 log = logging.getLogger("bench")
@@ -25,6 +25,7 @@ def main() -> None:
     results["postgresql"]["peers"] = _step("peers", _peers)
     results["postgresql"]["growth"] = _step("growth", growth.run)
     results["startup"] = _step("start-up", startup.run)
+    results["calls"] = _step("model calls", calls.run)
     results["seconds"] = round(time.perf_counter() - started)
     report.write(results)
     log.info("done in %d s: bench/results.json, bench/RESULTS.md", results["seconds"])
