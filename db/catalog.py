@@ -305,6 +305,8 @@ def _write_model(conn: Connection, model_id: int, values: dict[str, object], act
         raise NotFound(f"no model with id {model_id}")
     merged = {"base_url": row.base_url, "custom_host": row.custom_host, **values}
     check_endpoint(row.provider, _str(merged["base_url"]), bool(merged["custom_host"]))
+    if merged["base_url"] != row.base_url:  # another server: what it takes is not known yet
+        values = {**values, "supports_json_schema": None}
     now = utcnow()
     conn.execute(update(Model).where(Model.id == model_id).values(**values, updated_at=now))
     write_audit(conn, actor, AuditAction.MODEL_UPDATE, {"id": model_id, **values}, 1, now)

@@ -336,3 +336,16 @@ def test_models_check_reports_each_model_and_marks_schema_support(db_url, engine
     by_name = {m.name: m for m in catalog.list_models(engine)}
     assert by_name["sim-a@no_schema"].supports_json_schema is False
     assert sim.request_count == 3  # one call per model
+
+
+def test_a_new_base_url_forgets_what_the_old_server_took(engine):
+    from db.results import mark_json_schema_unsupported
+
+    model_id = catalog.add_model(
+        engine, provider="compatible", name="m", base_url="http://127.0.0.1:9/v1"
+    )
+    mark_json_schema_unsupported(engine, model_id)
+    catalog.update_model(engine, model_id, label="same server")
+    assert catalog.list_models(engine)[0].supports_json_schema is False
+    catalog.update_model(engine, model_id, base_url="http://127.0.0.1:10/v1")
+    assert catalog.list_models(engine)[0].supports_json_schema is None
