@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 import streamlit as st
@@ -126,7 +127,11 @@ def execute(ctx: context.ConsoleContext, kind: Kind, job_ids: list[int]) -> list
     engine = data.engine_for(ctx.database_url)
     if kind == "requeue":
         changed = operations.requeue_jobs(
-            engine, job_ids=job_ids, actor=context.ACTOR, fresh_attempts=ctx.max_attempts
+            engine,
+            job_ids=job_ids,
+            actor=context.ACTOR,
+            fresh_attempts=ctx.max_attempts,
+            deadline_at=ctx.batch_deadline(datetime.now(UTC)),
         )
     else:
         changed = operations.cancel_jobs(engine, job_ids=job_ids, actor=context.ACTOR)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,6 +24,8 @@ class ConsoleContext:
     password_required: bool  # CONSOLE_PASSWORD is set
     max_attempts: int  # the fresh attempt budget a re-queue gives
     stale_after_seconds: float  # a worker not seen for this long is marked stale
+    batch_deadline: Callable[[datetime], datetime]  # Settings.batch_deadline: when jobs enqueued
+    # or re-queued at a moment must be done
 
     @property
     def can_act(self) -> bool:
@@ -39,6 +42,7 @@ def load(settings: Settings) -> ConsoleContext:
         settings.console_password is not None,
         settings.max_attempts,
         settings.lease_seconds,
+        settings.batch_deadline,
     )
     st.session_state[_KEY] = ctx
     return ctx

@@ -49,6 +49,14 @@ class ModelRow:
     temperature: float | None
     seed: int | None
     custom_host: bool
+    paused_at: datetime | None = None  # set: no job of it is claimed until resumed
+    paused_reason: str | None = None  # the error that paused it, "budget", or the operator's
+    failure_streak: int = 0  # model-level failures since its last answer
+
+    @property
+    def state(self) -> str:
+        """'inactive', 'paused' or 'active'."""
+        return "inactive" if not self.is_active else ("paused" if self.paused_at else "active")
 
 
 @dataclass(frozen=True)
@@ -270,6 +278,9 @@ def list_models(engine: Engine, *, active_only: bool = False) -> list[ModelRow]:
         Model.temperature,
         Model.seed,
         Model.custom_host,
+        Model.paused_at,
+        Model.paused_reason,
+        Model.failure_streak,
     ).order_by(Model.id)
     if active_only:
         query = query.where(Model.is_active)
@@ -345,6 +356,42 @@ def _write_row(
     if done.rowcount != 1:
         raise NotFound(f"no {table.__tablename__[:-1]} with id {row_id}")
     write_audit(conn, actor, action, {"id": row_id, **values}, 1, now)
+
+
+def pause_model(engine: Engine, model_id: int, *, reason: str, actor: str) -> bool:
+    """Pause a model: no more of its jobs are claimed, they stay queued (until their deadline).
+    False when it was paused already (nothing written); raises NotFound."""
+    return _set_paused(engine, model_id, (utcnow(), reason.strip()[:500] or "paused"), actor)
+
+
+def resume_model(engine: Engine, model_id: int, *, actor: str) -> bool:
+    """Resume a paused model (its failure streak restarts); its queued jobs are claimed again.
+    False when it was not paused (nothing written); raises NotFound."""
+    return _set_paused(engine, model_id, None, actor)
+
+
+@write_operation
+def _set_paused(
+    conn: Connection, model_id: int, pause: tuple[datetime, str] | None, actor: str
+) -> bool:
+    """Pause (`pause` = (when, reason)) or resume a model; audited."""
+    row = conn.execute(
+        select(Model.paused_at).where(Model.id == model_id).with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no model with id {model_id}")
+    if (row.paused_at is not None) == (pause is not None):
+        return False
+    now = utcnow()
+    at, reason = pause or (None, None)
+    conn.execute(
+        update(Model)
+        .where(Model.id == model_id)
+        .values(paused_at=at, paused_reason=reason, failure_streak=0, updated_at=now)
+    )
+    action = AuditAction.MODEL_PAUSE if pause else AuditAction.MODEL_RESUME
+    write_audit(conn, actor, action, {"id": model_id, "reason": reason}, 1, now)
+    return True
 
 
 def resolve_model(engine: Engine, ref: str) -> ModelRow:

@@ -125,15 +125,21 @@ def batch_overview(engine: Engine, batch_key: str, *, now: datetime | None = Non
 
 
 def pending_jobs(engine: Engine, *, due_within_seconds: float) -> int:
-    """Jobs still to run, over all batches: processing, or queued and due within the horizon
-    (seconds from now). `run --drain` ends when this is 0; it asks every tick, so two counts,
-    each served by its own index, rather than one over an OR."""
+    """Jobs still to run, over all batches: processing, or queued, due within the horizon
+    (seconds from now) and of a model that is not paused (those wait for `models resume`).
+    `run --drain` ends when this is 0; it asks every tick, so two counts, each served by its
+    own index, rather than one over an OR."""
     horizon = utcnow() + timedelta(seconds=due_within_seconds)
     processing = select(func.count()).select_from(J).where(J.status == JobStatus.PROCESSING.value)
     due = (
         select(func.count())
         .select_from(J)
-        .where(J.status == JobStatus.QUEUED.value, J.scheduled_for <= horizon)
+        .join(Model, Model.id == J.model_id)
+        .where(
+            J.status == JobStatus.QUEUED.value,
+            J.scheduled_for <= horizon,
+            Model.paused_at.is_(None),
+        )
     )
     with read_tx(engine) as conn:
         return int(conn.scalar(processing) or 0) + int(conn.scalar(due) or 0)

@@ -116,6 +116,12 @@ class Model(Base):
     seed: Mapped[int | None] = mapped_column(BigInteger)
     # True: the operator allowed an openai/openrouter model's key to go to its base_url's host.
     custom_host: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Paused: no job of the model is claimed until `models resume` (reason: the error, or
+    # "budget", or the operator's). failure_streak: consecutive model-level failures since the
+    # last success; while it is above 0 the model is probed one call at a time.
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    paused_reason: Mapped[str | None] = mapped_column(String(500))
+    failure_streak: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -146,6 +152,13 @@ class PromptJob(Base):
             sqlite_where=text("status = 'queued'"),
             postgresql_where=text("status = 'queued'"),
         ),
+        # The deadline sweep reads only queued rows by deadline.
+        Index(
+            "ix_prompt_jobs_deadline",
+            "deadline_at",
+            sqlite_where=text("status = 'queued'"),
+            postgresql_where=text("status = 'queued'"),
+        ),
         # The reaper reads only processing rows by lease expiry.
         Index(
             "ix_prompt_jobs_lease",
@@ -163,8 +176,14 @@ class PromptJob(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     error_kind: Mapped[str | None] = mapped_column(String(40))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # attempt_count counts claims (the fence token, job_attempts.attempt); a claim that spent no
+    # attempt (deferred by the provider, or its lease lost with its worker) raises max_attempts
+    # by one and counts in deferrals or interruptions.
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    deferrals: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # queued past it: failed
     scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

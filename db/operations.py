@@ -9,6 +9,7 @@ token and job_attempts keeps every attempt's history (case C8).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, update
@@ -29,15 +30,18 @@ def requeue_jobs(
     job_ids: Sequence[int] | None = None,
     where: JobQuery | None = None,
     fresh_attempts: int,
+    deadline_at: datetime | None = None,
     actor: str,
 ) -> list[int]:
-    """Move failed, cancelled or skipped jobs back to 'queued' with `fresh_attempts` more attempts.
+    """Move failed, cancelled or skipped jobs back to 'queued' with `fresh_attempts` more attempts
+    and the new `deadline_at` (UTC; None: no deadline).
 
     Targets are `job_ids` or everything matching `where`; jobs in any other status are left alone.
     Returns the ids that changed; writes one audit_log row when any did.
     """
     now = utcnow()
-    values = {
+    values: dict[str, object] = {
+        "deadline_at": deadline_at,
         "status": JobStatus.QUEUED.value,
         "max_attempts": J.attempt_count + fresh_attempts,
         "scheduled_for": now,

@@ -27,6 +27,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     text,
     true,
@@ -58,13 +59,20 @@ ANALYZE_AFTER_JOBS = 1_000  # an enqueue creating this many jobs refreshes plann
 
 @write_operation
 def enqueue_batch(
-    conn: Connection, batch_key: str, *, max_attempts: int, actor: str = "runner"
+    conn: Connection,
+    batch_key: str,
+    *,
+    max_attempts: int,
+    deadline_at: datetime | None = None,
+    actor: str = "runner",
 ) -> EnqueueResult:
     """Create the batch's jobs: every active prompt x active model x run, in one statement.
 
     Idempotent through the unique key (prompt_id, model_id, run_index, batch_key): existing jobs are
     left alone (cases C9, C10). Concurrent enqueues of the same batch are serialized by an advisory
     lock on PostgreSQL and BEGIN IMMEDIATE on SQLite, so neither deadlocks (case C11).
+    `deadline_at` (UTC; None: none) bounds the new jobs' retries and deferrals: a job still
+    queued then fails with error_kind 'deadline' (fail_past_deadline).
     """
     _lock_batch(conn, batch_key)
     now = utcnow()
@@ -75,7 +83,7 @@ def enqueue_batch(
         else _inserted(
             conn,
             conn.execute(
-                _enqueue_statement(conn, batch_key, max_attempts, now),
+                _enqueue_statement(conn, batch_key, max_attempts, deadline_at, now),
                 execution_options={"preserve_rowcount": True},
             ).rowcount,
         )
@@ -147,7 +155,9 @@ def _run_numbers() -> CTE:
     return runs.union_all(select(runs.c.n + 1).where(runs.c.n + 1 < top))
 
 
-def _enqueue_statement(conn: Connection, batch_key: str, max_attempts: int, now: datetime) -> Any:
+def _enqueue_statement(
+    conn: Connection, batch_key: str, max_attempts: int, deadline_at: datetime | None, now: datetime
+) -> Any:
     runs = _run_numbers()
     source = (
         select(
@@ -160,6 +170,7 @@ def _enqueue_statement(conn: Connection, batch_key: str, max_attempts: int, now:
             literal(0),
             literal(max_attempts),
             literal(now, J.scheduled_for.type),
+            literal(deadline_at, J.deadline_at.type),
             literal(now, J.created_at.type),
             literal(now, J.updated_at.type),
         )
@@ -176,6 +187,7 @@ def _enqueue_statement(conn: Connection, batch_key: str, max_attempts: int, now:
         "attempt_count",
         "max_attempts",
         "scheduled_for",
+        "deadline_at",
         "created_at",
         "updated_at",
     ]
@@ -236,27 +248,40 @@ def claim_jobs_in(
 _claim_jobs = write_operation(claim_jobs_in)
 
 
-def _active_models(conn: Connection) -> list[Row[int, int | None]]:
-    return list(
-        conn.execute(
-            select(Model.id, Model.max_concurrency).where(Model.is_active).order_by(Model.id)
-        )
-    )  # one lock order for every claimer
+def _active_models(conn: Connection) -> list[tuple[int, int | None]]:
+    """(model id, concurrency cap) of the models that may be claimed for, in one lock order for
+    every claimer. A model with model-level failures since its last success is probed one call
+    at a time (cap 1): after a key is rejected, at most K calls go out before it pauses."""
+    rows = conn.execute(
+        select(Model.id, Model.max_concurrency, Model.failure_streak)
+        .where(Model.is_active, Model.paused_at.is_(None))
+        .order_by(Model.id)
+    )
+    return [(r.id, 1 if r.failure_streak > 0 else r.max_concurrency) for r in rows]
 
 
 # The claim when no active model is capped (the common case) in ONE statement of fixed text,
 # prepared once per connection: pick, lock and take the jobs and read their prompt and model.
 # `picked` walks ix_prompt_jobs_claim in order and skips rows other claimers hold (case C7). When
-# a model is capped it takes nothing and says so (one row, capped = true), and the caller runs
-# the per-model claim that counts free slots.
+# a model is capped (max_concurrency, or probed one call at a time after a model-level failure)
+# it takes nothing and says so (one row, capped = true), and the caller runs the per-model claim
+# that counts free slots. Paused models' jobs, and jobs past their deadline, are never taken.
 _CLAIM_PG = text("""
 WITH capped AS (
-    SELECT EXISTS (SELECT 1 FROM models WHERE is_active AND max_concurrency IS NOT NULL) AS found
+    SELECT EXISTS (
+        SELECT 1 FROM models
+        WHERE is_active AND paused_at IS NULL
+          AND (max_concurrency IS NOT NULL OR failure_streak > 0)
+    ) AS found
 ), picked AS (
     SELECT j.id FROM prompt_jobs AS j
     WHERE NOT (SELECT found FROM capped)
       AND j.status = 'queued' AND j.scheduled_for <= :now
-      AND EXISTS (SELECT 1 FROM models AS m WHERE m.id = j.model_id AND m.is_active)
+      AND (j.deadline_at IS NULL OR j.deadline_at > :now)
+      AND EXISTS (
+          SELECT 1 FROM models AS m
+          WHERE m.id = j.model_id AND m.is_active AND m.paused_at IS NULL
+      )
       AND EXISTS (SELECT 1 FROM prompts AS p WHERE p.id = j.prompt_id AND p.is_active)
     ORDER BY j.priority, j.scheduled_for, j.id
     LIMIT :limit
@@ -270,7 +295,8 @@ WITH capped AS (
     RETURNING j.id, j.prompt_id, j.model_id, j.run_index, j.batch_key, j.attempt_count,
               j.max_attempts, j.started_at, p.text, m.provider, m.name, m.base_url,
               m.supports_json_schema, m.input_usd_per_mtok, m.output_usd_per_mtok, m.max_tokens,
-              m.temperature, m.seed, m.custom_host, j.priority, j.scheduled_for
+              m.temperature, m.seed, m.custom_host, j.deferrals, j.deadline_at, j.priority,
+              j.scheduled_for
 )
 SELECT taken.*, capped.found AS capped FROM capped LEFT JOIN taken ON true
 """)
@@ -310,7 +336,7 @@ def _claim_order(row: Any) -> tuple[int, datetime, int]:
 
 
 def _pick_ids(
-    conn: Connection, models: Sequence[Row[int, int | None]], limit: int, now: datetime
+    conn: Connection, models: Sequence[tuple[int, int | None]], limit: int, now: datetime
 ) -> list[int]:
     # Each model group's first jobs are locked, then the best `limit` of them are taken: one
     # query per group keeps a capped model's quota exact, the merge keeps the order global.
@@ -347,13 +373,13 @@ def _take(
 
 
 def _candidates(
-    conn: Connection, models: Sequence[Row[int, int | None]], limit: int, now: datetime
+    conn: Connection, models: Sequence[tuple[int, int | None]], limit: int, now: datetime
 ) -> list[Row[int, int, datetime]]:
     """Up to `limit` due jobs of the uncapped models, and up to min(limit, free slots) of each
     capped model, locked for this transaction."""
-    uncapped = [m.id for m in models if m.max_concurrency is None]
+    uncapped = [model_id for model_id, cap in models if cap is None]
     rows = list(conn.execute(_claimable(conn, uncapped, limit, now))) if uncapped else []
-    for model_id, cap in ((m.id, m.max_concurrency) for m in models if m.max_concurrency):
+    for model_id, cap in ((model_id, cap) for model_id, cap in models if cap):
         room = min(limit, _free_slots(conn, model_id, cap))
         if room > 0:
             rows += conn.execute(_claimable(conn, [model_id], room, now))
@@ -381,6 +407,7 @@ def _claimable(
         .where(
             J.status == JobStatus.QUEUED.value,
             J.scheduled_for <= now,
+            or_(J.deadline_at.is_(None), J.deadline_at > now),
             J.model_id.in_(model_ids),
             prompt_active,
         )
@@ -410,6 +437,8 @@ _CLAIMED_COLUMNS = (
     Model.temperature,
     Model.seed,
     Model.custom_host,
+    J.deferrals,
+    J.deadline_at,
 )
 
 
@@ -449,6 +478,8 @@ def _claimed(r: Any, worker_id: str) -> ClaimedJob:
         temperature=r.temperature,
         seed=r.seed,
         custom_host=bool(r.custom_host),
+        deferrals=r.deferrals,
+        deadline_at=r.deadline_at,
     )
 
 
@@ -508,21 +539,31 @@ def _release(conn: Connection, worker_id: str, job_ids: Sequence[int]) -> int:
     return conn.execute(stmt).rowcount
 
 
-@write_operation
-def reap_expired(conn: Connection) -> list[tuple[int, str]]:
-    """Return jobs whose lease expired to 'queued', or 'failed' when attempts are spent (case C8).
+DEFAULT_MAX_INTERRUPTIONS = 5  # leases a job may lose with its worker before it fails
 
-    Idempotent and safe to run from every runner at once. Each reaped attempt is recorded in
-    job_attempts with error_kind 'lease_expired'. Returns (job_id, new status) pairs.
+
+@write_operation
+def reap_expired(
+    conn: Connection, *, max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS
+) -> list[tuple[int, str]]:
+    """Return jobs whose lease expired to 'queued', or 'failed' when their interruption budget is
+    spent (case C8). Returns (job_id, new status) pairs.
+
+    A lost lease is the worker's failure, not the model's: it spends no attempt (max_attempts is
+    raised by one) but one of `max_interruptions`, so a job that kills its worker every time
+    still ends (failed, 'lease_expired'). Idempotent and safe to run from every runner at once;
+    each reaped claim is recorded in job_attempts (outcome 'lost').
     """
     now = utcnow()
-    spent = J.attempt_count >= J.max_attempts
+    spent = J.interruptions + 1 >= max_interruptions
     stmt = (
         update(J)
         .where(J.status == JobStatus.PROCESSING.value, J.lease_expires_at < now)
         .values(
             status=case((spent, JobStatus.FAILED.value), else_=JobStatus.QUEUED.value),
             finished_at=case((spent, now), else_=None),
+            interruptions=J.interruptions + 1,
+            max_attempts=J.max_attempts + 1,
             error_kind=ErrorKind.LEASE_EXPIRED.value,
             error_message=literal("lease expired: worker ")
             + func.coalesce(J.locked_by, "?")
@@ -548,6 +589,24 @@ def reap_expired(conn: Connection) -> list[tuple[int, str]]:
             error_message=r.error_message,
         )
     return [(r.id, r.status) for r in rows]
+
+
+@write_operation
+def fail_past_deadline(conn: Connection) -> int:
+    """Fail the queued jobs whose batch deadline has passed (error_kind 'deadline', the last
+    error kept in the message); returns how many. A job being processed is left to finish."""
+    now = utcnow()
+    last = func.coalesce(literal("; last error: ") + J.error_message, literal(""))
+    stmt = update(J).where(J.status == JobStatus.QUEUED.value, J.deadline_at <= now)
+    return conn.execute(
+        stmt.values(
+            status=JobStatus.FAILED.value,
+            finished_at=now,
+            updated_at=now,
+            error_kind=ErrorKind.DEADLINE.value,
+            error_message=literal("not done by its batch deadline") + last,
+        )
+    ).rowcount
 
 
 @write_operation

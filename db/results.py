@@ -23,6 +23,7 @@ from db.types import (
     ClaimedJob,
     Completion,
     CostSource,
+    ErrorKind,
     Failure,
     JobStatus,
     MentionRecord,
@@ -86,6 +87,7 @@ def _complete_in(conn: Connection, completions: Sequence[Completion], now: datet
         else _complete_pg(conn, completions, now)
     )
     keys = [(c.job.id, c.job.attempt) for c in completions]  # a stale attempt of a job can sit
+    _reset_failure_streaks(conn, {c.job.model_id for c in completions})
     _insert_mentions(
         conn,
         [
@@ -225,27 +227,40 @@ def _source(source: CostSource | None) -> str | None:
 
 
 def _record_failure(conn: Connection, outcome: Failure, now: datetime) -> Recorded:
-    """A failed attempt: back to 'queued' after `retry_in_seconds` when the error is transient and
-    attempts are left, else 'failed'. Fenced like every write for a claimed job."""
+    """A failed attempt, fenced like every write for a claimed job: deferred (not served, or a
+    model-level error while pausing is on: no attempt spent), retried (transient, attempts
+    left), or failed. A deferral or retry due after the job's deadline fails it ('deadline')."""
     job, failure = outcome.job, outcome.failure
-    retry = failure.kind.transient and job.attempt < job.max_attempts
-    message = failure.message[:4000]
-    done = conn.execute(
-        update(J)
-        .where(fence(job.id, job.worker_id, job.attempt))
-        .values(
-            status=JobStatus.QUEUED.value if retry else JobStatus.FAILED.value,
-            error_kind=failure.kind.value,
-            error_message=message,
-            locked_by=None,
-            lease_expires_at=None,
-            updated_at=now,
-            scheduled_for=now + timedelta(seconds=outcome.retry_in_seconds) if retry else now,
-            finished_at=None if retry else now,
-        )
-    )
+    kind, message = failure.kind, failure.message[:4000]
+    model_level = kind.model_level and outcome.pause_after > 0
+    deferred = kind.deferred or model_level
+    again = deferred or (kind.transient and job.attempt < job.max_attempts)
+    due = now + timedelta(seconds=outcome.retry_in_seconds)
+    if again and job.deadline_at is not None and due >= job.deadline_at:
+        again = deferred = False
+        job_kind, job_message = ErrorKind.DEADLINE, f"batch deadline reached: {message}"[:4000]
+    else:
+        job_kind, job_message = kind, message
+    values: dict[str, object] = {
+        "status": JobStatus.QUEUED.value if again else JobStatus.FAILED.value,
+        "error_kind": job_kind.value,
+        "error_message": job_message,
+        "locked_by": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+        "scheduled_for": due if again else now,
+        "finished_at": None if again else now,
+    }
+    if deferred:  # the claim spent no attempt
+        values |= {"max_attempts": J.max_attempts + 1, "deferrals": J.deferrals + 1}
+    done = conn.execute(update(J).where(fence(job.id, job.worker_id, job.attempt)).values(values))
     if done.rowcount != 1:
         return Recorded.DROPPED
+    attempt = (
+        AttemptOutcome.DEFERRED
+        if deferred
+        else (AttemptOutcome.RETRY if again else AttemptOutcome.FAILED)
+    )
     record_attempt(
         conn,
         job.id,
@@ -253,14 +268,50 @@ def _record_failure(conn: Connection, outcome: Failure, now: datetime) -> Record
         worker_id=job.worker_id,
         started_at=job.started_at,
         finished_at=now,
-        outcome=AttemptOutcome.RETRY if retry else AttemptOutcome.FAILED,
-        error_kind=failure.kind.value,
+        outcome=attempt,
+        error_kind=kind.value,
         error_message=message,
         latency_ms=failure.latency_ms,
         usage=failure.usage or CallUsage(request_ids=_ids(failure.request_id)),
         raw_body=failure.raw_body,
     )
-    return Recorded.RETRY if retry else Recorded.FAILED
+    if model_level and _count_model_failure(conn, job.model_id, kind, message, outcome, now):
+        return Recorded.PAUSED
+    return {
+        AttemptOutcome.DEFERRED: Recorded.DEFERRED,
+        AttemptOutcome.RETRY: Recorded.RETRY,
+    }.get(attempt, Recorded.FAILED)
+
+
+def _count_model_failure(
+    conn: Connection, model_id: int, kind: ErrorKind, message: str, outcome: Failure, now: datetime
+) -> bool:
+    """One more model-level failure in the model's streak; pause the model when the streak
+    reaches `outcome.pause_after`. True when this failure paused it."""
+    streak = conn.execute(
+        update(Model)
+        .where(Model.id == model_id)
+        .values(failure_streak=Model.failure_streak + 1)
+        .returning(Model.failure_streak, Model.paused_at)
+    ).one()
+    if streak.failure_streak < outcome.pause_after or streak.paused_at is not None:
+        return False
+    reason = f"{kind.value}: {message}"[:500]
+    conn.execute(
+        update(Model)
+        .where(Model.id == model_id)
+        .values(paused_at=now, paused_reason=reason, updated_at=now)
+    )
+    return True
+
+
+def _reset_failure_streaks(conn: Connection, model_ids: set[int]) -> None:
+    """An answer came back: the models' keys, credits and ids work; their streaks restart."""
+    conn.execute(
+        update(Model)
+        .where(Model.id.in_(sorted(model_ids)), Model.failure_streak > 0)
+        .values(failure_streak=0)
+    )
 
 
 def _ids(request_id: str | None) -> tuple[str, ...]:

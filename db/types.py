@@ -35,13 +35,15 @@ class ErrorKind(enum.StrEnum):
     """Why an attempt failed; decides retry (transient) or fail (permanent). DESIGN.md, "Model
     calls"."""
 
-    RATE_LIMITED = "rate_limited"  # HTTP 429, or OpenRouter's 200-with-error code 429
+    RATE_LIMITED = "rate_limited"  # HTTP 429, 402 with Retry-After, or a 200-with-error code 429
+    UNAVAILABLE = "unavailable"  # 502/503/529, or the connection refused before the request went
     TIMEOUT = "timeout"  # no answer within the request timeout (HTTP 408 too)
-    CONNECTION = "connection"  # connect refused / reset / DNS
-    SERVER_ERROR = "server_error"  # HTTP 5xx (and 409, which OpenAI documents as retryable)
+    CONNECTION = "connection"  # connection reset / dropped after the request was sent
+    SERVER_ERROR = "server_error"  # HTTP 500 and other 5xx (and 409, which OpenAI lists)
     BAD_REQUEST = "bad_request"  # HTTP 400/422 not explained by json_schema support
     AUTH = "auth"  # HTTP 401: a missing or wrong API key
-    FORBIDDEN = "forbidden"  # HTTP 403: moderation flagged the input, or no permission
+    FORBIDDEN = "forbidden"  # HTTP 403 for the account: no access to the model, region, permission
+    FLAGGED = "flagged"  # HTTP 403 for the prompt: moderation flagged the input (OpenRouter)
     NOT_FOUND = "not_found"  # HTTP 404: the model id does not exist at the provider
     PAYMENT_REQUIRED = "payment_required"  # HTTP 402 without Retry-After: credits exhausted
     QUOTA_EXCEEDED = "quota_exceeded"  # HTTP 429 insufficient_quota: the plan's quota is spent
@@ -49,6 +51,7 @@ class ErrorKind(enum.StrEnum):
     INVALID_OUTPUT = "invalid_output"  # blank or unparseable answer even after the fallback
     TRUNCATED = "truncated"  # finish_reason 'length': the answer was cut off
     LEASE_EXPIRED = "lease_expired"  # the worker holding the job vanished (reaper)
+    DEADLINE = "deadline"  # not done by its batch's deadline (deferred or retried past it)
     CONFIG = "config"  # the job cannot run with this configuration (e.g. missing API key)
     INTERNAL = "internal"  # a bug in promptbatch while handling the job (logged with traceback)
 
@@ -60,13 +63,21 @@ class ErrorKind(enum.StrEnum):
     @property
     def model_level(self) -> bool:
         """True when the error is the account's or the model's, not the job's: every job of the
-        model would meet it (401, 402 without Retry-After, insufficient_quota, 404)."""
+        model would meet it (401, account-level 403, 402 without Retry-After, insufficient_quota,
+        404). The job is deferred and the model's failure streak grows; K in a row pause it."""
         return self in _MODEL_LEVEL
+
+    @property
+    def deferred(self) -> bool:
+        """True when the provider did not serve the call (a limit, an overload, a refused
+        connection): the job waits and is tried again without spending an attempt."""
+        return self in _DEFERRED
 
 
 _TRANSIENT = frozenset(
     {
         ErrorKind.RATE_LIMITED,
+        ErrorKind.UNAVAILABLE,
         ErrorKind.TIMEOUT,
         ErrorKind.CONNECTION,
         ErrorKind.SERVER_ERROR,
@@ -75,8 +86,18 @@ _TRANSIENT = frozenset(
     }
 )
 _MODEL_LEVEL = frozenset(
-    {ErrorKind.AUTH, ErrorKind.PAYMENT_REQUIRED, ErrorKind.QUOTA_EXCEEDED, ErrorKind.NOT_FOUND}
+    {
+        ErrorKind.AUTH,
+        ErrorKind.FORBIDDEN,
+        ErrorKind.PAYMENT_REQUIRED,
+        ErrorKind.QUOTA_EXCEEDED,
+        ErrorKind.NOT_FOUND,
+    }
 )
+_DEFERRED = frozenset({ErrorKind.RATE_LIMITED, ErrorKind.UNAVAILABLE})
+# The kinds a job's error_kind holds while it waits after a deferral (status and console count
+# these as "deferred").
+DEFERRED_KINDS = _DEFERRED | _MODEL_LEVEL
 
 
 class AttemptOutcome(enum.StrEnum):
@@ -84,6 +105,8 @@ class AttemptOutcome(enum.StrEnum):
 
     SUCCEEDED = "succeeded"  # the answer (or a refusal) was saved
     RETRY = "retry"  # a transient error with attempts left: queued again after the backoff
+    DEFERRED = "deferred"  # not served (a limit, an overload) or a model-level error: queued
+    # again when the limit resets, no attempt spent
     FAILED = "failed"  # a permanent error, or the last attempt
     LOST = "lost"  # the lease expired with its worker (the reaper wrote this row)
 
@@ -99,6 +122,8 @@ class AuditAction(enum.StrEnum):
     PROMPT_UPDATE = "prompt_update"
     MODEL_ADD = "model_add"
     MODEL_UPDATE = "model_update"
+    MODEL_PAUSE = "model_pause"  # an operator paused a model (a runner's pause is the model row's)
+    MODEL_RESUME = "model_resume"  # an operator resumed a paused model
 
 
 class OutputMode(enum.StrEnum):
@@ -153,6 +178,8 @@ class ClaimedJob:
     temperature: float | None = None  # None: not sent (the provider's default)
     seed: int | None = None  # None: not sent
     custom_host: bool = False  # the operator allowed this model's key to go to its base_url
+    deferrals: int = 0  # earlier claims the provider did not serve (they spent no attempt)
+    deadline_at: datetime | None = None  # its batch's deadline: no retry or deferral past it
 
 
 @dataclass(frozen=True)
@@ -254,12 +281,17 @@ class FailureRecord:
 
 @dataclass(frozen=True)
 class Failure:
-    """A claimed job's failed attempt to record, and the backoff before its retry (seconds; used
-    only when the error is transient and attempts are left)."""
+    """A claimed job's failed attempt to record, and the wait before it is tried again (seconds;
+    used when it is deferred, or retried with attempts left).
+
+    `pause_after`: model-level failures in a row (ErrorKind.model_level) that pause the model;
+    0 never pauses, and a model-level failure then fails the job.
+    """
 
     job: ClaimedJob
     failure: FailureRecord
     retry_in_seconds: float = 0.0
+    pause_after: int = 3
 
 
 Outcome = Completion | Failure  # what a job thread hands to its worker's group commit
@@ -270,6 +302,8 @@ class Recorded(enum.StrEnum):
 
     SUCCEEDED = "succeeded"  # the answer and its mentions are saved
     RETRY = "retry"  # queued again after the backoff
+    DEFERRED = "deferred"  # queued again when the limit resets; no attempt spent
+    PAUSED = "paused"  # deferred, and its model's failure streak paused the model
     FAILED = "failed"  # permanent error, or attempts spent
     DROPPED = "dropped"  # the fence matched nothing: the worker no longer held the job
 

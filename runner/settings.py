@@ -6,6 +6,7 @@ Built once at an entry point (`Settings()`) and passed down; nothing else reads 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -51,6 +52,15 @@ class Settings(BaseSettings):
     processes: int = Field(2, ge=1, le=64)  # worker processes per runner
     threads: int = Field(4, ge=1, le=256)  # jobs in flight per worker process
     max_attempts: int = Field(3, ge=1, le=50)  # attempts per job before it fails
+    # Leases a job may lose with its worker (a crash, kill -9) before it fails: they spend no
+    # attempt, so a job that kills its worker every time still ends.
+    max_interruptions: int = Field(5, ge=1, le=100)
+    # Model-level failures in a row (401, account 403, 402, insufficient_quota, 404) that pause
+    # a model: its jobs stay queued until `promptbatch models resume`. 0: never pause, fail.
+    pause_after: int = Field(3, ge=0, le=1000)
+    # Hours after an enqueue by which its jobs must be done, else they fail ('deadline'); unset:
+    # until the next batch's start (the next batch_time).
+    batch_deadline_hours: float | None = Field(None, gt=0, le=24 * 30)
     lease_seconds: float = Field(60.0, ge=2, le=3600)  # a claim's lease; heartbeats every 1/3
     # Seconds per model call, wall clock: connect + wait + read, a trickling server included.
     request_timeout: float = Field(60.0, gt=0, le=600)
@@ -105,6 +115,16 @@ class Settings(BaseSettings):
     def heartbeat_interval(self) -> float:
         """Seconds between lease extensions: a third of the lease."""
         return self.lease_seconds / 3
+
+    def batch_deadline(self, now: datetime) -> datetime:
+        """When jobs enqueued (or re-queued) at `now` (aware UTC) must be done: now +
+        batch_deadline_hours when set, else the next batch's start (the next batch_time, UTC,
+        strictly after `now`)."""
+        if self.batch_deadline_hours is not None:
+            return now + timedelta(hours=self.batch_deadline_hours)
+        hour, minute = (int(part) for part in self.batch_time.split(":"))
+        start = now.astimezone(UTC).replace(hour=hour, minute=minute, second=0, microsecond=0)
+        return start if start > now else start + timedelta(days=1)
 
     def api_key(self, provider: str) -> str | None:
         """The API key for a provider, or None when it is not set."""

@@ -264,20 +264,20 @@ def test_jobs_filters_as_the_console_does(db_url, engine):
 
     f.make_batch(engine, prompts=2, models=2)
     first, second, third, _ = queue.claim_jobs(engine, "w", 4, lease_seconds=60)
-    f.fail(engine, first, FailureRecord(ErrorKind.AUTH, "401 bad key"), 0)
-    f.fail(engine, second, FailureRecord(ErrorKind.RATE_LIMITED, "429"), 30)
+    f.fail(engine, first, FailureRecord(ErrorKind.BAD_REQUEST, "400 bad request"), 0)
+    f.fail(engine, second, FailureRecord(ErrorKind.SERVER_ERROR, "500"), 30)
 
     def listed(*args: str) -> set[int]:
         result = cli(db_url, "jobs", "--json", *args)
         assert result.returncode == 0, result.stderr
         return {row["id"] for row in json.loads(result.stdout)}
 
-    assert listed("--error-kind", "auth") == {first.id}
+    assert listed("--error-kind", "bad_request") == {first.id}
     model = catalog.list_models(engine)[0]
     ids_of_model = set(f.job_ids(engine, model_id=model.id))
     assert listed("--model", model.name) == ids_of_model
     assert listed("--model", model.label, "--status", "processing") == ids_of_model & {third.id}
-    assert listed("--error-text", "bad KEY") == {first.id}
+    assert listed("--error-text", "BAD request") == {first.id}
     assert listed("--since", "1h") == set(f.job_ids(engine))
     assert listed("--since", "2999-01-01") == set()
 

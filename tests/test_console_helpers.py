@@ -116,17 +116,17 @@ def seed(engine: Engine, *, batch: str | None = None) -> Seeded:
     f.complete_all(engine, done)
     for job, kind, message in zip(
         jobs[6:9],
-        (ErrorKind.BAD_REQUEST, ErrorKind.BAD_REQUEST, ErrorKind.AUTH),
+        (ErrorKind.BAD_REQUEST, ErrorKind.BAD_REQUEST, ErrorKind.FLAGGED),
         (
             "Invalid schema for response_format <b>x</b>",
             "Invalid schema for response_format <b>x</b>",
-            "401 Incorrect API key provided",
+            "403 Your input was flagged by moderation",
         ),
         strict=True,
     ):
         f.fail(engine, job, FailureRecord(kind, message, latency_ms=50), 0)
         out.failed.append(job.id)
-    f.fail(engine, jobs[9], FailureRecord(ErrorKind.RATE_LIMITED, "429 slow down"), 60)
+    f.fail(engine, jobs[9], FailureRecord(ErrorKind.SERVER_ERROR, "500 try again"), 60)
     out.queued.append(jobs[9].id)
     out.processing.append(jobs[10].id)
     operations.cancel_jobs(engine, job_ids=[jobs[11].id], actor="test")
@@ -160,7 +160,7 @@ def fail_one_more(engine: Engine) -> int:
     (job,) = queue.claim_jobs(
         engine, "host-1:101:0", 1, lease_seconds=600, now=datetime.now(UTC) + timedelta(minutes=5)
     )
-    f.fail(engine, job, FailureRecord(ErrorKind.AUTH, "401 new failure"), 0)
+    f.fail(engine, job, FailureRecord(ErrorKind.BAD_REQUEST, "400 new failure"), 0)
     return job.id
 
 

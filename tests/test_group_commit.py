@@ -107,8 +107,8 @@ def test_successes_and_failures_share_one_transaction(engine: Engine) -> None:
         engine,
         [
             f.completion(ok, f.answer(["HubSpot"]), None),
-            Failure(flaky, FailureRecord(ErrorKind.RATE_LIMITED, "429"), 30),
-            Failure(broken, FailureRecord(ErrorKind.AUTH, "401"), 30),
+            Failure(flaky, FailureRecord(ErrorKind.SERVER_ERROR, "500"), 30),
+            Failure(broken, FailureRecord(ErrorKind.BAD_REQUEST, "400"), 30),
         ],
     )
     assert recorded == [Recorded.SUCCEEDED, Recorded.RETRY, Recorded.FAILED]
@@ -178,7 +178,10 @@ def test_after_close_an_outcome_is_written_by_its_own_thread(engine: Engine) -> 
     group = GroupCommit(engine, threading.Event())
     group.close()
     assert group.record(f.completion(done, f.answer(), None)) is Recorded.SUCCEEDED
-    assert group.record(Failure(failed, FailureRecord(ErrorKind.AUTH, "401"))) is Recorded.FAILED
+    assert (
+        group.record(Failure(failed, FailureRecord(ErrorKind.BAD_REQUEST, "400")))
+        is Recorded.FAILED
+    )
     assert [f.job(engine, j.id).status for j in (done, failed)] == ["succeeded", "failed"]
 
 

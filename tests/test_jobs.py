@@ -32,13 +32,15 @@ def brands(engine: Engine) -> None:
 
 
 def run_until_done(engine: Engine, db_url: str, limit: int = 10, **settings: object) -> list[str]:
-    """Run the single job until it leaves the queue; returns each attempt's outcome."""
+    """Run the single job until it leaves the queue or its model is paused; returns each
+    attempt's outcome."""
     cfg = fast_settings(db_url, **settings)
     outcomes = []
     for _ in range(limit):
         outcome = run_once(engine, cfg)
         outcomes.append(outcome.value)
-        if outcome is not JobOutcome.RETRY:
+        paused = catalog.list_models(engine)[0].paused_at is not None
+        if outcome not in (JobOutcome.RETRY, JobOutcome.DEFERRED) or paused:
             return outcomes
         time.sleep(0.06)  # past the test backoff cap
     return outcomes
@@ -107,21 +109,23 @@ def test_invalid_json_falls_back_to_text_and_catalog(engine, db_url, sim, brands
     assert [f.lower() for f in found][:2] == ["hubspot", "pipedrive"]
 
 
-def test_three_429s_then_success_counts_job_attempts(engine, db_url, sim):
-    """C19: three 429s then a 200 -> one success; every attempt visible in job_attempts."""
-    one_job(engine, "sim-gpt-4o-mini@rate_limit=3,retry_after=0.01", sim.base_url, max_attempts=5)
-    assert run_until_done(engine, db_url) == ["retry", "retry", "retry", "succeeded"]
+def test_three_429s_then_success_spend_no_attempt(engine, db_url, sim):
+    """C19 and issue 10: three 429s then a 200 -> one success on a ONE-attempt job: a call the
+    provider did not serve is deferred, not an attempt; every claim is in job_attempts."""
+    one_job(engine, "sim-gpt-4o-mini@rate_limit=3,retry_after=0.01", sim.base_url, max_attempts=1)
+    assert run_until_done(engine, db_url) == ["deferred", "deferred", "deferred", "succeeded"]
     job = only_job(engine)
-    assert (job["status"], job["attempt_count"]) == ("succeeded", 4)
+    assert (job["status"], job["attempt_count"], job["deferrals"]) == ("succeeded", 4, 3)
+    assert job["max_attempts"] == 4  # raised once per deferral: still one attempt spent
     rows = attempts(engine)
-    assert [r["outcome"] for r in rows] == ["retry", "retry", "retry", "succeeded"]
+    assert [r["outcome"] for r in rows] == ["deferred", "deferred", "deferred", "succeeded"]
     assert {r["error_kind"] for r in rows[:3]} == {"rate_limited"}
     assert len(responses(engine)) == 1
 
 
 def test_retry_after_is_honoured(engine, db_url, sim):
     one_job(engine, "sim-gpt-4o-mini@rate_limit=1,retry_after=30", sim.base_url)
-    assert run_once(engine, fast_settings(db_url)) is JobOutcome.RETRY
+    assert run_once(engine, fast_settings(db_url)) is JobOutcome.DEFERRED
     job = only_job(engine)
     wait = (job["scheduled_for"] - job["updated_at"]).total_seconds()  # type: ignore[operator]
     assert 29 <= wait <= 31
@@ -134,27 +138,48 @@ def test_attempts_spent_on_transient_errors_fail(engine, db_url, sim):
     assert (job["status"], job["error_kind"], job["attempt_count"]) == ("failed", "server_error", 2)
 
 
+def test_a_bad_request_fails_at_once(engine, db_url, sim):
+    """C5: a 400 is the job's own permanent error: failed on the first attempt."""
+    one_job(engine, "sim-gpt-4o-mini@status=400", sim.base_url)
+    assert run_until_done(engine, db_url) == ["failed"]
+    job = only_job(engine)
+    assert (job["status"], job["error_kind"], job["attempt_count"]) == ("failed", "bad_request", 1)
+
+
 @pytest.mark.parametrize(
     ("fault", "kind"),
     [
         ("status=401", ErrorKind.AUTH),
         ("status=402", ErrorKind.PAYMENT_REQUIRED),
         ("status=404", ErrorKind.NOT_FOUND),
-        ("status=400", ErrorKind.BAD_REQUEST),
     ],
 )
-def test_permanent_errors_fail_at_once(engine, db_url, sim, fault, kind):
-    """C5: a 401 (and the other permanent kinds) fails on the first attempt."""
+def test_model_level_errors_pause_the_model_and_keep_the_job(engine, db_url, sim, fault, kind):
+    """Issue 10: a bad key, spent credits or a missing model id is the model's, not the job's:
+    each of the K=3 failures defers the job (no attempt spent), the third pauses the model
+    ("paused: <kind>: <message>"), and the job stays queued for `models resume`."""
     one_job(engine, f"sim-gpt-4o-mini@{fault}", sim.base_url)
-    assert run_until_done(engine, db_url) == ["failed"]
+    assert run_until_done(engine, db_url) == ["deferred", "deferred", "deferred"]
     job = only_job(engine)
-    assert (job["status"], job["error_kind"], job["attempt_count"]) == ("failed", kind.value, 1)
+    assert (job["status"], job["error_kind"], job["attempt_count"]) == ("queued", kind.value, 3)
+    assert job["max_attempts"] == 6  # none of its 3 attempts spent
+    [model] = catalog.list_models(engine)
+    assert model.state == "paused" and model.failure_streak == 3
+    assert str(model.paused_reason).startswith(f"{kind.value}: HTTP {fault[-3:]}")
+
+
+def test_without_pausing_a_model_level_error_fails_the_job(engine, db_url, sim):
+    """PROMPTBATCH_PAUSE_AFTER=0: a 401 fails the job on its first attempt (C5's old rule)."""
+    one_job(engine, "sim-gpt-4o-mini@status=401", sim.base_url)
+    assert run_until_done(engine, db_url, pause_after=0) == ["failed"]
+    assert (only_job(engine)["status"], only_job(engine)["error_kind"]) == ("failed", "auth")
+    assert catalog.list_models(engine)[0].state == "active"
 
 
 def test_openrouter_200_with_error_429_is_rate_limited(engine, db_url, sim):
     """C16: HTTP 200 with {"choices": null, "error": {"code": 429}} is not a success."""
     one_job(engine, "sim-gpt-4o-mini@or_error=429,or_error_times=1", sim.base_url)
-    assert run_once(engine, fast_settings(db_url)) is JobOutcome.RETRY
+    assert run_once(engine, fast_settings(db_url)) is JobOutcome.DEFERRED
     job = only_job(engine)
     assert job["error_kind"] == "rate_limited"
     assert "429" in str(job["error_message"]) and "SimProvider" in str(job["error_message"])
@@ -182,10 +207,12 @@ def test_hanging_server_times_out_within_bound(engine, db_url, sim):
     assert only_job(engine)["error_kind"] == "timeout"
 
 
-def test_connection_refused_is_transient(engine, db_url):
-    one_job(engine, "m", "http://127.0.0.1:9/v1", max_attempts=2)
-    assert run_once(engine, fast_settings(db_url)) is JobOutcome.RETRY
-    assert only_job(engine)["error_kind"] == "connection"
+def test_connection_refused_is_deferred(engine, db_url):
+    """A refused connection never reached the provider: deferred ('unavailable'), no attempt."""
+    one_job(engine, "m", "http://127.0.0.1:9/v1", max_attempts=1)
+    assert run_once(engine, fast_settings(db_url)) is JobOutcome.DEFERRED
+    job = only_job(engine)
+    assert (job["status"], job["error_kind"], job["max_attempts"]) == ("queued", "unavailable", 2)
 
 
 def test_status_reports_job_status(engine, db_url, sim):

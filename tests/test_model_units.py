@@ -7,13 +7,14 @@ import random
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from types import SimpleNamespace
 
 import pytest
 
 from db.errors import ConfigError
 from db.types import ErrorKind
 from runner.llm.answers import parse_answer_json
-from runner.llm.errors import kind_for_status, retry_after_seconds
+from runner.llm.errors import CallFailed, kind_for_status, retry_after_seconds, status_failure
 from runner.worker.backoff import backoff_seconds
 
 
@@ -72,14 +73,55 @@ def test_retry_after_forms():
         (409, ErrorKind.SERVER_ERROR),
         (429, ErrorKind.RATE_LIMITED),
         (500, ErrorKind.SERVER_ERROR),
-        (503, ErrorKind.SERVER_ERROR),
+        (502, ErrorKind.UNAVAILABLE),
+        (503, ErrorKind.UNAVAILABLE),
+        (504, ErrorKind.SERVER_ERROR),
+        (529, ErrorKind.UNAVAILABLE),
         (418, ErrorKind.BAD_REQUEST),
     ],
 )
 def test_status_kinds(status, kind):
+    """OpenAI's and OpenRouter's error codes: which statuses retry (an attempt), which defer
+    (not served: 429, 502, 503, 529) and which are the account's (401, 402, 403, 404)."""
     assert kind_for_status(status) is kind
     transient = status in (408, 409, 429) or status >= 500
     assert kind.transient is transient
+    assert kind.deferred is (status in (429, 502, 503, 529))
+    assert kind.model_level is (status in (401, 402, 403, 404))
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (  # OpenRouter "Errors": moderation carries metadata reasons / flagged_input
+            {"error": {"code": 403, "message": "input was flagged", "metadata": {"reasons": []}}},
+            ErrorKind.FLAGGED,
+        ),
+        (
+            {"error": {"message": "blocked", "type": "x", "code": "content_policy_violation"}},
+            ErrorKind.FLAGGED,
+        ),
+        (
+            {
+                "error": {
+                    "message": "Country, region, or territory not supported",
+                    "type": "x",
+                    "code": "unsupported_country_region_territory",
+                }
+            },
+            ErrorKind.FORBIDDEN,
+        ),
+        (
+            {"error": {"message": "You are not allowed to sample from this model"}},
+            ErrorKind.FORBIDDEN,
+        ),
+    ],
+)
+def test_a_403_is_the_prompts_only_when_moderation_flagged_it(body, kind):
+    # status_failure reads what openai.APIStatusError carries: status, body, response headers
+    exc = SimpleNamespace(status_code=403, body=body, response=SimpleNamespace(headers={}))
+    failure = status_failure(exc, structured=False)  # type: ignore[arg-type]
+    assert isinstance(failure, CallFailed) and failure.kind is kind
 
 
 def test_backoff_full_jitter_bounds_and_retry_after():

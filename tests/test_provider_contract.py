@@ -177,29 +177,39 @@ def test_priced_model_without_reported_cost_is_an_estimate(engine, db_url, sim):
 @pytest.mark.parametrize(
     ("fault", "kind", "outcome"),
     [
-        ("status=403", ErrorKind.FORBIDDEN, JobOutcome.FAILED),
-        ("status=402", ErrorKind.PAYMENT_REQUIRED, JobOutcome.FAILED),
-        ("quota", ErrorKind.QUOTA_EXCEEDED, JobOutcome.FAILED),
-        ("spend_wait=0.01", ErrorKind.RATE_LIMITED, JobOutcome.RETRY),
-        ("rate_limit=1", ErrorKind.RATE_LIMITED, JobOutcome.RETRY),
+        ("status=403", ErrorKind.FLAGGED, JobOutcome.FAILED),
+        ("region", ErrorKind.FORBIDDEN, JobOutcome.DEFERRED),
+        ("status=402", ErrorKind.PAYMENT_REQUIRED, JobOutcome.DEFERRED),
+        ("quota", ErrorKind.QUOTA_EXCEEDED, JobOutcome.DEFERRED),
+        ("spend_wait=0.01", ErrorKind.RATE_LIMITED, JobOutcome.DEFERRED),
+        ("rate_limit=1", ErrorKind.RATE_LIMITED, JobOutcome.DEFERRED),
+        ("status=503", ErrorKind.UNAVAILABLE, JobOutcome.DEFERRED),
+        ("status=500", ErrorKind.SERVER_ERROR, JobOutcome.RETRY),
     ],
 )
 def test_account_errors_are_told_apart(engine, db_url, sim, fault, kind, outcome):
-    """403 is not a bad key; 402 with Retry-After waits; 402 without it and a spent quota are the
-    account's (model-level), not rate limits that pass."""
+    """A moderation 403 is the prompt's (failed); a region 403, a 402 without Retry-After and a
+    spent quota are the account's (model-level: deferred, counted to the pause); 402 with
+    Retry-After, 429 and 503 were not served (deferred); a 500 spends an attempt (retry)."""
     one_job(engine, f"sim-gpt-4o-mini@{fault}", sim.base_url, max_attempts=2)
     assert run(engine, db_url) is outcome
     assert only_job(engine)["error_kind"] == kind.value
-    model_level = kind in (ErrorKind.PAYMENT_REQUIRED, ErrorKind.QUOTA_EXCEEDED)
+    model_level = kind in (
+        ErrorKind.FORBIDDEN,
+        ErrorKind.PAYMENT_REQUIRED,
+        ErrorKind.QUOTA_EXCEEDED,
+    )
     assert kind.model_level is model_level
+    streak = catalog.list_models(engine)[0].failure_streak
+    assert streak == (1 if model_level else 0)
 
 
 def test_answer_that_ended_in_error_is_not_saved(engine, db_url, sim, brands):
     """OpenRouter's 200 whose choice has finish_reason "error" and an error object: a failure of
     the inner code's kind; the partial text stays in the attempt's raw body, never a response."""
     one_job(engine, "sim-gpt-4o-mini@choice_error=502,style=openrouter", sim.base_url)
-    assert run(engine, db_url) is JobOutcome.RETRY
-    assert only_job(engine)["error_kind"] == "server_error"
+    assert run(engine, db_url) is JobOutcome.RETRY  # it was served (and billed): an attempt
+    assert only_job(engine)["error_kind"] == "provider_error"
     assert responses(engine) == [] and mentions(engine) == []
     [attempt] = attempts(engine)
     assert '"finish_reason": "error"' in str(attempt["raw_body"])

@@ -86,19 +86,21 @@ def test_expired_lease_requeued_with_attempt_spent(engine: Engine) -> None:
     assert (again.id, again.attempt) == (dead.id, 2)
 
 
-def test_expired_lease_with_attempts_spent_fails(engine: Engine) -> None:
-    """Case C8: at attempts spent an expired lease fails the job (finished_at set), never leaves
-    it processing."""
+def test_lost_leases_spend_the_interruption_budget_not_attempts(engine: Engine) -> None:
+    """Case C8 and issue 10: a lease lost with its worker spends no attempt (max_attempts rises
+    with each) but one of max_interruptions; at the budget the job fails (finished_at set), never
+    left processing, though its attempts were never spent."""
     f.make_batch(engine, prompts=1, models=1, max_attempts=2)
-    for expected in ("queued", "failed"):
+    for expected in ("queued", "queued", "failed"):
         [job] = f.claim_all(engine, "w")
         f.expire_lease(engine, [job.id])
-        assert queue.reap_expired(engine) == [(job.id, expected)]
+        assert queue.reap_expired(engine, max_interruptions=3) == [(job.id, expected)]
     row = f.job(engine, job.id)
-    assert (row.status, row.attempt_count, row.error_kind) == ("failed", 2, "lease_expired")
+    assert (row.status, row.attempt_count, row.error_kind) == ("failed", 3, "lease_expired")
+    assert (row.interruptions, row.max_attempts) == (3, 5)  # 2 attempts, none of them spent
     assert row.finished_at is not None
     assert f.claim_all(engine, "w") == []
-    assert [a.outcome for a in f.attempts(engine, job.id)] == ["lost", "lost"]
+    assert [a.outcome for a in f.attempts(engine, job.id)] == ["lost", "lost", "lost"]
 
 
 def test_failed_job_at_three_of_three_requeued_runs_again(engine: Engine) -> None:
@@ -108,7 +110,7 @@ def test_failed_job_at_three_of_three_requeued_runs_again(engine: Engine) -> Non
     for _ in range(3):
         [job] = f.claim_all(engine, "w", now=utcnow() + timedelta(hours=1))
         f.expire_lease(engine, [job.id])
-        queue.reap_expired(engine)
+        queue.reap_expired(engine, max_interruptions=3)
     assert (f.job(engine, job.id).status, f.job(engine, job.id).attempt_count) == ("failed", 3)
     assert operations.requeue_jobs(engine, job_ids=[job.id], fresh_attempts=3, actor="op") == [
         job.id

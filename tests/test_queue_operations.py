@@ -19,7 +19,7 @@ from tests import factories as f
 from tests.factories import BATCH
 
 
-def _fail(engine: Engine, worker: str = "w", kind: ErrorKind = ErrorKind.AUTH) -> int:
+def _fail(engine: Engine, worker: str = "w", kind: ErrorKind = ErrorKind.BAD_REQUEST) -> int:
     """Claim the next job and fail it permanently; returns its id."""
     [job] = queue.claim_jobs(engine, worker, 1, lease_seconds=60)
     f.fail(engine, job, FailureRecord(kind, f"{kind} failure"), 0)

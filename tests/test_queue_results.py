@@ -117,7 +117,7 @@ def test_same_worker_reclaim_fences_on_attempt(engine: Engine) -> None:
     f.expire_lease(engine, [stale.id])
     queue.reap_expired(engine)
     [fresh] = f.claim_all(engine, "w")
-    failure = FailureRecord(ErrorKind.AUTH, "401")
+    failure = FailureRecord(ErrorKind.BAD_REQUEST, "400")
     assert f.fail(engine, stale, failure, 0) is Recorded.DROPPED
     assert not f.complete(engine, stale, f.answer(), None)
     assert f.job(engine, fresh.id).status == "processing"
@@ -130,12 +130,12 @@ def test_transient_failure_retries_after_backoff(engine: Engine) -> None:
     f.make_batch(engine, prompts=1, models=1)
     [job] = f.claim_all(engine, "w")
     before = utcnow()
-    failure = FailureRecord(ErrorKind.RATE_LIMITED, "HTTP 429", latency_ms=12, retry_after=30)
+    failure = FailureRecord(ErrorKind.SERVER_ERROR, "HTTP 500", latency_ms=12, retry_after=30)
     assert f.fail(engine, job, failure, 30) is Recorded.RETRY
     row = f.job(engine, job.id)
     assert (row.status, row.error_kind, row.locked_by, row.finished_at) == (
         "queued",
-        "rate_limited",
+        "server_error",
         None,
         None,
     )
@@ -147,7 +147,7 @@ def test_transient_failure_retries_after_backoff(engine: Engine) -> None:
     assert (a1.attempt, a1.outcome, a1.error_kind, a1.latency_ms) == (
         1,
         "retry",
-        "rate_limited",
+        "server_error",
         12,
     )
 
@@ -156,16 +156,17 @@ def test_permanent_failure_fails_at_once(engine: Engine) -> None:
     """A permanent error fails the job on its first attempt, with finished_at and the message."""
     f.make_batch(engine, prompts=1, models=1)
     [job] = f.claim_all(engine, "w")
-    failure = FailureRecord(ErrorKind.AUTH, "HTTP 401: invalid API key")
+    failure = FailureRecord(ErrorKind.BAD_REQUEST, "HTTP 400: invalid 'messages'")
     assert f.fail(engine, job, failure, 30) is Recorded.FAILED
     row = f.job(engine, job.id)
     assert (row.status, row.error_kind, row.error_message) == (
         "failed",
-        "auth",
-        "HTTP 401: invalid API key",
+        "bad_request",
+        "HTTP 400: invalid 'messages'",
     )
     assert row.finished_at is not None
-    assert [(a.outcome, a.error_kind) for a in f.attempts(engine, job.id)] == [("failed", "auth")]
+    outcomes = [(a.outcome, a.error_kind) for a in f.attempts(engine, job.id)]
+    assert outcomes == [("failed", "bad_request")]
 
 
 def test_transient_failure_with_attempts_spent_fails(engine: Engine) -> None:

@@ -22,7 +22,7 @@ def test_batch_counts_has_every_status(engine: Engine) -> None:
     queue.enqueue_batch(engine, "2026-12-01", max_attempts=3)
     first, second = queue.claim_jobs(engine, "w", 2, lease_seconds=60)
     f.complete(engine, first, f.answer(), None)
-    f.fail(engine, second, FailureRecord(ErrorKind.AUTH, "401"), 0)
+    f.fail(engine, second, FailureRecord(ErrorKind.BAD_REQUEST, "400"), 0)
     counts = insights.batch_overview(engine, BATCH)
     assert counts.counts == {
         "queued": 2,
@@ -61,14 +61,14 @@ def test_list_jobs_by_error_kind_model_and_since(engine: Engine) -> None:
     """The CLI's `jobs` filters (the console's): error kind, model, changed since."""
     f.make_batch(engine, prompts=2, models=2)
     a, b, c, _ = queue.claim_jobs(engine, "w", 4, lease_seconds=60)
-    f.fail(engine, a, FailureRecord(ErrorKind.AUTH, "401"), 0)
-    f.fail(engine, b, FailureRecord(ErrorKind.RATE_LIMITED, "429"), 30)
+    f.fail(engine, a, FailureRecord(ErrorKind.BAD_REQUEST, "400"), 0)
+    f.fail(engine, b, FailureRecord(ErrorKind.SERVER_ERROR, "500"), 30)
     f.set_jobs(engine, [c.id], updated_at=utcnow() - timedelta(hours=3))
 
     def ids(query: JobQuery) -> set[int]:
         return {r.id for r in insights.list_jobs_page(engine, query).rows}
 
-    assert ids(JobQuery(error_kind="auth")) == {a.id}
+    assert ids(JobQuery(error_kind="bad_request")) == {a.id}
     assert ids(JobQuery(model_ids=(a.model_id,))) == {
         j for j in f.job_ids(engine, model_id=a.model_id)
     }

@@ -167,9 +167,10 @@ def test_drain_enqueues_todays_missing_batch_itself(engine, db_url, sim):
     assert count(engine, PromptJob.status == "succeeded", today) == 2
 
 
-def test_drain_exits_one_when_jobs_failed(engine, db_url, sim):
-    """C5: a 401 is a permanent failure on its first attempt (no retry, no backoff wait); the
-    other jobs succeed; nothing hangs."""
+def test_drain_exits_one_when_a_model_is_paused(engine, db_url, sim):
+    """C5 and issue 10: a 401 model is paused after K=3 failures, its jobs kept queued (no
+    attempt spent, nothing failed); the other jobs succeed; the drain ends (exit 1) instead of
+    waiting for the paused model."""
     seed(
         engine,
         "sim-gpt-4o-mini",
@@ -180,9 +181,13 @@ def test_drain_exits_one_when_jobs_failed(engine, db_url, sim):
     )
     code, err = finish(start_runner(db_url, "--drain", processes=1, threads=4))
     assert code == 1, err[-3000:]
-    assert count(engine, PromptJob.status == "failed", PromptJob.error_kind == "auth") == 4
+    # every claim of the 401 model's jobs was deferred (the K-th paused it): none spent
+    queued = (PromptJob.status == "queued", PromptJob.attempt_count == PromptJob.deferrals)
+    assert count(engine, *queued) == 4
+    assert count(engine, *queued, PromptJob.error_kind == "auth") >= 3
     assert count(engine, PromptJob.status == "succeeded") == 4
-    assert count(engine, PromptJob.attempt_count > 1) == 0
+    assert count(engine, PromptJob.status == "failed") == 0
+    assert "model paused after 3 model-level failures" in err
 
 
 def test_worker_sigkilled_mid_job_is_replaced_and_job_reclaimed(engine, db_url, sim):

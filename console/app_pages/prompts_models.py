@@ -5,6 +5,7 @@ created / existing)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pandas as pd
 import streamlit as st
@@ -56,6 +57,7 @@ def enqueue_now(ctx: context.ConsoleContext) -> None:
                 data.engine_for(ctx.database_url),
                 key,
                 max_attempts=ctx.max_attempts,
+                deadline_at=ctx.batch_deadline(datetime.now(UTC)),
                 actor=context.ACTOR,
             )
             return f"batch {key}: {result.created} created, {result.existing} existing"

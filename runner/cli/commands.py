@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -262,7 +262,6 @@ def models_list(json_out: JsonOpt = False) -> None:
         echo_json([r.__dict__ for r in rows])
         return
     for r in rows:
-        state = "active" if r.is_active else "inactive"
         settings = " ".join(
             f"{k}={v}"
             for k, v in (
@@ -279,8 +278,44 @@ def models_list(json_out: JsonOpt = False) -> None:
         )
         host = f"{r.base_url or ''}{' (custom host)' if r.custom_host else ''}"
         typer.echo(
-            f"{r.id:>4}  {state:<8} {r.provider:<10} {r.name:<32} {settings} {host}".rstrip()
+            f"{r.id:>4}  {r.state:<8} {r.provider:<10} {r.name:<32} {settings} {host}".rstrip()
         )
+        if r.paused_at is not None:
+            typer.echo(f"      {paused_line(r.paused_reason, r.paused_at)}")
+
+
+def paused_line(reason: str | None, since: datetime) -> str:
+    """'paused: <reason> since <UTC time>', as models list, status and the console say it."""
+    return f"paused: {reason or 'no reason given'} since {since:%Y-%m-%d %H:%M:%S} UTC"
+
+
+@models_app.command("pause")
+def models_pause(
+    model: Annotated[str, typer.Argument(help="The model's id, name or label.")],
+    reason: Annotated[str, typer.Option(help="Why, for the audit log and the console.")] = (
+        "paused by an operator"
+    ),
+) -> None:
+    """Pause a model: its jobs stay queued and none is claimed until `models resume`."""
+    from db import catalog
+
+    engine = open_engine(load_settings())
+    target = catalog.resolve_model(engine, model)
+    done = catalog.pause_model(engine, target.id, reason=reason, actor="cli")
+    typer.echo(f"model {target.id}: {target.name} {'paused' if done else 'was paused already'}")
+
+
+@models_app.command("resume")
+def models_resume(
+    model: Annotated[str, typer.Argument(help="The model's id, name or label.")],
+) -> None:
+    """Resume a paused model: its queued jobs are claimed again (audited)."""
+    from db import catalog
+
+    engine = open_engine(load_settings())
+    target = catalog.resolve_model(engine, model)
+    done = catalog.resume_model(engine, target.id, actor="cli")
+    typer.echo(f"model {target.id}: {target.name} {'resumed' if done else 'was not paused'}")
 
 
 @models_app.command("check")
@@ -335,7 +370,11 @@ def enqueue(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
     settings = load_settings()
     key = batch_key_or_today(batch_key)
     result = queue.enqueue_batch(
-        open_engine(settings), key, max_attempts=settings.max_attempts, actor="cli"
+        open_engine(settings),
+        key,
+        max_attempts=settings.max_attempts,
+        deadline_at=settings.batch_deadline(datetime.now(UTC)),
+        actor="cli",
     )
     data = {"batch_key": result.batch_key, "created": result.created, "existing": result.existing}
     if json_out:
@@ -559,7 +598,12 @@ def requeue(
     )
     ids, where = _targets(engine, job_id, args)
     changed = operations.requeue_jobs(
-        engine, job_ids=ids, where=where, fresh_attempts=settings.max_attempts, actor="cli"
+        engine,
+        job_ids=ids,
+        where=where,
+        fresh_attempts=settings.max_attempts,
+        deadline_at=settings.batch_deadline(datetime.now(UTC)),
+        actor="cli",
     )
     typer.echo(f"{len(changed)} re-queued")
 

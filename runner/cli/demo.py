@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -53,7 +54,13 @@ def run_demo(settings: Settings) -> int:
         for name, report in check_models(engine, settings, None):
             typer.echo(f"models check: {name}: {report.verdict} ({report.latency_ms} ms)")
         key = utc_batch_key()
-        result = queue.enqueue_batch(engine, key, max_attempts=settings.max_attempts, actor="demo")
+        result = queue.enqueue_batch(
+            engine,
+            key,
+            max_attempts=settings.max_attempts,
+            deadline_at=settings.batch_deadline(datetime.now(UTC)),
+            actor="demo",
+        )
         typer.echo(f"batch {key}: {result.created} jobs created, {result.existing} existing")
         code = Supervisor(settings, engine, drain=True).run()
     sys.stderr.write("\n")

@@ -20,10 +20,12 @@ OpenAI-Organization/OpenAI-Project only to OpenAI; OPENAI_BASE_URL is never read
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Coroutine
 from functools import cache
 from typing import Any, TypeVar
 
+import aiohttp
 import openai
 
 # openai imports its chat resource lazily, on a client's first `.chat`: 0.7 s of CPU that every
@@ -182,23 +184,31 @@ async def _post(
     except openai.APIStatusError as exc:
         raise status_failure(exc, structured) from exc
     except openai.APITimeoutError as exc:
-        if _refused(exc):
-            raise CallFailed(ErrorKind.CONNECTION, f"connection failed: {exc.__cause__}") from exc
+        if _not_sent(exc):
+            raise CallFailed(ErrorKind.UNAVAILABLE, f"could not connect: {exc.__cause__}") from exc
         raise CallFailed(ErrorKind.TIMEOUT, f"no answer within the read timeout: {exc}") from exc
     except openai.APIConnectionError as exc:
+        if _not_sent(exc):
+            raise CallFailed(ErrorKind.UNAVAILABLE, f"could not connect: {exc}") from exc
         raise CallFailed(ErrorKind.CONNECTION, f"connection failed: {exc}") from exc
     return raw.http_response.text, raw.headers
 
 
-def _refused(exc: BaseException) -> bool:
-    """Whether a "timeout" was a failed connect: the aiohttp transport maps every
-    ClientConnectionError, a refused connection included, to a connect timeout; its cause is
-    then an OSError that is not a TimeoutError."""
-    cause = exc.__cause__
-    while cause is not None:
-        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+_NOT_SENT = (ConnectionRefusedError, socket.gaierror, aiohttp.ClientConnectorError)
+
+
+def _not_sent(exc: BaseException) -> bool:
+    """Whether the request never reached the server: the connection was refused, or the host
+    not resolved (a deferral, not a spent attempt). The aiohttp transport maps every
+    ClientConnectionError to a connect timeout; its cause then says what happened. A reset
+    after the request went out (the server may have run and billed it) is not this."""
+    cause, seen = exc.__cause__, 0
+    while cause is not None and seen < 10:
+        if isinstance(
+            cause, ConnectionRefusedError | socket.gaierror | aiohttp.ClientConnectorError
+        ):
             return True
-        cause = cause.__cause__
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
     return False
 
 

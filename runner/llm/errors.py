@@ -3,9 +3,13 @@ provider's Retry-After, and whether the failure means "this model does not take 
 
 Rules from the providers' docs (OpenAI "Error codes"; OpenRouter "Errors", "Provider Routing")
 and the reported faults in shared/cases (C16: OpenRouter's HTTP 200 with an `error` body):
-- 401 -> auth; 403 -> forbidden (OpenRouter: moderation flag, guardrail, permissions);
-  404 -> not_found, except OpenRouter's "No endpoints found that can handle the requested
-  parameters" on a structured call, which means no endpoint takes json_schema (fallback).
+- 401 -> auth; 403 -> flagged when moderation flagged the input (OpenRouter: metadata `reasons`
+  and `flagged_input`; a content-policy code), else forbidden (the account's: no access to the
+  model, an unsupported region); 404 -> not_found, except OpenRouter's "No endpoints found that
+  can handle the requested parameters" on a structured call, which means no endpoint takes
+  json_schema (fallback).
+- 502 (OpenRouter: "model is down"), 503 (OpenAI: overloaded; OpenRouter: no provider meets the
+  routing), 529 (overloaded) -> unavailable: not served, the job is deferred.
 - 402 with Retry-After (OpenRouter's in-flight spend) -> rate_limited, waited out; 402 without
   it -> payment_required, the account's (ErrorKind.model_level).
 - 429 with code or type `insufficient_quota` (OpenAI: the plan's quota is spent) ->
@@ -80,8 +84,9 @@ def status_failure(exc: openai.APIStatusError, structured: bool) -> Exception:
     if structured and _means_schema_unsupported(status, message):
         return SchemaRejected(message)
     retry_after = retry_after_seconds(exc.response.headers)
+    codes = _error_codes(exc.body) + (("flagged",) if _flagged(exc.body, message) else ())
     return CallFailed(
-        classify(status, _error_codes(exc.body), retry_after),
+        classify(status, codes, retry_after),
         f"HTTP {status}: {message}",
         retry_after=retry_after,
         request_id=request_id_of(exc.response.headers, exc.body),
@@ -97,6 +102,8 @@ def classify(
         return ErrorKind.QUOTA_EXCEEDED
     if status == 402 and retry_after is not None:
         return ErrorKind.RATE_LIMITED
+    if status == 403 and "flagged" in codes:
+        return ErrorKind.FLAGGED
     return kind_for_status(status)
 
 
@@ -105,15 +112,19 @@ def check_embedded_error(body: dict[str, Any], request_id: str | None, structure
     choices (C16), or a choice that ended in error mid-generation."""
     error = body.get("error")
     if error and not body.get("choices"):
-        _raise_embedded(error, "HTTP 200 with error", request_id, structured)
+        _raise_embedded(error, "HTTP 200 with error", request_id, structured, started=False)
     choices = body.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else None
     if isinstance(choice, dict) and (choice.get("error") or choice.get("finish_reason") == "error"):
         inner = choice.get("error") or {"message": "the answer ended in error (finish_reason)"}
-        _raise_embedded(inner, "the answer ended in error", request_id, structured)
+        _raise_embedded(inner, "the answer ended in error", request_id, structured, started=True)
 
 
-def _raise_embedded(error: object, what: str, request_id: str | None, structured: bool) -> None:
+def _raise_embedded(
+    error: object, what: str, request_id: str | None, structured: bool, *, started: bool
+) -> None:
+    """Raise the error of a 200 body. `started`: generation had begun (a choice's error), so
+    the call was served and paid for: never a deferral (a limit or outage before it started)."""
     inner = error if isinstance(error, dict) else {"message": str(error)}
     code = inner.get("code")
     message = _error_message({"error": inner}) or "error without a message"
@@ -128,8 +139,26 @@ def _raise_embedded(error: object, what: str, request_id: str | None, structured
         raise SchemaRejected(message)
     provider = metadata.get("provider_name") if isinstance(metadata, dict) else None
     where = f" from provider {provider}" if provider else ""
-    kind = classify(status, _error_codes({"error": inner})) if status else ErrorKind.PROVIDER_ERROR
+    codes = _error_codes({"error": inner}) + (("flagged",) if _flagged(inner, message) else ())
+    kind = classify(status, codes) if status else ErrorKind.PROVIDER_ERROR
+    if started and kind.deferred:
+        kind = ErrorKind.PROVIDER_ERROR
     raise CallFailed(kind, f"{what} {code}{where}: {message}", request_id=request_id)
+
+
+_MODERATION_CODES = ("moderation", "content_policy_violation", "content_filter", "flagged")
+
+
+def _flagged(body: object, message: str) -> bool:
+    """Whether a 403 is moderation's verdict on the input, not the account's: OpenRouter's
+    moderation error carries metadata `reasons` / `flagged_input`; others say so in a code or
+    the message."""
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    metadata = inner.get("metadata") if isinstance(inner, dict) else None
+    if isinstance(metadata, dict) and ("reasons" in metadata or "flagged_input" in metadata):
+        return True
+    codes = " ".join(_error_codes(body)).lower()
+    return any(code in codes for code in _MODERATION_CODES) or "flagged" in message.lower()
 
 
 def _means_schema_unsupported(status: int, message: str) -> bool:
@@ -167,6 +196,9 @@ def kind_for_status(status: int) -> ErrorKind:
         409: ErrorKind.SERVER_ERROR,
         422: ErrorKind.BAD_REQUEST,
         429: ErrorKind.RATE_LIMITED,
+        502: ErrorKind.UNAVAILABLE,
+        503: ErrorKind.UNAVAILABLE,
+        529: ErrorKind.UNAVAILABLE,
     }
     if status in table:
         return table[status]

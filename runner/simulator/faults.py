@@ -58,6 +58,7 @@ class Faults:
     ignores_schema: bool = False  # json_schema accepted but answered in plain prose
     no_endpoints: bool = False  # OpenRouter: require_parameters + json_schema -> 404
     quota: bool = False  # 429 insufficient_quota (OpenAI: the plan's quota is spent)
+    region: bool = False  # 403 unsupported_country_region_territory (the account's)
     spend_wait_s: float | None = None  # 402 with Retry-After (OpenRouter's in-flight spend)
 
     @property
@@ -144,6 +145,7 @@ _FAULTS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ignores_schema": ("ignores_schema", _flag),
     "no_endpoints": ("no_endpoints", _flag),
     "quota": ("quota", _flag),
+    "region": ("region", _flag),
     "spend_wait": ("spend_wait_s", _seconds),
 }
 
@@ -245,14 +247,24 @@ def status_reply(status: int, model: str) -> Reply:
     if status == 402:
         message = "Insufficient credits (simulated)"
         return error_reply(402, message, "insufficient_quota", code="insufficient_quota")
-    if status == 403:
+    if status == 403:  # OpenRouter's moderation error ("Errors": metadata reasons, flagged_input)
         message = "Your chosen model requires moderation and your input was flagged (simulated)"
-        return error_reply(403, message, "invalid_request_error", code="moderation")
+        metadata = {"reasons": ["harassment"], "flagged_input": "...", "provider_name": "Sim"}
+        return Reply(403, {"error": {"code": 403, "message": message, "metadata": metadata}})
     if status == 404:
         message = f"The model `{model}` does not exist (simulated)"
         return error_reply(404, message, "invalid_request_error", code="model_not_found")
     error_type = "server_error" if status >= 500 else "invalid_request_error"
     return error_reply(status, f"HTTP {status} (simulated)", error_type)
+
+
+def region_reply() -> Reply:
+    """OpenAI's 403 for a request from a country it does not serve: the account's, not the
+    prompt's."""
+    message = "Country, region, or territory not supported"
+    return error_reply(
+        403, message, "request_forbidden", code="unsupported_country_region_territory"
+    )
 
 
 def quota_reply() -> Reply:

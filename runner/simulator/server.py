@@ -38,6 +38,7 @@ from runner.simulator.faults import (
     or_error_reply,
     quota_reply,
     rate_limit_reply,
+    region_reply,
     server_error_reply,
     spend_wait_reply,
     split_model,
@@ -130,6 +131,8 @@ def account_reply(faults: Faults, model: str) -> Reply | None:
         return status_reply(faults.status, model)
     if faults.quota:
         return quota_reply()
+    if faults.region:
+        return region_reply()
     if faults.spend_wait_s is not None:
         return spend_wait_reply(faults.spend_wait_s)
     return None

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 class JobOutcome(StrEnum):
     SUCCEEDED = "succeeded"
     RETRY = "retry"
+    DEFERRED = "deferred"  # queued again without spending an attempt (its model may be paused)
     FAILED = "failed"
     DROPPED = "dropped"  # the worker no longer held the job: nothing was written
     NOT_STARTED = "not_started"  # the worker is stopping: a prefetched job goes back uncalled
@@ -127,10 +128,14 @@ def _record_success(
 
 def _record_failure(ctx: JobContext, job: ClaimedJob, failure: FailureRecord) -> JobOutcome:
     s = ctx.settings
+    deferred = failure.kind.deferred or (failure.kind.model_level and s.pause_after > 0)
     delay = backoff_seconds(
-        job.attempt, base=s.backoff_base, cap=s.backoff_cap, retry_after=failure.retry_after
+        job.deferrals + 1 if deferred else job.attempt,
+        base=s.backoff_base,
+        cap=s.backoff_cap,
+        retry_after=failure.retry_after,
     )
-    recorded = ctx.outcomes.record(Failure(job, failure, delay))
+    recorded = ctx.outcomes.record(Failure(job, failure, delay, s.pause_after))
     extra = {
         "job_id": job.id,
         "model": job.model_name,
@@ -140,6 +145,22 @@ def _record_failure(ctx: JobContext, job: ClaimedJob, failure: FailureRecord) ->
     if recorded is Recorded.DROPPED:
         _log_dropped(job)
         return JobOutcome.DROPPED
+    if recorded is Recorded.PAUSED:
+        log.error(
+            "model paused after %d model-level failures in a row: %s",
+            s.pause_after,
+            failure.message,
+            extra={"action": "model_paused", **extra},
+        )
+        return JobOutcome.DEFERRED
+    if recorded is Recorded.DEFERRED:
+        log.warning(
+            "job deferred %.1fs (no attempt spent): %s",
+            delay,
+            failure.message,
+            extra={"action": "job_deferred", **extra},
+        )
+        return JobOutcome.DEFERRED
     if recorded is Recorded.RETRY:
         log.warning(
             "job will be retried in %.1fs: %s",

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -172,12 +173,21 @@ class Supervisor:
             return
         self._next_reap = time.monotonic() + self.settings.reap_interval
         try:
-            for job_id, status in queue.reap_expired(self.engine):
+            reaped = queue.reap_expired(
+                self.engine, max_interruptions=self.settings.max_interruptions
+            )
+            for job_id, status in reaped:
                 log.warning(
                     "lease expired: job %d is %s",
                     job_id,
                     status,
                     extra={"action": "job_reaped", "job_id": job_id, "status": status},
+                )
+            if late := queue.fail_past_deadline(self.engine):
+                log.error(
+                    "%d jobs not done by their batch deadline failed",
+                    late,
+                    extra={"action": "jobs_past_deadline", "count": late},
                 )
             if skipped := queue.skip_inactive(self.engine):
                 log.info(
@@ -195,6 +205,7 @@ class Supervisor:
             self.engine,
             batch_key,
             max_attempts=self.settings.max_attempts,
+            deadline_at=self.settings.batch_deadline(datetime.now(UTC)),
             actor=f"runner {self.runner_id}",
         )
 
