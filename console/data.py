@@ -152,3 +152,8 @@ def prompts(url: str) -> list[catalog.PromptRow]:
 @st.cache_data(ttl=SLOW_TTL, show_spinner=False)
 def models(url: str) -> list[catalog.ModelRow]:
     return catalog.list_models(engine_for(url))
+
+
+@st.cache_data(ttl=LIVE_TTL, show_spinner=False)
+def paused_models(url: str) -> list[insights.PausedModel]:
+    return insights.paused_models(engine_for(url))

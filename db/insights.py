@@ -40,7 +40,7 @@ from db.models import (
     Response,
     utcnow,
 )
-from db.types import ENDED_STATUSES, AuditAction, JobStatus
+from db.types import DEFERRED_KINDS, ENDED_STATUSES, AuditAction, JobStatus
 from db.workers import WorkerRow, list_workers
 
 J = PromptJob
@@ -89,6 +89,9 @@ class Overview:
     rate_per_minute: float  # jobs that ended per minute over the last RATE_WINDOW_MINUTES
     eta_seconds: float | None  # None: nothing left, or nothing ended recently to estimate from
     as_of: datetime
+    deferred: int = 0  # queued jobs waiting after a deferral (a limit, an outage, a paused model)
+    deferrals: int = 0  # claims the provider did not serve, over the batch (no attempt spent)
+    interruptions: int = 0  # leases lost with their worker, over the batch (no attempt spent)
 
     @property
     def done_fraction(self) -> float:
@@ -114,6 +117,7 @@ def batch_overview(engine: Engine, batch_key: str, *, now: datetime | None = Non
             )
             or 0
         )
+        waits = _waits(conn, batch_key)
     counts = {s.value: 0 for s in JobStatus}
     counts.update({status: int(n) for status, n in rows})
     total = sum(counts.values())
@@ -121,7 +125,60 @@ def batch_overview(engine: Engine, batch_key: str, *, now: datetime | None = Non
     rate = recent / RATE_WINDOW_MINUTES
     left = total - ended
     eta = left / rate * 60 if left and rate else None
-    return Overview(batch_key, counts, total, ended, rate, eta, at)
+    return Overview(batch_key, counts, total, ended, rate, eta, at, *waits)
+
+
+def _waits(conn: Connection, batch_key: str) -> tuple[int, int, int]:
+    """(queued jobs waiting after a deferral, deferrals, interruptions) of a batch."""
+    deferred = func.sum(
+        case(
+            (
+                and_(
+                    J.status == JobStatus.QUEUED.value,
+                    J.error_kind.in_([k.value for k in DEFERRED_KINDS]),
+                ),
+                1,
+            ),
+            else_=0,
+        )
+    )
+    row = conn.execute(
+        select(deferred, func.sum(J.deferrals), func.sum(J.interruptions)).where(
+            J.batch_key == batch_key
+        )
+    ).one()
+    return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
+
+
+@dataclass(frozen=True)
+class PausedModel:
+    """A paused model: no job of it is claimed until `models resume`."""
+
+    id: int
+    name: str
+    label: str
+    reason: str | None
+    since: datetime
+    queued: int  # its queued jobs, over all batches
+
+
+def paused_models(engine: Engine) -> list[PausedModel]:
+    """The active models that are paused, with why and since when, oldest pause first."""
+    queued = (
+        select(func.count())
+        .select_from(J)
+        .where(J.model_id == Model.id, J.status == JobStatus.QUEUED.value)
+        .scalar_subquery()
+    )
+    query = (
+        select(Model.id, Model.name, Model.label, Model.paused_reason, Model.paused_at, queued)
+        .where(Model.is_active, Model.paused_at.is_not(None))
+        .order_by(Model.paused_at, Model.id)
+    )
+    with read_tx(engine) as conn:
+        return [
+            PausedModel(r[0], r[1], r[2], r[3], r[4], int(r[5] or 0)) for r in conn.execute(query)
+        ]
 
 
 def pending_jobs(engine: Engine, *, due_within_seconds: float) -> int:

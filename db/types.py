@@ -308,6 +308,11 @@ class Recorded(enum.StrEnum):
     DROPPED = "dropped"  # the fence matched nothing: the worker no longer held the job
 
 
+def pause_text(reason: str | None, since: datetime) -> str:
+    """'paused: <reason> since <UTC time>': how `models list`, `status` and the console say it."""
+    return f"paused: {reason or 'no reason given'} since {since:%Y-%m-%d %H:%M:%S} UTC"
+
+
 @dataclass(frozen=True)
 class EnqueueResult:
     """What an enqueue did: jobs `created` now and `existing` from an earlier enqueue."""

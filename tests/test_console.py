@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select
 from streamlit.testing.v1 import AppTest
 
 from console.actions import PendingAction
+from db import catalog
 from db.engine import read_tx
 from db.models import PromptJob
 from db.types import JobStatus
@@ -296,11 +297,12 @@ def test_a_used_confirmation_cannot_run_again(monkeypatch, db_url, engine, seede
 
 # --- read-only and password -----------------------------------
 
-ACTION_LABELS = ("Re-queue", "Cancel", "Confirm", "Enqueue", "Add ", "Save ")
+ACTION_LABELS = ("Re-queue", "Cancel", "Confirm", "Enqueue", "Add ", "Save ", "Resume", "Pause")
 
 
 @pytest.mark.parametrize("page", ["jobs", "failures", "prompts_models"])
-def test_read_only_offers_no_action(monkeypatch, db_url, seeded, page):
+def test_read_only_offers_no_action(monkeypatch, db_url, engine, seeded, page):
+    catalog.pause_model(engine, seeded.model_ids[0], reason="401", actor="test")  # a Resume
     at = open_page(app(monkeypatch, db_url, CONSOLE_READ_ONLY="1"), page)
     offered = [
         b.label
@@ -363,6 +365,26 @@ def test_prompts_and_models_edit_and_enqueue(monkeypatch, db_url, engine, seeded
     assert "1 created, 6 existing" in texts(at)  # 7 active prompts x the 1 active model
     models = next(d.value for d in at.dataframe if "max_concurrency" in d.value.columns)
     assert list(models["max_concurrency"])[1] == 2 and not list(models["is_active"])[1]
+
+
+def test_a_paused_model_is_shown_and_resumed_with_one_click(monkeypatch, db_url, engine, seeded):
+    """Issue 10: "paused: <reason> since <time>" on the Overview and the models page; Resume
+    (audited, actor console) lets its jobs be claimed again; Pause this model pauses by hand."""
+    model_id = seeded.model_ids[0]
+    catalog.pause_model(engine, model_id, reason="auth: HTTP 401: Incorrect API key", actor="t")
+    overview = open_page(app(monkeypatch, db_url), "overview")
+    shown = [w.value.replace("\\", "") for w in overview.warning]  # md-escaped
+    assert any("paused: auth: HTTP 401: Incorrect API key since" in w for w in shown)
+    at = open_page(app(monkeypatch, db_url), "prompts_models")
+    assert any("paused: auth: HTTP 401" in w.value.replace("\\", "") for w in at.warning)
+    models = next(d.value for d in at.dataframe if "state" in d.value.columns)
+    assert models["state"].iloc[0] == "paused"
+    at.button(key=f"model_resume_{model_id}").click().run()
+    assert catalog.list_models(engine)[0].state == "active"
+    assert len(audit_rows(engine, "model_resume")) == 1  # actor: console
+    at.selectbox(key="model_pick").set_value(model_id).run()
+    at.button(key=f"model_pause_{model_id}").click().run()
+    assert catalog.list_models(engine)[0].paused_reason == "paused in the console"
 
 
 # --- mentions and workers -----------------------------------

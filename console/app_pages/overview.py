@@ -6,8 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from console import charts, context, data, widgets
+from console.text import md_escape
 from db import insights
-from db.types import JobStatus
+from db.types import JobStatus, pause_text
 
 
 def kpis(overview: insights.Overview) -> None:
@@ -31,14 +32,27 @@ def eta_text(overview: insights.Overview) -> str:
     return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
+def paused_banner(url: str) -> None:
+    """One warning per paused model: its jobs wait until it is resumed (Prompts & models)."""
+    for p in data.paused_models(url):
+        st.warning(
+            md_escape(f"{p.label}: {pause_text(p.reason, p.since)} · {p.queued:,} jobs queued")
+            + " — resume it on **Prompts & models**",
+            icon="⏸",
+        )
+
+
 def live_section(url: str, batch_key: str, every: int | None) -> None:
     @st.fragment(run_every=every)
     def live() -> None:
         with data.database_banner():
             overview = data.overview(url, batch_key)
+            paused_banner(url)
             kpis(overview)
             st.caption(
                 f"{overview.total:,} jobs · {overview.rate_per_minute:.1f} ended/min · "
+                f"{overview.deferred:,} queued after a deferral · {overview.deferrals:,} "
+                f"deferrals and {overview.interruptions:,} lost leases (no attempt spent) · "
                 f"as of {overview.as_of:%H:%M:%S} UTC"
             )
             left, right = st.columns(2)

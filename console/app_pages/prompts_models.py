@@ -14,7 +14,7 @@ from console import context, data
 from console.text import md_escape
 from db import catalog, queue
 from db.errors import DatabaseUnavailable, InvalidInput, NotFound
-from db.types import Provider
+from db.types import Provider, pause_text
 
 PAGE = "prompts_models"
 _FLASH = "catalog_flash"
@@ -136,12 +136,15 @@ def edit_prompt(ctx: context.ConsoleContext, rows: list[catalog.PromptRow]) -> N
 def models_section(ctx: context.ConsoleContext) -> None:
     st.subheader("Models")
     rows = data.models(ctx.database_url)
+    paused_section(ctx, rows)
     st.dataframe(
         pd.DataFrame(
-            [r.__dict__ for r in rows],
+            [{**r.__dict__, "state": r.state} for r in rows],
             columns=[
                 "id",
                 "is_active",
+                "state",
+                "failure_streak",
                 "provider",
                 "name",
                 "label",
@@ -191,6 +194,42 @@ def models_section(ctx: context.ConsoleContext) -> None:
         edit_model(ctx, rows)
 
 
+def paused_section(ctx: context.ConsoleContext, rows: list[catalog.ModelRow]) -> None:
+    """Each paused model with why and since when, and a Resume button (audited)."""
+    for row in rows:
+        if row.paused_at is None:
+            continue
+        text, button = st.columns([5, 1])
+        text.warning(md_escape(f"{row.label}: {pause_text(row.paused_reason, row.paused_at)}"))
+        if button.button("Resume", key=f"model_resume_{row.id}", disabled=not ctx.can_act):
+
+            def resume(model_id: int = row.id, label: str = row.label) -> str:
+                done = catalog.resume_model(
+                    data.engine_for(ctx.database_url), model_id, actor=context.ACTOR
+                )
+                return f"{label} {'resumed' if done else 'was not paused'}"
+
+            attempt("Resume", resume)
+
+
+def pause_button(ctx: context.ConsoleContext, row: catalog.ModelRow) -> None:
+    """Pause the chosen model by hand: its jobs stay queued until it is resumed (audited)."""
+    if row.paused_at is not None or not row.is_active:
+        return
+    if st.button("Pause this model", key=f"model_pause_{row.id}"):
+
+        def pause() -> str:
+            catalog.pause_model(
+                data.engine_for(ctx.database_url),
+                row.id,
+                reason="paused in the console",
+                actor=context.ACTOR,
+            )
+            return f"{row.label} paused"
+
+        attempt("Pause", pause)
+
+
 def edit_model(ctx: context.ConsoleContext, rows: list[catalog.ModelRow]) -> None:
     by_id = {r.id: r for r in rows}
     chosen = st.selectbox(
@@ -204,6 +243,7 @@ def edit_model(ctx: context.ConsoleContext, rows: list[catalog.ModelRow]) -> Non
     if chosen is None:
         return
     row = by_id[chosen]
+    pause_button(ctx, row)
     with st.form(f"model_edit_{chosen}"):
         label = st.text_input("Label", value=row.label)
         base_url = st.text_input("Base URL (empty = the provider's API)", value=row.base_url or "")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from db.errors import ConfigError, InvalidInput, PromptBatchError
-from db.types import ErrorKind, JobStatus
+from db.types import ErrorKind, JobStatus, pause_text
 
 if TYPE_CHECKING:
     from db.engine import Engine
@@ -281,12 +281,7 @@ def models_list(json_out: JsonOpt = False) -> None:
             f"{r.id:>4}  {r.state:<8} {r.provider:<10} {r.name:<32} {settings} {host}".rstrip()
         )
         if r.paused_at is not None:
-            typer.echo(f"      {paused_line(r.paused_reason, r.paused_at)}")
-
-
-def paused_line(reason: str | None, since: datetime) -> str:
-    """'paused: <reason> since <UTC time>', as models list, status and the console say it."""
-    return f"paused: {reason or 'no reason given'} since {since:%Y-%m-%d %H:%M:%S} UTC"
+            typer.echo(f"      {pause_text(r.paused_reason, r.paused_at)}")
 
 
 @models_app.command("pause")
@@ -425,19 +420,33 @@ def status(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
     engine = open_engine(load_settings())
     overview = insights.batch_overview(engine, batch_key_or_today(batch_key))
     missed = insights.missed_batches(engine)
+    paused = insights.paused_models(engine)
     if json_out:
         echo_json(
             {
                 "batch_key": overview.batch_key,
                 "counts": overview.counts,
                 "total": overview.total,
+                "deferred": overview.deferred,
+                "deferrals": overview.deferrals,
+                "interruptions": overview.interruptions,
+                "paused_models": [p.__dict__ for p in paused],
                 "missed_batches": missed,
             }
         )
         return
     typer.echo(f"batch {overview.batch_key}: {overview.total} jobs")
     for name, n in overview.counts.items():
-        typer.echo(f"  {name:<11} {n}")
+        waiting = (
+            f" ({overview.deferred} deferred)" if name == "queued" and overview.deferred else ""
+        )
+        typer.echo(f"  {name:<11} {n}{waiting}")
+    typer.echo(
+        f"deferrals {overview.deferrals}, lost leases {overview.interruptions} "
+        "(neither spends an attempt)"
+    )
+    for p in paused:
+        typer.echo(f"model {p.name}: {pause_text(p.reason, p.since)} ({p.queued} jobs queued)")
     if missed:
         typer.echo(f"missed batches (runner was down): {', '.join(missed)}")
 
