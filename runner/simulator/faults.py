@@ -59,6 +59,14 @@ class Faults:
     no_endpoints: bool = False  # OpenRouter: require_parameters + json_schema -> 404
     quota: bool = False  # 429 insufficient_quota (OpenAI: the plan's quota is spent)
     region: bool = False  # 403 unsupported_country_region_territory (the account's)
+    # The provider's limits (runner.simulator.limits), per model name: requests and tokens per
+    # minute, USD of credits, a key revoked after N admitted calls, 429s without Retry-After.
+    rpm: int | None = None
+    tpm: int | None = None
+    credits: float | None = None
+    revoke_after: int | None = None
+    no_retry_after: bool = False
+    jitter: float = 0.0  # latency lognormal around latency_ms with this sigma (0: constant)
     spend_wait_s: float | None = None  # 402 with Retry-After (OpenRouter's in-flight spend)
 
     @property
@@ -95,6 +103,27 @@ def _count(value: str) -> int:
 def _seconds(value: str) -> float:
     number = float(value)
     if not 0 <= number <= 3600:
+        raise ValueError(value)
+    return number
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(value)
+    return number
+
+
+def _usd(value: str) -> float:
+    number = float(value)
+    if not 0 <= number < 1e9:
+        raise ValueError(value)
+    return number
+
+
+def _sigma(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 3:
         raise ValueError(value)
     return number
 
@@ -146,6 +175,12 @@ _FAULTS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "no_endpoints": ("no_endpoints", _flag),
     "quota": ("quota", _flag),
     "region": ("region", _flag),
+    "rpm": ("rpm", _positive),
+    "tpm": ("tpm", _positive),
+    "credits": ("credits", _usd),
+    "revoke_after": ("revoke_after", _count),
+    "no_retry_after": ("no_retry_after", _flag),
+    "jitter": ("jitter", _sigma),
     "spend_wait": ("spend_wait_s", _seconds),
 }
 

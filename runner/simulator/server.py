@@ -11,6 +11,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
+import random
 import select
 import signal
 import socket
@@ -19,14 +21,20 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any, assert_never
 from uuid import uuid4
 
 from db.errors import InvalidInput
-from runner.simulator.answers import ChatRequest, answer_reply, load_answer_bank, parse_chat_request
+from runner.simulator.answers import (
+    SIM_USD_PER_MTOK,
+    ChatRequest,
+    answer_reply,
+    load_answer_bank,
+    parse_chat_request,
+)
 from runner.simulator.faults import (
     FAULTS_HEADER,
     Faults,
@@ -45,6 +53,7 @@ from runner.simulator.faults import (
     status_reply,
     unsupported_schema_reply,
 )
+from runner.simulator.limits import ProviderLimits
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +168,28 @@ def style_headers(style: str) -> tuple[tuple[str, str], ...]:
     return (("x-request-id", f"sim-{uuid4().hex}"),)
 
 
+def latency_seconds(faults: Faults) -> float:
+    """The answer's latency: latency_ms, or lognormal around it (median latency_ms, sigma
+    `jitter`, at most 10x the median) as real model latencies spread, with a long tail."""
+    median = faults.latency_ms / 1000
+    if not faults.jitter or not median:
+        return median
+    return min(random.lognormvariate(math.log(median), faults.jitter), 10 * median)
+
+
+def reply_cost(reply: Reply) -> float:
+    """USD of an answer's usage at SIM_USD_PER_MTOK (what credits are charged)."""
+    usage = reply.body.get("usage") if reply.status == 200 else None
+    if not isinstance(usage, dict):
+        return 0.0
+    tokens = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
+    return tokens * SIM_USD_PER_MTOK / 1e6
+
+
+def _is_limit_header(name: str) -> bool:
+    return name.lower().startswith("x-ratelimit-")
+
+
 def counted_reply(request: ChatRequest, faults: Faults, call_number: int) -> Reply | None:
     """The 429, 500 or 200-with-error the ``call_number``-th call of a call key gets, if any."""
     match counted_fault(faults, call_number):
@@ -225,6 +256,7 @@ class SimulatorServer(ThreadingHTTPServer):
         self._calls: dict[CallKey, int] = {}
         self._request_count = 0
         self._captured: deque[CapturedRequest] = deque(maxlen=CAPTURE_LIMIT)
+        self.limits = ProviderLimits()  # the provider's rate limits, credits and revocations
 
     @property
     def address(self) -> SimulatorAddress:
@@ -276,11 +308,12 @@ class SimulatorServer(ThreadingHTTPServer):
             return self._calls[key]
 
     def reset_counters(self) -> None:
-        """Forget all call counts and the request count."""
+        """Forget all call counts, the request count, captures and the limits' state."""
         with self._lock:
             self._calls.clear()
             self._request_count = 0
             self._captured.clear()
+            self.limits = ProviderLimits()
 
     def shutdown(self) -> None:
         """Stop serve_forever and release `hang` handlers."""
@@ -343,15 +376,25 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         self._answer(request, faults)
 
     def _answer(self, request: ChatRequest, faults: Faults) -> None:
-        time.sleep(faults.latency_ms / 1000)
+        if not self._authorized():
+            self._send(status_reply(401, request.model), faults)
+            return
+        refused = self.server.limits.admit(
+            request.model, faults, request.prompt_chars, request.max_tokens
+        )
+        if refused is not None:  # a limit answers at once, before any generation
+            self._send(refused, faults)
+            return
+        time.sleep(latency_seconds(faults))
         if faults.hang:
             self._hang()
-        else:
-            self._send(self._reply(request, faults), faults)
+            return
+        reply = self._reply(request, faults)
+        self.server.limits.spend(request.model, reply_cost(reply))
+        limited = self.server.limits.headers(request.model)
+        self._send(replace(reply, headers=reply.headers + limited), faults)
 
     def _reply(self, request: ChatRequest, faults: Faults) -> Reply:
-        if not self._authorized():
-            return status_reply(401, request.model)
         refused = account_reply(faults, request.model) or rejection_reply(request, faults)
         if refused is not None:
             return refused
@@ -396,7 +439,10 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         self.send_response(reply.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        for name, value in (*style_headers(style), *reply.headers):
+        own = style_headers(style)
+        if any(_is_limit_header(name) for name, _ in reply.headers):  # the real limits win
+            own = tuple(h for h in own if not _is_limit_header(h[0]))
+        for name, value in (*own, *reply.headers):
             self.send_header(name, value)
         self.end_headers()
         if faults is not None and faults.trickle_ms is not None:
