@@ -5,6 +5,7 @@ that run out, a key revoked mid-batch, and a latency that spreads like real mode
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -12,9 +13,14 @@ import pytest
 from runner.simulator.faults import Faults
 from runner.simulator.limits import Bucket, duration_text
 from runner.simulator.server import SimulatorServer, latency_seconds
-from tests.test_simulator import ask, client, shared_client  # noqa: F401 (fixtures)
+from tests.test_simulator import ask
 
-pytestmark = pytest.mark.usefixtures("sim")
+
+@pytest.fixture
+def client(sim: SimulatorServer) -> Iterator[openai.OpenAI]:
+    """A client of the test's simulator, whose limits start fresh (reset_counters)."""
+    with openai.OpenAI(base_url=sim.base_url, api_key="sim", max_retries=0, timeout=5) as c:
+        yield c
 
 
 def test_rpm_is_a_bucket_with_openais_429(client: openai.OpenAI, sim: SimulatorServer) -> None:
