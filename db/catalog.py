@@ -49,6 +49,8 @@ class ModelRow:
     temperature: float | None
     seed: int | None
     custom_host: bool
+    rpm: int | None = None
+    tpm: int | None = None
     paused_at: datetime | None = None  # set: no job of it is claimed until resumed
     paused_reason: str | None = None  # the error that paused it, "budget", or the operator's
     failure_streak: int = 0  # model-level failures since its last answer
@@ -173,7 +175,7 @@ def add_model(
     """Add a model (or update the existing one with the same provider and name); returns its id.
 
     `settings` are MODEL_SETTINGS (base_url, max_concurrency, input/output_usd_per_mtok,
-    max_tokens, temperature, seed, custom_host); a missing one takes its default. Raises
+    max_tokens, temperature, seed, custom_host, rpm, tpm); a missing one takes its default. Raises
     InvalidInput (nothing written) for an unknown provider or setting, a bad value, or a base URL
     its provider's key may not go to (db.endpoints).
     """
@@ -195,9 +197,13 @@ _MODEL_DEFAULTS: dict[str, object] = {
     "temperature": None,
     "seed": None,
     "custom_host": False,
+    "rpm": None,
+    "tpm": None,
 }
 MODEL_SETTINGS = frozenset(_MODEL_DEFAULTS)
 MAX_TOKENS = 1_000_000  # max_tokens ceiling; the longest outputs models offer are well below
+MAX_RPM = 10_000_000  # requests per minute; OpenAI's highest tiers are far below
+MAX_TPM = 10_000_000_000  # tokens per minute
 SEED_RANGE = (-(2**63), 2**63 - 1)  # a BIGINT, as OpenAI's `seed` is an integer
 
 
@@ -234,6 +240,8 @@ _CHECKS: dict[str, Callable[[object], None]] = {
     "max_tokens": _check_range("max tokens", 1, MAX_TOKENS, True),
     "temperature": _check_range("temperature", 0, 2, False),
     "seed": _check_range("seed", SEED_RANGE[0], SEED_RANGE[1], True),
+    "rpm": _check_range("rpm (requests per minute)", 1, MAX_RPM, True),
+    "tpm": _check_range("tpm (tokens per minute)", 1, MAX_TPM, True),
 }
 
 
@@ -278,6 +286,8 @@ def list_models(engine: Engine, *, active_only: bool = False) -> list[ModelRow]:
         Model.temperature,
         Model.seed,
         Model.custom_host,
+        Model.rpm,
+        Model.tpm,
         Model.paused_at,
         Model.paused_reason,
         Model.failure_streak,

@@ -97,6 +97,8 @@ class Model(Base):
         CheckConstraint(
             "temperature IS NULL OR temperature BETWEEN 0 AND 2", name="ck_models_temperature"
         ),
+        CheckConstraint("rpm IS NULL OR rpm >= 1", name="ck_models_rpm"),
+        CheckConstraint("tpm IS NULL OR tpm >= 1", name="ck_models_tpm"),
         UniqueConstraint("provider", "name", name="uq_models_provider_name"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -116,6 +118,9 @@ class Model(Base):
     seed: Mapped[int | None] = mapped_column(BigInteger)
     # True: the operator allowed an openai/openrouter model's key to go to its base_url's host.
     custom_host: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Requests and tokens per minute for all runners together (db.pacing); None: unlimited.
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(BigInteger)
     # Paused: no job of the model is claimed until `models resume` (reason: the error, or
     # "budget", or the operator's). failure_streak: consecutive model-level failures since the
     # last success; while it is above 0 the model is probed one call at a time.
@@ -123,6 +128,19 @@ class Model(Base):
     paused_reason: Mapped[str | None] = mapped_column(String(500))
     failure_streak: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ModelPacing(Base):
+    """Where a rate-limited model's calls stand, shared by every runner (db.pacing): the next
+    moment a request, and a token reservation, may start."""
+
+    __tablename__ = "model_pacing"
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    next_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_tokens_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -295,8 +295,8 @@ WITH capped AS (
     RETURNING j.id, j.prompt_id, j.model_id, j.run_index, j.batch_key, j.attempt_count,
               j.max_attempts, j.started_at, p.text, m.provider, m.name, m.base_url,
               m.supports_json_schema, m.input_usd_per_mtok, m.output_usd_per_mtok, m.max_tokens,
-              m.temperature, m.seed, m.custom_host, j.deferrals, j.deadline_at, j.priority,
-              j.scheduled_for
+              m.temperature, m.seed, m.custom_host, m.rpm, m.tpm, j.deferrals, j.deadline_at,
+              j.priority, j.scheduled_for
 )
 SELECT taken.*, capped.found AS capped FROM capped LEFT JOIN taken ON true
 """)
@@ -437,6 +437,8 @@ _CLAIMED_COLUMNS = (
     Model.temperature,
     Model.seed,
     Model.custom_host,
+    Model.rpm,
+    Model.tpm,
     J.deferrals,
     J.deadline_at,
 )
@@ -478,6 +480,8 @@ def _claimed(r: Any, worker_id: str) -> ClaimedJob:
         temperature=r.temperature,
         seed=r.seed,
         custom_host=bool(r.custom_host),
+        rpm=r.rpm,
+        tpm=r.tpm,
         deferrals=r.deferrals,
         deadline_at=r.deadline_at,
     )
@@ -515,13 +519,16 @@ def _held_by(worker_id: str, job_ids: Sequence[int]) -> Any:
     return and_(J.id.in_(job_ids), J.locked_by == worker_id, J.status == JobStatus.PROCESSING.value)
 
 
-def release_jobs(engine: Engine, worker_id: str, job_ids: Sequence[int]) -> int:
-    """Hand in-flight jobs back to 'queued' without spending their attempt (graceful shutdown)."""
-    return _release(engine, worker_id, job_ids) if job_ids else 0
+def release_jobs(
+    engine: Engine, worker_id: str, job_ids: Sequence[int], *, delay_seconds: float = 0.0
+) -> int:
+    """Hand held jobs back to 'queued' uncalled, without spending their attempt, due again in
+    `delay_seconds` (graceful shutdown: 0; a model's rate limit taken: until its place)."""
+    return _release(engine, worker_id, job_ids, delay_seconds) if job_ids else 0
 
 
 @write_operation
-def _release(conn: Connection, worker_id: str, job_ids: Sequence[int]) -> int:
+def _release(conn: Connection, worker_id: str, job_ids: Sequence[int], delay_seconds: float) -> int:
     now = utcnow()
     stmt = (
         update(J)
@@ -532,7 +539,7 @@ def _release(conn: Connection, worker_id: str, job_ids: Sequence[int]) -> int:
             locked_by=None,
             lease_expires_at=None,
             started_at=None,
-            scheduled_for=now,
+            scheduled_for=now + timedelta(seconds=delay_seconds),
             updated_at=now,
         )
     )

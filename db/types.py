@@ -178,6 +178,8 @@ class ClaimedJob:
     temperature: float | None = None  # None: not sent (the provider's default)
     seed: int | None = None  # None: not sent
     custom_host: bool = False  # the operator allowed this model's key to go to its base_url
+    rpm: int | None = None  # the model's requests per minute across all runners (db.pacing)
+    tpm: int | None = None  # the model's tokens per minute across all runners
     deferrals: int = 0  # earlier claims the provider did not serve (they spent no attempt)
     deadline_at: datetime | None = None  # its batch's deadline: no retry or deferral past it
 

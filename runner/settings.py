@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # Output tokens asked for when a model sets no max_tokens: without one OpenRouter checks the
     # balance against the model's whole output length (402 "You requested up to 65536 tokens").
     default_max_tokens: int = Field(4096, ge=1, le=1_000_000)
+    # Seconds a call may wait for its place under a model's --rpm/--tpm; a longer wait hands the
+    # job back to the queue until then (no attempt spent).
+    pacing_max_wait: float = Field(30.0, ge=0, le=3600)
     backoff_base: float = Field(2.0, gt=0, le=600)  # seconds; retry n waits up to base * 2^(n-1)
     backoff_cap: float = Field(300.0, gt=0, le=86_400)  # seconds; the longest backoff
     poll_interval: float = Field(1.0, gt=0, le=60)  # seconds between claims when idle

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import Engine
 
 from db import catalog
@@ -80,3 +81,49 @@ def test_bad_pause_settings_are_one_line(db_url: str, engine: Engine) -> None:
     ):
         result = cli(db_url, "status", env={name: value})
         assert_user_error(result, name.removeprefix("PROMPTBATCH_"))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--rpm", "0"), "rpm (requests per minute) must be from 1"),
+        (("--tpm", "-1"), "tpm (tokens per minute) must be from 1"),
+    ],
+)
+def test_bad_limits_are_one_line_and_write_nothing(db_url: str, engine: Engine, args, needle):
+    f.make_models(engine, 1)
+    before = catalog.list_models(engine)
+    assert_user_error(cli(db_url, "models", "update", "model-0", *args), needle)
+    add = cli(
+        db_url,
+        "models",
+        "add",
+        "--provider",
+        "compatible",
+        "--name",
+        "x",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        *args,
+    )
+    assert_user_error(add, needle)
+    assert catalog.list_models(engine) == before
+
+
+def test_rpm_abc_is_a_usage_error(db_url: str, engine: Engine) -> None:
+    f.make_models(engine, 1)
+    result = cli(db_url, "models", "update", "model-0", "--rpm", "abc")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "rpm" in result.stderr
+
+
+def test_limits_are_set_listed_and_unset(db_url: str, engine: Engine) -> None:
+    f.make_models(engine, 1)
+    assert (
+        cli(db_url, "models", "update", "model-0", "--rpm", "600", "--tpm", "1000000").returncode
+        == 0
+    )
+    assert "rpm=600 tpm=1000000" in cli(db_url, "models", "list").stdout
+    assert cli(db_url, "models", "update", "model-0", "--unset", "rpm").returncode == 0
+    [m] = catalog.list_models(engine)
+    assert (m.rpm, m.tpm) == (None, 1000000)

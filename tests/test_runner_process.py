@@ -303,3 +303,24 @@ def test_runner_exits_non_zero_when_scheduler_thread_dies(engine, db_url, monkey
     monkeypatch.setattr("runner.worker.scheduler.BatchScheduler.tick", broken_tick)
     supervisor = Supervisor(fast_settings(db_url, processes=1, threads=1), engine, progress=False)
     assert supervisor.run() == EXIT_SCHEDULER_DIED
+
+
+def test_two_runners_share_one_rate_limit(engine, db_url, sim):
+    """Issue 10: --rpm is one limit for every runner on the database. Two runners (2 processes
+    x 4 threads each, 16 call slots for 16 jobs) at --rpm 120 start their calls 0.5 s apart, as
+    the simulator counts the requests arriving; unpaced, all 16 would arrive within a moment."""
+    model = "sim-gpt-4o-mini@latency=50,rpm=100000"  # the simulator counts, never refuses
+    total = seed(engine, model, sim.base_url, prompts=8, runs=2)
+    [row] = catalog.list_models(engine)
+    catalog.update_model(engine, row.id, rpm=120)
+    started = time.monotonic()
+    runners = [start_runner(db_url, "--drain", processes=2, threads=4) for _ in range(2)]
+    for proc in runners:
+        code, err = finish(proc)
+        assert code == 0, err[-3000:]
+    assert count(engine, PromptJob.status == "succeeded") == total == 16
+    assert time.monotonic() - started >= 15 * 0.5
+    assert sim.limits.max_in_window(model, window=2.0) <= 5  # 4 places per 2 s, +1 for jitter
+    with read_tx(engine) as conn:
+        workers = set(conn.scalars(select(JobAttempt.worker_id)))
+    assert len({w.split(":")[1] for w in workers if w}) >= 2  # calls from several processes

@@ -154,6 +154,8 @@ def models_section(ctx: context.ConsoleContext) -> None:
                 "max_tokens",
                 "temperature",
                 "seed",
+                "rpm",
+                "tpm",
                 "supports_json_schema",
                 "input_usd_per_mtok",
                 "output_usd_per_mtok",
@@ -173,6 +175,8 @@ def models_section(ctx: context.ConsoleContext) -> None:
         custom_host = st.toggle("Send the key to this custom host (openai/openrouter)")
         cap = st.number_input("Max concurrency (0 = unlimited)", min_value=0, value=0, step=1)
         max_tokens = st.number_input("Max tokens (0 = the runner's default)", min_value=0, step=1)
+        rpm = st.number_input("Requests per minute, all runners (0 = no limit)", min_value=0)
+        tpm = st.number_input("Tokens per minute, all runners (0 = no limit)", min_value=0)
         if st.form_submit_button("Add model"):
 
             def add() -> str:
@@ -185,6 +189,8 @@ def models_section(ctx: context.ConsoleContext) -> None:
                     custom_host=custom_host,
                     max_concurrency=int(cap) or None,
                     max_tokens=int(max_tokens) or None,
+                    rpm=int(rpm) or None,
+                    tpm=int(tpm) or None,
                     actor=context.ACTOR,
                 )
                 return f"model #{model_id} saved"
@@ -258,6 +264,12 @@ def edit_model(ctx: context.ConsoleContext, rows: list[catalog.ModelRow]) -> Non
             "Temperature (empty = the provider's default)", value=_text(row.temperature)
         )
         seed = st.text_input("Seed (empty = none)", value=_text(row.seed))
+        rpm = st.number_input(
+            "Requests per minute, all runners (0 = no limit)", min_value=0, value=row.rpm or 0
+        )
+        tpm = st.number_input(
+            "Tokens per minute, all runners (0 = no limit)", min_value=0, value=row.tpm or 0
+        )
         active = st.toggle("Active", value=row.is_active)
         if st.form_submit_button("Save model"):
 
@@ -273,6 +285,8 @@ def edit_model(ctx: context.ConsoleContext, rows: list[catalog.ModelRow]) -> Non
                     max_tokens=int(max_tokens) or None,
                     temperature=_number(temperature, float, "temperature"),
                     seed=_number(seed, int, "seed"),
+                    rpm=int(rpm) or None,
+                    tpm=int(tpm) or None,
                     actor=context.ACTOR,
                 )
                 return f"model #{chosen} saved"

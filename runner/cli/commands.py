@@ -154,6 +154,13 @@ CustomHostOpt = Annotated[
 CapOpt = Annotated[
     int | None, typer.Option(help="Jobs of this model in flight across all runners.")
 ]
+RpmOpt = Annotated[
+    int | None, typer.Option(help="Requests per minute for all runners together (paced).")
+]
+TpmOpt = Annotated[
+    int | None,
+    typer.Option(help="Tokens per minute for all runners together: prompt estimate + max tokens."),
+]
 InputPriceOpt = Annotated[float | None, typer.Option(help="USD per 1M prompt tokens.")]
 OutputPriceOpt = Annotated[float | None, typer.Option(help="USD per 1M completion tokens.")]
 # --unset NAME -> the catalog setting it clears
@@ -163,6 +170,8 @@ _UNSETTABLE = {
     "max-tokens": "max_tokens",
     "temperature": "temperature",
     "seed": "seed",
+    "rpm": "rpm",
+    "tpm": "tpm",
     "input-price": "input_usd_per_mtok",
     "output-price": "output_usd_per_mtok",
 }
@@ -181,6 +190,8 @@ def models_add(
     max_tokens: MaxTokensOpt = None,
     temperature: TemperatureOpt = None,
     seed: SeedOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
     input_price: InputPriceOpt = None,
     output_price: OutputPriceOpt = None,
 ) -> None:
@@ -198,6 +209,8 @@ def models_add(
         max_tokens=max_tokens,
         temperature=temperature,
         seed=seed,
+        rpm=rpm,
+        tpm=tpm,
         input_usd_per_mtok=input_price,
         output_usd_per_mtok=output_price,
     )
@@ -217,6 +230,8 @@ def models_update(
     max_tokens: MaxTokensOpt = None,
     temperature: TemperatureOpt = None,
     seed: SeedOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
     input_price: InputPriceOpt = None,
     output_price: OutputPriceOpt = None,
     unset: Annotated[
@@ -238,6 +253,8 @@ def models_update(
         "max_tokens": max_tokens,
         "temperature": temperature,
         "seed": seed,
+        "rpm": rpm,
+        "tpm": tpm,
         "input_usd_per_mtok": input_price,
         "output_usd_per_mtok": output_price,
     }
@@ -269,6 +286,8 @@ def models_list(json_out: JsonOpt = False) -> None:
                 ("max_tokens", r.max_tokens or "default"),
                 ("temperature", r.temperature),
                 ("seed", r.seed),
+                ("rpm", r.rpm),
+                ("tpm", r.tpm),
                 (
                     "json_schema",
                     {None: "unknown", True: "yes", False: "no"}[r.supports_json_schema],

@@ -20,6 +20,7 @@ OpenAI-Organization/OpenAI-Project only to OpenAI; OPENAI_BASE_URL is never read
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 from collections.abc import Coroutine
 from functools import cache
@@ -234,6 +235,15 @@ def request_body(job: ClaimedJob, settings: Settings, *, structured: bool) -> di
         if job.provider == Provider.OPENROUTER:
             body["extra_body"] = {"provider": {"require_parameters": True}}
     return body
+
+
+def estimate_tokens(job: ClaimedJob, settings: Settings) -> int:
+    """Tokens a call of `job` counts against a TPM limit when it arrives, as OpenAI's "Rate
+    limits" guide counts them: the prompt's estimate (characters / 4, the messages as sent,
+    the schema's instructions included) plus the output cap (max_tokens)."""
+    structured = job.supports_json_schema is not False
+    chars = sum(len(m["content"]) for m in _messages(job, structured))
+    return math.ceil(chars / 4) + (job.max_tokens or settings.default_max_tokens)
 
 
 def build_sdk_client(

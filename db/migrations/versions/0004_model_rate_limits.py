@@ -1,0 +1,46 @@
+"""per-model rate limits shared by every runner: requests and tokens per minute, and the pacing
+state all runners reserve their calls from
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("models", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("rpm", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("tpm", sa.BigInteger(), nullable=True))
+        batch_op.create_check_constraint("ck_models_rpm", "rpm IS NULL OR rpm >= 1")
+        batch_op.create_check_constraint("ck_models_tpm", "tpm IS NULL OR tpm >= 1")
+    op.create_table(
+        "model_pacing",
+        sa.Column(
+            "model_id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.ForeignKey("models.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("next_request_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("next_tokens_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("model_pacing")
+    with op.batch_alter_table("models", schema=None) as batch_op:
+        batch_op.drop_constraint("ck_models_tpm", type_="check")
+        batch_op.drop_constraint("ck_models_rpm", type_="check")
+        batch_op.drop_column("tpm")
+        batch_op.drop_column("rpm")

@@ -1,0 +1,95 @@
+"""Pacing a rate-limited model's calls across every runner that shares the database.
+
+State is one `model_pacing` row per model: the next moment a request may start, and the moment
+the tokens reserved so far are paid off. A call reserves its start in one short transaction (the
+row locked FOR UPDATE on PostgreSQL; SQLite's write transaction serializes alike) and sleeps until
+it: requests are spaced 60/rpm seconds apart and a call of N tokens pushes the token clock by
+N x 60/tpm seconds (a GCRA with no burst), so no 60 s window ever holds more than rpm requests
+or tpm tokens, whatever the number of runners. OpenAI's "Rate limits" guide counts a request's
+tokens when it arrives as the prompt's estimate plus max_tokens: that is what is reserved;
+`refund_tokens` gives back what a provider that counts only used tokens did not use.
+
+Clocks: reservations are UTC timestamps from the caller's clock; runners sharing a database must
+be NTP-synced (a skew of d seconds lets a runner start d seconds early).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Row, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from db.engine import is_sqlite, write_operation
+from db.models import ModelPacing, utcnow
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A call's place in its model's pace: start after `wait_seconds` (from the reservation's
+    clock). `granted` False: the wait would exceed the caller's max_wait and nothing was
+    reserved; `wait_seconds` is then how long until it would fit."""
+
+    wait_seconds: float
+    granted: bool
+
+
+@write_operation
+def reserve_call(
+    conn: Connection,
+    model_id: int,
+    *,
+    rpm: int | None,
+    tpm: int | None,
+    tokens: int,
+    max_wait: float,
+    now: datetime | None = None,
+) -> Reservation:
+    """Reserve one request of `tokens` tokens under `rpm` requests and `tpm` tokens per minute
+    (None: that limit is off); seconds to wait before calling."""
+    at = now or utcnow()
+    row = _locked_row(conn, model_id, at)
+    start = max(at, row.next_request_at or at, row.next_tokens_at or at)
+    wait = (start - at).total_seconds()
+    if wait > max_wait:
+        return Reservation(wait, granted=False)
+    values: dict[str, object] = {"updated_at": at}
+    if rpm:
+        values["next_request_at"] = start + timedelta(seconds=60 / rpm)
+    if tpm:
+        values["next_tokens_at"] = start + timedelta(seconds=tokens * 60 / tpm)
+    conn.execute(update(ModelPacing).where(ModelPacing.model_id == model_id).values(values))
+    return Reservation(wait, granted=True)
+
+
+@write_operation
+def refund_tokens(conn: Connection, model_id: int, *, tpm: int, tokens: int) -> None:
+    """Give back `tokens` reserved but not used (a provider that counts used tokens only)."""
+    if tokens <= 0:
+        return
+    row = _locked_row(conn, model_id, utcnow())
+    if row.next_tokens_at is not None:
+        earlier = row.next_tokens_at - timedelta(seconds=tokens * 60 / tpm)
+        conn.execute(
+            update(ModelPacing)
+            .where(ModelPacing.model_id == model_id)
+            .values(next_tokens_at=earlier, updated_at=utcnow())
+        )
+
+
+def _locked_row(
+    conn: Connection, model_id: int, now: datetime
+) -> Row[datetime | None, datetime | None]:
+    """(next_request_at, next_tokens_at) of the model, its row created on first use and locked
+    until the transaction ends."""
+    dialect_insert = sqlite.insert if is_sqlite(conn) else postgresql.insert
+    conn.execute(
+        dialect_insert(ModelPacing)
+        .values(model_id=model_id, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["model_id"])
+    )
+    query = select(ModelPacing.next_request_at, ModelPacing.next_tokens_at).where(
+        ModelPacing.model_id == model_id
+    )
+    return conn.execute(query if is_sqlite(conn) else query.with_for_update()).one()

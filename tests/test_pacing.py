@@ -1,0 +1,103 @@
+"""Issue 10, per-model limits across all runners (db.pacing): reservations spaced 60/rpm seconds
+and tokens x 60/tpm, a place too far away not reserved, unused tokens given back; and two
+runners sharing one limit, counted where the requests arrive (the simulator). Both backends."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from db import catalog, pacing
+from db.engine import make_engine
+from db.models import utcnow
+from db.types import JobStatus
+from tests import factories as f
+
+
+def model(engine: Engine) -> int:
+    return f.make_models(engine, 1)[0]
+
+
+def test_requests_are_spaced_sixty_over_rpm(engine: Engine) -> None:
+    model_id, now = model(engine), utcnow()
+    waits = [
+        pacing.reserve_call(
+            engine, model_id, rpm=120, tpm=None, tokens=1, max_wait=60, now=now
+        ).wait_seconds
+        for _ in range(5)
+    ]
+    assert waits == pytest.approx([0, 0.5, 1.0, 1.5, 2.0])
+
+
+def test_tokens_push_the_pace_by_their_share_of_a_minute(engine: Engine) -> None:
+    model_id, now = model(engine), utcnow()
+    first = pacing.reserve_call(
+        engine, model_id, rpm=None, tpm=6000, tokens=1000, max_wait=60, now=now
+    )
+    second = pacing.reserve_call(
+        engine, model_id, rpm=None, tpm=6000, tokens=1000, max_wait=60, now=now
+    )
+    assert (first.wait_seconds, second.wait_seconds) == pytest.approx((0, 10))
+    pacing.refund_tokens(engine, model_id, tpm=6000, tokens=1500)  # 15 s of the 20 s given back
+    third = pacing.reserve_call(
+        engine, model_id, rpm=None, tpm=6000, tokens=100, max_wait=60, now=now
+    )
+    assert third.wait_seconds == pytest.approx(5)
+
+
+def test_a_place_beyond_max_wait_is_not_reserved(engine: Engine) -> None:
+    model_id, now = model(engine), utcnow()
+    for _ in range(3):
+        pacing.reserve_call(engine, model_id, rpm=6, tpm=None, tokens=1, max_wait=60, now=now)
+    far = pacing.reserve_call(engine, model_id, rpm=6, tpm=None, tokens=1, max_wait=25, now=now)
+    assert (far.granted, far.wait_seconds) == (False, pytest.approx(30))
+    near = pacing.reserve_call(engine, model_id, rpm=6, tpm=None, tokens=1, max_wait=30, now=now)
+    assert (near.granted, near.wait_seconds) == (True, pytest.approx(30))  # the same place
+
+
+def test_concurrent_reservations_get_distinct_places(engine: Engine, db_url: str) -> None:
+    """Eight threads with their own engines (as runners): 40 places, none shared, spaced 0.1 s."""
+    model_id, now = model(engine), utcnow()
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def reserve() -> None:
+        own = make_engine(db_url)
+        try:
+            for _ in range(5):
+                w = pacing.reserve_call(
+                    own, model_id, rpm=600, tpm=None, tokens=1, max_wait=60, now=now
+                )
+                with lock:
+                    waits.append(w.wait_seconds)
+        finally:
+            own.dispose()
+
+    threads = [threading.Thread(target=reserve) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(waits) == pytest.approx([n / 10 for n in range(40)])
+
+
+def test_a_paced_job_too_far_out_is_postponed_without_an_attempt(
+    engine: Engine, db_url: str, sim
+) -> None:
+    from runner.worker.jobs import JobOutcome
+    from tests.helpers import fast_settings, one_job, run_once
+
+    one_job(engine, "sim-gpt-4o-mini", sim.base_url)
+    [m] = catalog.list_models(engine)
+    catalog.update_model(engine, m.id, rpm=1)
+    pacing.reserve_call(engine, m.id, rpm=1, tpm=None, tokens=1, max_wait=60)  # the next minute
+    outcome = run_once(engine, fast_settings(db_url, pacing_max_wait=5))
+    assert outcome is JobOutcome.POSTPONED
+    [job_id] = f.job_ids(engine)
+    row = f.job(engine, job_id)
+    assert (row.status, row.attempt_count) == (JobStatus.QUEUED.value, 0)
+    assert timedelta(seconds=50) < row.scheduled_for - utcnow() <= timedelta(seconds=60)
+    assert f.attempts(engine, job_id) == []
