@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from db.endpoints import check_endpoint
 from db.engine import read_tx, write_operation
 from db.errors import InvalidInput, NotFound
-from db.models import Entity, EntityAlias, Model, Prompt, utcnow
+from db.models import Entity, EntityAlias, Model, ModelPacing, Prompt, utcnow
 from db.queue import write_audit
 from db.results import ensure_entities
 from db.types import AuditAction
@@ -51,6 +51,9 @@ class ModelRow:
     custom_host: bool
     rpm: int | None = None
     tpm: int | None = None
+    learned_rpm: int | None = None  # the provider's limits, as its headers last stated them
+    learned_tpm: int | None = None
+    concurrency: float | None = None  # jobs in flight adapted to its 429s (AIMD); None: not
     paused_at: datetime | None = None  # set: no job of it is claimed until resumed
     paused_reason: str | None = None  # the error that paused it, "budget", or the operator's
     failure_streak: int = 0  # model-level failures since its last answer
@@ -271,27 +274,34 @@ def _upsert_model(
 
 def list_models(engine: Engine, *, active_only: bool = False) -> list[ModelRow]:
     """All models (or the active ones), oldest first."""
-    query = select(
-        Model.id,
-        Model.provider,
-        Model.name,
-        Model.label,
-        Model.base_url,
-        Model.is_active,
-        Model.max_concurrency,
-        Model.supports_json_schema,
-        Model.input_usd_per_mtok,
-        Model.output_usd_per_mtok,
-        Model.max_tokens,
-        Model.temperature,
-        Model.seed,
-        Model.custom_host,
-        Model.rpm,
-        Model.tpm,
-        Model.paused_at,
-        Model.paused_reason,
-        Model.failure_streak,
-    ).order_by(Model.id)
+    query = (
+        select(
+            Model.id,
+            Model.provider,
+            Model.name,
+            Model.label,
+            Model.base_url,
+            Model.is_active,
+            Model.max_concurrency,
+            Model.supports_json_schema,
+            Model.input_usd_per_mtok,
+            Model.output_usd_per_mtok,
+            Model.max_tokens,
+            Model.temperature,
+            Model.seed,
+            Model.custom_host,
+            Model.rpm,
+            Model.tpm,
+            ModelPacing.learned_rpm,
+            ModelPacing.learned_tpm,
+            ModelPacing.concurrency,
+            Model.paused_at,
+            Model.paused_reason,
+            Model.failure_streak,
+        )
+        .outerjoin(ModelPacing, ModelPacing.model_id == Model.id)
+        .order_by(Model.id)
+    )
     if active_only:
         query = query.where(Model.is_active)
     with read_tx(engine) as conn:

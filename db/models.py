@@ -141,6 +141,15 @@ class ModelPacing(Base):
     )
     next_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_tokens_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The provider's own limits as its headers last stated them (x-ratelimit-limit-*): the
+    # pace of a model without --rpm/--tpm.
+    learned_rpm: Mapped[int | None] = mapped_column(Integer)
+    learned_tpm: Mapped[int | None] = mapped_column(BigInteger)
+    learned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Jobs in flight the provider takes, adapted across all runners (AIMD: +1/c per answer,
+    # halved on a 429 at most once a second); None until its first 429. Caps the claim.
+    concurrency: Mapped[float | None] = mapped_column(Float)
+    decreased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db.engine import is_sqlite, write_operation
-from db.models import ModelPacing, utcnow
+from db.models import ModelPacing, PromptJob, utcnow
+from db.types import JobStatus
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,19 @@ def reserve_call(
 
 
 @write_operation
+def record_learned(conn: Connection, model_id: int, *, rpm: int | None, tpm: int | None) -> None:
+    """Keep the per-minute limits a provider's headers stated for a model (shown by `models
+    list` and the console; each runner paces by what it read itself)."""
+    now = utcnow()
+    _locked_row(conn, model_id, now)
+    conn.execute(
+        update(ModelPacing)
+        .where(ModelPacing.model_id == model_id)
+        .values(learned_rpm=rpm, learned_tpm=tpm, learned_at=now, updated_at=now)
+    )
+
+
+@write_operation
 def refund_tokens(conn: Connection, model_id: int, *, tpm: int, tokens: int) -> None:
     """Give back `tokens` reserved but not used (a provider that counts used tokens only)."""
     if tokens <= 0:
@@ -93,3 +107,59 @@ def _locked_row(
         ModelPacing.model_id == model_id
     )
     return conn.execute(query if is_sqlite(conn) else query.with_for_update()).one()
+
+
+# --- AIMD concurrency --------------------------------------------------------------------------
+
+DECREASE_AT_MOST_EVERY = timedelta(seconds=1)  # a burst of 429s from one moment halves once
+MAX_CONCURRENCY = 10_000.0
+
+
+def concurrency_after_429(conn: Connection, model_id: int, now: datetime) -> None:
+    """Multiplicative decrease in the caller's transaction: halve the model's concurrency
+    (starting from the jobs it has in flight, this one included, when it was not adapting yet),
+    at most once per DECREASE_AT_MOST_EVERY. Never below 1."""
+    row = _locked_pacing(conn, model_id, now)
+    if row.decreased_at is not None and now - row.decreased_at < DECREASE_AT_MOST_EVERY:
+        return
+    current = row.concurrency if row.concurrency is not None else _in_flight(conn, model_id) + 1
+    conn.execute(
+        update(ModelPacing)
+        .where(ModelPacing.model_id == model_id)
+        .values(concurrency=max(current / 2, 1.0), decreased_at=now, updated_at=now)
+    )
+
+
+def concurrency_after_answers(conn: Connection, answers: dict[int, int]) -> None:
+    """Additive increase in the caller's transaction: +n/c for a model adapting at concurrency
+    c that got n answers (about +1 per window of c answers, as TCP's congestion avoidance)."""
+    c = ModelPacing.concurrency
+    for model_id in sorted(answers):  # one lock order for every writer
+        grown = c + answers[model_id] / c
+        conn.execute(
+            update(ModelPacing)
+            .where(ModelPacing.model_id == model_id, c.is_not(None))
+            .values(concurrency=case((grown > MAX_CONCURRENCY, MAX_CONCURRENCY), else_=grown))
+        )
+
+
+def _locked_pacing(
+    conn: Connection, model_id: int, now: datetime
+) -> Row[float | None, datetime | None]:
+    _locked_row(conn, model_id, now)  # created if missing, locked
+    return conn.execute(
+        select(ModelPacing.concurrency, ModelPacing.decreased_at).where(
+            ModelPacing.model_id == model_id
+        )
+    ).one()
+
+
+def _in_flight(conn: Connection, model_id: int) -> int:
+    return int(
+        conn.scalar(
+            select(func.count())
+            .select_from(PromptJob)
+            .where(PromptJob.model_id == model_id, PromptJob.status == JobStatus.PROCESSING.value)
+        )
+        or 0
+    )

@@ -35,8 +35,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from db.engine import is_sqlite, write_operation
-from db.models import AuditLog, JobAttempt, Model, Prompt, PromptJob, utcnow
+from db.engine import is_sqlite, read_tx, write_operation
+from db.models import AuditLog, JobAttempt, Model, ModelPacing, Prompt, PromptJob, utcnow
 from db.types import (
     AttemptOutcome,
     AuditAction,
@@ -251,13 +251,24 @@ _claim_jobs = write_operation(claim_jobs_in)
 def _active_models(conn: Connection) -> list[tuple[int, int | None]]:
     """(model id, concurrency cap) of the models that may be claimed for, in one lock order for
     every claimer. A model with model-level failures since its last success is probed one call
-    at a time (cap 1): after a key is rejected, at most K calls go out before it pauses."""
+    at a time (cap 1): after a key is rejected, at most K calls go out before it pauses; one
+    that got a 429 is capped at the concurrency adapted to it (db.pacing, AIMD)."""
     rows = conn.execute(
-        select(Model.id, Model.max_concurrency, Model.failure_streak)
+        select(Model.id, Model.max_concurrency, Model.failure_streak, ModelPacing.concurrency)
+        .outerjoin(ModelPacing, ModelPacing.model_id == Model.id)
         .where(Model.is_active, Model.paused_at.is_(None))
         .order_by(Model.id)
     )
-    return [(r.id, 1 if r.failure_streak > 0 else r.max_concurrency) for r in rows]
+    return [(r.id, _cap(r.max_concurrency, r.failure_streak, r.concurrency)) for r in rows]
+
+
+def _cap(configured: int | None, failure_streak: int, adapted: float | None) -> int | None:
+    """A model's jobs in flight at most: 1 while probing after a model-level failure, else the
+    smaller of max_concurrency and the concurrency adapted to its 429s (None: no cap)."""
+    if failure_streak > 0:
+        return 1
+    caps = [c for c in (configured, None if adapted is None else max(int(adapted), 1)) if c]
+    return min(caps) if caps else None
 
 
 # The claim when no active model is capped (the common case) in ONE statement of fixed text,
@@ -272,7 +283,7 @@ WITH capped AS (
         SELECT 1 FROM models
         WHERE is_active AND paused_at IS NULL
           AND (max_concurrency IS NOT NULL OR failure_streak > 0)
-    ) AS found
+    ) OR EXISTS (SELECT 1 FROM model_pacing WHERE concurrency IS NOT NULL) AS found
 ), picked AS (
     SELECT j.id FROM prompt_jobs AS j
     WHERE NOT (SELECT found FROM capped)
@@ -295,8 +306,8 @@ WITH capped AS (
     RETURNING j.id, j.prompt_id, j.model_id, j.run_index, j.batch_key, j.attempt_count,
               j.max_attempts, j.started_at, p.text, m.provider, m.name, m.base_url,
               m.supports_json_schema, m.input_usd_per_mtok, m.output_usd_per_mtok, m.max_tokens,
-              m.temperature, m.seed, m.custom_host, m.rpm, m.tpm, j.deferrals, j.deadline_at,
-              j.priority, j.scheduled_for
+              m.temperature, m.seed, m.custom_host, m.rpm, m.tpm, m.failure_streak,
+              j.deferrals, j.deadline_at, j.priority, j.scheduled_for
 )
 SELECT taken.*, capped.found AS capped FROM capped LEFT JOIN taken ON true
 """)
@@ -439,6 +450,7 @@ _CLAIMED_COLUMNS = (
     Model.custom_host,
     Model.rpm,
     Model.tpm,
+    Model.failure_streak,
     J.deferrals,
     J.deadline_at,
 )
@@ -482,9 +494,20 @@ def _claimed(r: Any, worker_id: str) -> ClaimedJob:
         custom_host=bool(r.custom_host),
         rpm=r.rpm,
         tpm=r.tpm,
+        failure_streak=r.failure_streak,
         deferrals=r.deferrals,
         deadline_at=r.deadline_at,
     )
+
+
+def model_gate(engine: Engine, model_id: int) -> tuple[int, bool]:
+    """(failure_streak, paused) of a model now: a job claimed before a model-level failure of
+    its model holds its call (runner.worker.jobs), so a rejected key costs at most K calls."""
+    with read_tx(engine) as conn:
+        row = conn.execute(
+            select(Model.failure_streak, Model.paused_at).where(Model.id == model_id)
+        ).one_or_none()
+    return (0, False) if row is None else (row.failure_streak, row.paused_at is not None)
 
 
 # --- lease upkeep ----------------------------------------------------------------------------

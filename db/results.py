@@ -8,12 +8,14 @@ lost, job cancelled) nothing is written for that job and the caller is told (Rec
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from db import pacing
 from db.engine import is_sqlite, write_operation
 from db.models import Entity, Mention, Model, PromptJob, Response, utcnow
 from db.queue import claim_jobs_in, fence, record_attempt
@@ -88,6 +90,7 @@ def _complete_in(conn: Connection, completions: Sequence[Completion], now: datet
     )
     keys = [(c.job.id, c.job.attempt) for c in completions]  # a stale attempt of a job can sit
     _reset_failure_streaks(conn, {c.job.model_id for c in completions})
+    pacing.concurrency_after_answers(conn, Counter(c.job.model_id for c in completions))
     _insert_mentions(
         conn,
         [
@@ -275,6 +278,8 @@ def _record_failure(conn: Connection, outcome: Failure, now: datetime) -> Record
         usage=failure.usage or CallUsage(request_ids=_ids(failure.request_id)),
         raw_body=failure.raw_body,
     )
+    if kind is ErrorKind.RATE_LIMITED:
+        pacing.concurrency_after_429(conn, job.model_id, now)
     if model_level and _count_model_failure(conn, job.model_id, kind, message, outcome, now):
         return Recorded.PAUSED
     return {

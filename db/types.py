@@ -180,6 +180,7 @@ class ClaimedJob:
     custom_host: bool = False  # the operator allowed this model's key to go to its base_url
     rpm: int | None = None  # the model's requests per minute across all runners (db.pacing)
     tpm: int | None = None  # the model's tokens per minute across all runners
+    failure_streak: int = 0  # its model's model-level failures in a row when it was claimed
     deferrals: int = 0  # earlier claims the provider did not serve (they spent no attempt)
     deadline_at: datetime | None = None  # its batch's deadline: no retry or deferral past it
 

@@ -140,3 +140,20 @@ def test_old_sqlite_is_refused_at_start(monkeypatch, tmp_path):
     monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
     with pytest.raises(ConfigError, match=r"SQLite 3\.31\.1 is too old"):
         make_engine(f"sqlite:///{tmp_path}/x.db")
+
+
+def test_a_429_without_retry_after_waits_for_the_spent_limits_reset():
+    """OpenAI's x-ratelimit-reset-* of the exhausted limit stands in for a missing Retry-After."""
+    headers = {
+        "x-ratelimit-limit-requests": "600",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "2.5s",
+        "x-ratelimit-remaining-tokens": "5000",
+        "x-ratelimit-reset-tokens": "6m0s",
+    }
+    body = {"error": {"message": "Rate limit reached", "type": "requests"}}
+    exc = SimpleNamespace(status_code=429, body=body, response=SimpleNamespace(headers=headers))
+    failure = status_failure(exc, structured=False)  # type: ignore[arg-type]
+    assert isinstance(failure, CallFailed) and failure.kind is ErrorKind.RATE_LIMITED
+    assert failure.retry_after == 2.5
+    assert failure.limits is not None and failure.limits.limit_requests == 600

@@ -101,3 +101,59 @@ def test_a_paced_job_too_far_out_is_postponed_without_an_attempt(
     assert (row.status, row.attempt_count) == (JobStatus.QUEUED.value, 0)
     assert timedelta(seconds=50) < row.scheduled_for - utcnow() <= timedelta(seconds=60)
     assert f.attempts(engine, job_id) == []
+
+
+# --- learned limits and AIMD ------------------------------------------------------------------
+
+
+def test_limits_stated_in_headers_pace_a_model_without_rpm(
+    engine: Engine, db_url: str, sim
+) -> None:
+    """Issue 10, item 3: OpenAI's x-ratelimit-limit-* on an answer become the model's pace in
+    this process and are recorded for `models list` and the console."""
+    from db.types import ClaimedJob
+    from runner.llm.client import ModelClient
+    from runner.worker.catalog_cache import CatalogCache
+    from runner.worker.group_commit import GroupCommit
+    from runner.worker.jobs import JobContext, JobOutcome, run_job
+    from runner.worker.learned import LearnedLimits
+    from tests.helpers import claim_one, fast_settings, one_job
+
+    one_job(engine, "sim-gpt-4o-mini@style=openai,rpm=600,tpm=200000", sim.base_url, runs=2)
+    settings = fast_settings(db_url)
+    client = ModelClient(settings)
+    learned = LearnedLimits(engine)
+    ctx = JobContext(
+        settings, engine, client, CatalogCache(engine), GroupCommit(engine), learned=learned
+    )
+    try:
+        first: ClaimedJob = claim_one(engine, "w1")
+        assert ctx.pace_of(first) == (None, None)
+        assert run_job(ctx, first) is JobOutcome.SUCCEEDED
+        assert ctx.pace_of(first) == (600, 200000)
+        assert run_job(ctx, claim_one(engine, "w1")) is JobOutcome.SUCCEEDED  # paced now
+    finally:
+        client.close()
+    [m] = catalog.list_models(engine)
+    assert (m.learned_rpm, m.learned_tpm, m.rpm) == (600, 200000, None)
+
+
+def test_a_429_halves_the_concurrency_once_a_second_and_answers_grow_it(engine: Engine) -> None:
+    """AIMD across all runners: the first 429 halves the jobs in flight (4 -> 2), more 429s in
+    the same second do not halve again, the claim holds the model to it, an answer adds 1/c."""
+    from db import queue
+    from db.types import ErrorKind, FailureRecord
+
+    f.make_batch(engine, prompts=12, models=1)
+    claimed = f.claim_all(engine, "w")
+    held = claimed[:4]
+    queue.release_jobs(engine, "w", [j.id for j in claimed[4:]])
+    limited = FailureRecord(ErrorKind.RATE_LIMITED, "HTTP 429")
+    f.fail(engine, held[0], limited, 0)  # 3 still in flight + this one: 4 -> 2
+    f.fail(engine, held[1], limited, 0)  # within the second: not halved again
+    assert catalog.list_models(engine)[0].concurrency == pytest.approx(2.0)
+    later = utcnow() + timedelta(hours=1)
+    assert f.claim_all(engine, "w", now=later) == []  # two in flight, at the cap
+    assert f.complete(engine, held[2], f.answer(), None)  # 2 + 1/2
+    assert catalog.list_models(engine)[0].concurrency == pytest.approx(2.5)
+    assert len(f.claim_all(engine, "w", now=later)) == 1  # int(2.5) = 2, one in flight

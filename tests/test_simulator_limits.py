@@ -42,7 +42,7 @@ def test_rpm_is_a_bucket_with_openais_429(client: openai.OpenAI, sim: SimulatorS
     headers = refused.value.response.headers
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert 19 <= float(headers["retry-after-ms"]) / 1000 <= 20  # 1 request at 3/min
-    assert sim.limits.stats(model) == (3, 1)
+    assert sim.limits.stats(model) == (3, 1, 0)
 
 
 def test_a_429_may_come_without_retry_after(client: openai.OpenAI) -> None:
@@ -74,12 +74,13 @@ def test_credits_run_out(client: openai.OpenAI) -> None:
     assert refused.value.status_code == 402
 
 
-def test_a_key_revoked_mid_batch(client: openai.OpenAI) -> None:
+def test_a_key_revoked_mid_batch(client: openai.OpenAI, sim: SimulatorServer) -> None:
     model = "sim-gpt-4o-mini@revoke_after=2"
     ask(client, model)
     ask(client, model)
     with pytest.raises(openai.AuthenticationError):
         ask(client, model)
+    assert sim.limits.stats(model) == (2, 0, 1)
 
 
 def test_most_admitted_in_any_window(client: openai.OpenAI, sim: SimulatorServer) -> None:

@@ -288,6 +288,9 @@ def models_list(json_out: JsonOpt = False) -> None:
                 ("seed", r.seed),
                 ("rpm", r.rpm),
                 ("tpm", r.tpm),
+                ("learned_rpm", r.learned_rpm),
+                ("learned_tpm", r.learned_tpm),
+                ("concurrency", None if r.concurrency is None else f"{r.concurrency:.1f}"),
                 (
                     "json_schema",
                     {None: "unknown", True: "yes", False: "no"}[r.supports_json_schema],

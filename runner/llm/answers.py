@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from db.types import CallUsage, ErrorKind, OutputMode
 from runner.llm.errors import CallFailed
+from runner.llm.ratelimits import RateLimits
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*[ \t]*\n(?P<body>.*)\n[ \t]*```\s*$", re.DOTALL)
 _DECODER = json.JSONDecoder()
@@ -63,6 +64,7 @@ class ModelReply:
     call: CallUsage
     usage: CallUsage
     schema_unsupported: bool = False
+    limits: RateLimits | None = None  # the answer's x-ratelimit-* headers, if any
 
 
 def decode_body(text: str) -> dict[str, Any]:

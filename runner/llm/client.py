@@ -20,6 +20,7 @@ OpenAI-Organization/OpenAI-Project only to OpenAI; OPENAI_BASE_URL is never read
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import socket
 from collections.abc import Coroutine
@@ -53,6 +54,7 @@ from runner.llm.errors import (
     status_failure,
 )
 from runner.llm.loop import CallLoop
+from runner.llm.ratelimits import RateLimits, parse_rate_limits
 from runner.llm.usage import call_usage
 from runner.settings import Settings
 
@@ -100,12 +102,14 @@ class ModelClient:
         client = self.sdk_client(job)
         attempt = _Attempt(self._settings, client, job)
         try:
-            return await attempt.answer()
+            reply = await attempt.answer()
         except CallFailed as exc:
             exc.usage = attempt.spent if attempt.spent.calls else None
             exc.raw_body = attempt.last_body
             exc.request_id = attempt.spent.request_id or exc.request_id
+            exc.limits = exc.limits or attempt.limits
             raise
+        return dataclasses.replace(reply, limits=attempt.limits)
 
     async def _close_clients(self) -> None:
         clients = list(self._clients.values())
@@ -132,6 +136,7 @@ class _Attempt:
         self.settings, self.client, self.job = settings, client, job
         self.spent = CallUsage()
         self.last_body: str | None = None
+        self.limits: RateLimits | None = None  # the last answer's x-ratelimit-* headers
 
     async def answer(self) -> ModelReply:
         rejected = False
@@ -150,6 +155,7 @@ class _Attempt:
     async def _call(self, *, structured: bool) -> RawReply:
         text, headers = await post(self.client, self.job, self.settings, structured=structured)
         self.last_body = text
+        self.limits = parse_rate_limits(headers) or self.limits
         body = decode_body(text)
         raw = RawReply(body, text, call_usage(body, request_id_of(headers, body), self.job))
         self.spent = self.spent.plus(raw.usage)

@@ -32,6 +32,7 @@ import openai
 
 from db.errors import ModelCallError
 from db.types import CallUsage, ErrorKind
+from runner.llm.ratelimits import RateLimits, parse_rate_limits
 
 _SCHEMA_WORDS = ("json_schema", "response_format", "structured output", "schema")
 _NO_CAPABLE_ENDPOINT = re.compile(
@@ -61,6 +62,7 @@ class CallFailed(ModelCallError):
         self.request_id = request_id
         self.usage: CallUsage | None = None
         self.raw_body: str | None = None
+        self.limits: RateLimits | None = None  # what the response's headers said, if anything
 
 
 class SchemaRejected(Exception):
@@ -83,14 +85,20 @@ def status_failure(exc: openai.APIStatusError, structured: bool) -> Exception:
     status = exc.status_code
     if structured and _means_schema_unsupported(status, message):
         return SchemaRejected(message)
-    retry_after = retry_after_seconds(exc.response.headers)
+    headers = exc.response.headers
+    limits = parse_rate_limits(headers)
+    retry_after = retry_after_seconds(headers)
+    if retry_after is None and status == 429 and limits is not None:
+        retry_after = limits.reset_seconds()  # x-ratelimit-reset-* of the spent limit
     codes = _error_codes(exc.body) + (("flagged",) if _flagged(exc.body, message) else ())
-    return CallFailed(
+    failed = CallFailed(
         classify(status, codes, retry_after),
         f"HTTP {status}: {message}",
         retry_after=retry_after,
-        request_id=request_id_of(exc.response.headers, exc.body),
+        request_id=request_id_of(headers, exc.body),
     )
+    failed.limits = limits
+    return failed
 
 
 def classify(

@@ -69,6 +69,7 @@ class ModelState:
     spent_usd: float = 0.0
     admitted: deque[float] = field(default_factory=lambda: deque(maxlen=ADMITTED_KEPT))
     rejected: int = 0  # 429s for a limit
+    refused: int = 0  # 401s of the revoked key and 402s of spent credits
 
 
 class ProviderLimits:
@@ -89,8 +90,10 @@ class ProviderLimits:
         with self._lock:
             state = self._state(model, faults, now)
             if faults.revoke_after is not None and state.calls >= faults.revoke_after:
+                state.refused += 1
                 return status_reply(401, model)
             if faults.credits is not None and state.spent_usd >= faults.credits:
+                state.refused += 1
                 return credits_reply()
             refusal = self._take(state, model, faults, tokens, now)
             if refusal is None:
@@ -125,11 +128,11 @@ class ProviderLimits:
             best = max(best, end - start + 1)
         return best
 
-    def stats(self, model: str) -> tuple[int, int]:
-        """(admitted calls, 429s for a limit) of the model."""
+    def stats(self, model: str) -> tuple[int, int, int]:
+        """(admitted calls, 429s for a limit, 401/402 refusals) of the model."""
         with self._lock:
             state = self._models.get(model)
-            return (state.calls, state.rejected) if state else (0, 0)
+            return (state.calls, state.rejected, state.refused) if state else (0, 0, 0)
 
     def _state(self, model: str, faults: Faults, now: float) -> ModelState:
         if model not in self._models:

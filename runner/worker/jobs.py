@@ -6,7 +6,8 @@ import logging
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from db import pacing, queue, results
@@ -33,6 +34,7 @@ from runner.settings import Settings
 from runner.worker.backoff import backoff_seconds
 from runner.worker.catalog_cache import CatalogCache
 from runner.worker.group_commit import GroupCommit
+from runner.worker.learned import LearnedLimits
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,13 @@ class JobContext:
     outcomes: GroupCommit  # writes every outcome (its process's group commit)
     call_slots: threading.BoundedSemaphore | None = None  # bounds concurrent model calls
     draining: threading.Event | None = None  # set when the worker stops: start no more calls
+    learned: LearnedLimits | None = None  # the providers' stated limits (pace without --rpm)
+    # model id -> when this process last saw one of its model-level failures (UTC)
+    model_failures: dict[int, datetime] = field(default_factory=dict)
+
+    def pace_of(self, job: ClaimedJob) -> tuple[int | None, int | None]:
+        """(rpm, tpm) to pace `job` by (its model's, else what its provider stated)."""
+        return self.learned.pace_of(job) if self.learned else (job.rpm, job.tpm)
 
 
 def run_job(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
@@ -65,7 +74,7 @@ def run_job(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
     with ctx.call_slots or nullcontext():  # the answer is recorded after the slot is given back
         if ctx.draining is not None and ctx.draining.is_set():
             return JobOutcome.NOT_STARTED
-        if (held := _pace(ctx, job)) is not None:
+        if (held := _pace(ctx, job) or _gate(ctx, job)) is not None:
             return held
         started = time.monotonic()
         outcome = _ask(ctx, job)
@@ -80,15 +89,16 @@ def _pace(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
     """Wait for the job's place under its model's rpm/tpm, shared by every runner (db.pacing);
     None: call now. A place further than pacing_max_wait seconds away hands the job back until
     then (POSTPONED, no attempt spent); a stop during the wait hands it back uncalled."""
-    if not (job.rpm or job.tpm):
+    rpm, tpm = ctx.pace_of(job)
+    if not (rpm or tpm):
         return None
     wait = ctx.settings.pacing_max_wait
     try:
         place = pacing.reserve_call(
             ctx.engine,
             job.model_id,
-            rpm=job.rpm,
-            tpm=job.tpm,
+            rpm=rpm,
+            tpm=tpm,
             tokens=estimate_tokens(job, ctx.settings),
             max_wait=wait,
         )
@@ -103,15 +113,36 @@ def _pace(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
     return None
 
 
-def _hand_back(ctx: JobContext, job: ClaimedJob, delay: float) -> JobOutcome:
+def _gate(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
+    """Hold the call of a job claimed before its model's latest model-level failure (or whose
+    model is paused since): hand it back uncalled. Only the probe claimed after the failure
+    calls, so a rejected key costs at most PAUSE_AFTER calls after the first (issue 10)."""
+    seen = ctx.model_failures.get(job.model_id)
+    if seen is None or job.started_at > seen:  # this process knows of no failure since
+        try:
+            streak, paused = queue.model_gate(ctx.engine, job.model_id)
+        except DatabaseUnavailable:
+            return None  # the call itself decides; a failure is recorded as usual
+        if not paused and streak <= job.failure_streak:
+            return None
+    return _hand_back(ctx, job, 0.0, "its model failed since it was claimed, or is paused")
+
+
+def _hand_back(
+    ctx: JobContext,
+    job: ClaimedJob,
+    delay: float,
+    why: str = "its model's rate limit is taken until then",
+) -> JobOutcome:
     """Give the job back to the queue uncalled, due again in `delay` seconds."""
     try:
         queue.release_jobs(ctx.engine, job.worker_id, [job.id], delay_seconds=max(delay, 0))
     except DatabaseUnavailable:
         return JobOutcome.NOT_STARTED  # the worker hands it back when it stops, or the lease ends
     log.info(
-        "job postponed %.1fs: its model's rate limit is taken until then",
+        "job handed back uncalled, due in %.1fs: %s",
         delay,
+        why,
         extra={"action": "job_postponed", "job_id": job.id, "model": job.model_name},
     )
     return JobOutcome.POSTPONED
@@ -121,7 +152,8 @@ def _settle_tokens(ctx: JobContext, job: ClaimedJob, outcome: ModelReply | Failu
     """Give back reserved tokens that do not count against the model's tpm: all of them when the
     provider refused the call unserved; the unused part when the provider counts used tokens
     only (every provider but OpenAI, which counts max_tokens at admission)."""
-    if not job.tpm:
+    tpm = ctx.pace_of(job)[1]
+    if not tpm:
         return
     reserved = estimate_tokens(job, ctx.settings)
     usage = outcome.usage
@@ -132,7 +164,7 @@ def _settle_tokens(ctx: JobContext, job: ClaimedJob, outcome: ModelReply | Failu
     else:
         unused = reserved - (usage.prompt_tokens or 0) - (usage.completion_tokens or 0)
     try:
-        pacing.refund_tokens(ctx.engine, job.model_id, tpm=job.tpm, tokens=unused)
+        pacing.refund_tokens(ctx.engine, job.model_id, tpm=tpm, tokens=unused)
     except DatabaseUnavailable as exc:  # the next calls wait a little longer; nothing is lost
         log.warning("token refund failed: %s", exc, extra={"action": "pacing_failed"})
 
@@ -140,8 +172,10 @@ def _settle_tokens(ctx: JobContext, job: ClaimedJob, outcome: ModelReply | Failu
 def _ask(ctx: JobContext, job: ClaimedJob) -> ModelReply | FailureRecord:
     """The model's reply, or the failure to record (latency filled in by the caller)."""
     try:
-        return ctx.client.ask(job)
+        reply = ctx.client.ask(job)
     except CallFailed as exc:
+        if ctx.learned:
+            ctx.learned.learn(job, exc.limits)
         return FailureRecord(
             exc.kind,
             str(exc),
@@ -153,6 +187,9 @@ def _ask(ctx: JobContext, job: ClaimedJob) -> ModelReply | FailureRecord:
     except Exception as exc:  # a bug of ours: the job fails visibly, the worker lives on
         log.exception("job crashed", extra={"action": "job_crashed", "job_id": job.id})
         return FailureRecord(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
+    if ctx.learned:
+        ctx.learned.learn(job, reply.limits)
+    return reply
 
 
 def _record_success(
@@ -195,6 +232,8 @@ def _record_success(
 
 def _record_failure(ctx: JobContext, job: ClaimedJob, failure: FailureRecord) -> JobOutcome:
     s = ctx.settings
+    if failure.kind.model_level and s.pause_after > 0:  # hold this process's other calls now,
+        ctx.model_failures[job.model_id] = datetime.now(UTC)  # before the database knows
     deferred = failure.kind.deferred or (failure.kind.model_level and s.pause_after > 0)
     delay = backoff_seconds(
         job.deferrals + 1 if deferred else job.attempt,

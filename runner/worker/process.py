@@ -28,6 +28,7 @@ from runner.settings import Settings
 from runner.worker.catalog_cache import CatalogCache
 from runner.worker.group_commit import GroupCommit
 from runner.worker.jobs import JobContext, JobOutcome, run_job
+from runner.worker.learned import LearnedLimits
 from runner.worker.spawn import STOP_POLL_SECONDS, StopFlag, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Worker:
             self.outcomes,
             threading.BoundedSemaphore(settings.threads),
             self._draining,
+            LearnedLimits(self.engine),
         )
         self.in_flight: dict[Future[Any], ClaimedJob] = {}
         self._lock = threading.Lock()

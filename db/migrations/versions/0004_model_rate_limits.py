@@ -1,5 +1,6 @@
-"""per-model rate limits shared by every runner: requests and tokens per minute, and the pacing
-state all runners reserve their calls from
+"""per-model rate limits shared by every runner: requests and tokens per minute, the pacing
+state all runners reserve their calls from, the limits the provider's headers stated, and the
+concurrency adapted to its 429s (AIMD)
 
 Revision ID: 0004
 Revises: 0003
@@ -33,6 +34,11 @@ def upgrade() -> None:
         ),
         sa.Column("next_request_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("next_tokens_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("learned_rpm", sa.Integer(), nullable=True),
+        sa.Column("learned_tpm", sa.BigInteger(), nullable=True),
+        sa.Column("learned_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("concurrency", sa.Float(), nullable=True),
+        sa.Column("decreased_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
 

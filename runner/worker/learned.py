@@ -1,0 +1,54 @@
+"""The limits each model's provider states in its response headers, as this worker process
+last read them: the pace of a model that has no --rpm/--tpm of its own (db.pacing)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from db import pacing
+from db.engine import Engine
+from db.errors import DatabaseUnavailable
+from db.types import ClaimedJob
+from runner.llm.ratelimits import RateLimits
+
+log = logging.getLogger(__name__)
+
+
+class LearnedLimits:
+    """Per process, thread-safe: model id -> (requests, tokens) per minute from the provider's
+    x-ratelimit-limit-* headers; a change is also written to model_pacing for `models list` and
+    the console."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._known: dict[int, tuple[int | None, int | None]] = {}
+
+    def pace_of(self, job: ClaimedJob) -> tuple[int | None, int | None]:
+        """(rpm, tpm) to pace `job` by: the model's own settings, else what was learned."""
+        with self._lock:
+            learned_rpm, learned_tpm = self._known.get(job.model_id, (None, None))
+        return job.rpm or learned_rpm, job.tpm or learned_tpm
+
+    def learn(self, job: ClaimedJob, limits: RateLimits | None) -> None:
+        """Remember the per-minute limits a response stated for `job`'s model."""
+        if limits is None or not (limits.limit_requests or limits.limit_tokens):
+            return
+        stated = (limits.limit_requests, limits.limit_tokens)
+        with self._lock:
+            if self._known.get(job.model_id) == stated:
+                return
+            self._known[job.model_id] = stated
+        log.info(
+            "learned %s's limits: %s requests, %s tokens per minute",
+            job.model_name,
+            *stated,
+            extra={"action": "limits_learned", "model": job.model_name},
+        )
+        try:
+            pacing.record_learned(self._engine, job.model_id, rpm=stated[0], tpm=stated[1])
+        except DatabaseUnavailable as exc:  # shown later; the pace is this process's already
+            log.warning(
+                "could not record learned limits: %s", exc, extra={"action": "pacing_failed"}
+            )
