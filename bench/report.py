@@ -75,6 +75,53 @@ def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str, str]]]]
         ),
         ("6. Start-up (medians of 5)", _startup_rows(r["startup"])),
         ("7. The model call (simulator in its own process)", _call_rows(r["calls"])),
+        *_limits_sections(r.get("limits")),
+    ]
+
+
+def _limits_sections(lim: dict[str, Any] | None) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    if lim is None:
+        return []
+    when = f" (run {lim['date']})" if "date" in lim else ""
+    p, learned, revoked = lim["paced"], lim["learned"], lim["revoked"]
+    title = (
+        f"8. Provider limits: {p['jobs']:,} jobs at 600 RPM / 1,000,000 TPM, ~2 s lognormal, "
+        f"3 runners x 2 x 16 (PostgreSQL){when}"
+    )
+    return [
+        (
+            title,
+            [*_limited_rows("--rpm/--tpm set", p, 1.1), *_limited_rows("learned", learned, 1.25)],
+        ),
+        (
+            f"8. A key revoked after 100 calls of {revoked['jobs']} jobs (1 runner x 2 x 16)",
+            [
+                (
+                    "calls that reached the provider after the first rejection",
+                    str(revoked["calls_after_first_rejection"]),
+                    "<= 3 (K)",
+                ),
+                ("jobs failed", str(revoked["failed"]), "0"),
+                (
+                    "jobs kept queued, model paused",
+                    f"{revoked['queued']}, {revoked['models_paused']}",
+                    "",
+                ),
+            ],
+        ),
+    ]
+
+
+def _limited_rows(label: str, x: dict[str, Any], goal: float) -> list[tuple[str, str, str]]:
+    return [
+        (
+            f"{label}: elapsed vs limit-bound",
+            f"{x['elapsed_s']:.0f} s / {x['limit_bound_s']:.0f} s = {x['ratio']:.3f}x",
+            f"<= {goal}x",
+        ),
+        (f"{label}: jobs failed", str(x["failed"]), "0"),
+        (f"{label}: 429s per job", f"{x['rate_limited_per_job']:.4f}", "<= 0.05"),
+        (f"{label}: most admitted in any 60 s", str(x["max_admitted_in_60s"]), "<= 600 (set)"),
     ]
 
 

@@ -1,12 +1,26 @@
-"""`python -m bench.run` (`make bench`): every benchmark (issues 4, 8 and 9), then the report."""
+"""`python -m bench.run` (`make bench`): every benchmark (issues 4, 8, 9 and 10), then the report.
+`python -m bench.run --only limits` runs item 8 alone into the existing results.json."""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
 from typing import Any
 
-from bench import calls, concurrency, enqueue, growth, machine, peers, report, startup, throughput
+from bench import (
+    calls,
+    concurrency,
+    enqueue,
+    growth,
+    limits,
+    machine,
+    peers,
+    report,
+    startup,
+    throughput,
+)
 from bench.databases import ADMIN_URL, Target, fresh_target
 
 log = logging.getLogger("bench")
@@ -15,6 +29,9 @@ log = logging.getLogger("bench")
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if sys.argv[1:] == ["--only", "limits"]:
+        _only_limits()
+        return
     started = time.perf_counter()
     pg_url = Target(ADMIN_URL, "postgresql").libpq_url
     results: dict[str, Any] = {"machine": machine.describe(pg_url), "postgresql": {}, "sqlite": {}}
@@ -26,9 +43,17 @@ def main() -> None:
     results["postgresql"]["growth"] = _step("growth", growth.run)
     results["startup"] = _step("start-up", startup.run)
     results["calls"] = _step("model calls", calls.run)
+    results["limits"] = _step("limits", limits.run)
     results["seconds"] = round(time.perf_counter() - started)
     report.write(results)
     log.info("done in %d s: bench/results.json, bench/RESULTS.md", results["seconds"])
+
+
+def _only_limits() -> None:
+    results = json.loads((report.HERE / "results.json").read_text())
+    results["limits"] = _step("limits", limits.run)
+    results["limits"]["date"] = machine.describe(Target(ADMIN_URL, "postgresql").libpq_url)["date"]
+    report.write(results)
 
 
 def _peers() -> dict[str, float]:
