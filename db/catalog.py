@@ -51,6 +51,7 @@ class ModelRow:
     custom_host: bool
     rpm: int | None = None
     tpm: int | None = None
+    daily_budget_usd: float | None = None
     learned_rpm: int | None = None  # the provider's limits, as its headers last stated them
     learned_tpm: int | None = None
     concurrency: float | None = None  # jobs in flight adapted to its 429s (AIMD); None: not
@@ -186,6 +187,7 @@ def add_model(
         raise InvalidInput("model name is empty")
     values = {**_MODEL_DEFAULTS, **_checked(settings)}
     check_endpoint(provider, _str(values["base_url"]), bool(values["custom_host"]))
+    _check_budget_priced(values)
     values.update(label=label or name, is_active=True)
     return _upsert_model(engine, provider, name, values, actor)
 
@@ -202,6 +204,7 @@ _MODEL_DEFAULTS: dict[str, object] = {
     "custom_host": False,
     "rpm": None,
     "tpm": None,
+    "daily_budget_usd": None,
 }
 MODEL_SETTINGS = frozenset(_MODEL_DEFAULTS)
 MAX_TOKENS = 1_000_000  # max_tokens ceiling; the longest outputs models offer are well below
@@ -245,7 +248,18 @@ _CHECKS: dict[str, Callable[[object], None]] = {
     "seed": _check_range("seed", SEED_RANGE[0], SEED_RANGE[1], True),
     "rpm": _check_range("rpm (requests per minute)", 1, MAX_RPM, True),
     "tpm": _check_range("tpm (tokens per minute)", 1, MAX_TPM, True),
+    "daily_budget_usd": _check_range("daily budget (USD)", 0.000001, 1e9, False),
 }
+
+
+def _check_budget_priced(values: Mapping[str, object]) -> None:
+    """A daily budget is kept at each job's worst case, which needs the model's prices."""
+    if values.get("daily_budget_usd") is not None and (
+        values.get("input_usd_per_mtok") is None or values.get("output_usd_per_mtok") is None
+    ):
+        raise InvalidInput(
+            "a daily budget needs the model's prices: set --input-price and --output-price"
+        )
 
 
 def _str(value: object) -> str | None:
@@ -330,12 +344,20 @@ def update_model(
 @write_operation
 def _write_model(conn: Connection, model_id: int, values: dict[str, object], actor: str) -> None:
     row = conn.execute(
-        select(Model.provider, Model.base_url, Model.custom_host).where(Model.id == model_id)
+        select(
+            Model.provider,
+            Model.base_url,
+            Model.custom_host,
+            Model.daily_budget_usd,
+            Model.input_usd_per_mtok,
+            Model.output_usd_per_mtok,
+        ).where(Model.id == model_id)
     ).one_or_none()
     if row is None:
         raise NotFound(f"no model with id {model_id}")
-    merged = {"base_url": row.base_url, "custom_host": row.custom_host, **values}
+    merged = {**row._asdict(), **values}
     check_endpoint(row.provider, _str(merged["base_url"]), bool(merged["custom_host"]))
+    _check_budget_priced(merged)
     if merged["base_url"] != row.base_url:  # another server: what it takes is not known yet
         values = {**values, "supports_json_schema": None}
     now = utcnow()

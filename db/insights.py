@@ -878,3 +878,144 @@ def worker_statuses(
         WorkerStatus(**asdict(w), stale=w.stopped_at is None and w.last_seen_at < cutoff)
         for w in list_workers(engine, include_stopped=include_stopped)
     ]
+
+
+# --- cost estimate ---------------------------------------------------------------------------
+
+HISTORY_BATCHES = 7  # the last batches an estimate averages tokens over
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """A batch's expected spend on one model, before anything is spent.
+
+    `basis`: "history" (mean tokens of its answers over the last HISTORY_BATCHES batches),
+    "max_tokens" (no history: the prompts' estimate and the full output cap), or "unpriced"
+    (no prices and no provider-reported cost: `usd` None)."""
+
+    model_id: int
+    model: str
+    jobs: int
+    prompt_tokens_per_job: float
+    completion_tokens_per_job: float
+    usd_per_job: float | None
+    usd: float | None
+    basis: str
+    daily_budget_usd: float | None
+
+
+def estimate_batch(
+    engine: Engine, batch_key: str, *, default_max_tokens: int
+) -> list[CostEstimate]:
+    """Expected USD per active model for `batch_key`: its jobs (enqueued, else active prompts x
+    runs) x the mean tokens of its answers in the last batches (else max_tokens) x its prices (else
+    its answers' mean provider-reported cost)."""
+    with read_tx(engine) as conn:
+        models = conn.execute(
+            select(
+                Model.id,
+                Model.label,
+                Model.input_usd_per_mtok,
+                Model.output_usd_per_mtok,
+                Model.max_tokens,
+                Model.daily_budget_usd,
+            )
+            .where(Model.is_active)
+            .order_by(Model.id)
+        ).all()
+        planned = _planned_jobs(conn, batch_key)
+        prompt_chars = conn.scalar(
+            select(func.avg(func.length(Prompt.text))).where(Prompt.is_active)
+        )
+        history = _token_history(conn, batch_key)
+    return [
+        _estimate(
+            m, planned.get(m.id), history.get(m.id), float(prompt_chars or 0), default_max_tokens
+        )
+        for m in models
+    ]
+
+
+def _planned_jobs(conn: Connection, batch_key: str) -> dict[int, int]:
+    enqueued = dict(
+        conn.execute(
+            select(J.model_id, func.count()).where(J.batch_key == batch_key).group_by(J.model_id)
+        ).all()
+    )
+    runs = int(
+        conn.scalar(select(func.coalesce(func.sum(Prompt.runs), 0)).where(Prompt.is_active)) or 0
+    )
+    models = conn.scalars(select(Model.id).where(Model.is_active))
+    return {m: int(enqueued.get(m, runs)) for m in models}
+
+
+_History = tuple[float, float, float | None]  # mean prompt tokens, completion tokens, USD
+
+
+def _token_history(conn: Connection, batch_key: str) -> dict[int, _History]:
+    """Mean (prompt tokens, completion tokens, provider cost USD) per model's answer over the
+    last HISTORY_BATCHES batches before `batch_key`."""
+    keys = list(
+        conn.scalars(
+            select(Response.batch_key)
+            .where(Response.batch_key < batch_key)
+            .group_by(Response.batch_key)
+            .order_by(Response.batch_key.desc())
+            .limit(HISTORY_BATCHES)
+        )
+    )
+    if not keys:
+        return {}
+    provider_cost = func.avg(case((Response.cost_source == "provider", Response.cost)))
+    rows = conn.execute(
+        select(
+            Response.model_id,
+            func.avg(Response.prompt_tokens),
+            func.avg(Response.completion_tokens),
+            provider_cost,
+        )
+        .where(Response.batch_key.in_(keys), Response.prompt_tokens.is_not(None))
+        .group_by(Response.model_id)
+    ).all()
+    return {
+        int(r[0]): (float(r[1] or 0), float(r[2] or 0), None if r[3] is None else float(r[3]))
+        for r in rows
+    }
+
+
+def _estimate(
+    m: Any,
+    jobs: int | None,
+    history: _History | None,
+    prompt_chars: float,
+    default_max_tokens: int,
+) -> CostEstimate:
+    if history is not None:
+        prompt, completion, reported = history
+        basis = "history"
+    else:
+        prompt, completion, reported = (
+            prompt_chars / 4 + 100,
+            float(m.max_tokens or default_max_tokens),
+            None,
+        )
+        basis = "max_tokens"
+    if m.input_usd_per_mtok is not None and m.output_usd_per_mtok is not None:
+        per_job: float | None = (
+            prompt * m.input_usd_per_mtok + completion * m.output_usd_per_mtok
+        ) / 1e6
+    else:
+        per_job = reported
+        basis = basis if reported is not None else "unpriced"
+    count = jobs or 0
+    return CostEstimate(
+        m.id,
+        m.label,
+        count,
+        round(prompt, 1),
+        round(completion, 1),
+        per_job,
+        None if per_job is None else per_job * count,
+        basis,
+        m.daily_budget_usd,
+    )

@@ -99,6 +99,9 @@ class Model(Base):
         ),
         CheckConstraint("rpm IS NULL OR rpm >= 1", name="ck_models_rpm"),
         CheckConstraint("tpm IS NULL OR tpm >= 1", name="ck_models_tpm"),
+        CheckConstraint(
+            "daily_budget_usd IS NULL OR daily_budget_usd > 0", name="ck_models_daily_budget_usd"
+        ),
         UniqueConstraint("provider", "name", name="uq_models_provider_name"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -121,6 +124,7 @@ class Model(Base):
     # Requests and tokens per minute for all runners together (db.pacing); None: unlimited.
     rpm: Mapped[int | None] = mapped_column(Integer)
     tpm: Mapped[int | None] = mapped_column(BigInteger)
+    daily_budget_usd: Mapped[float | None] = mapped_column(Float)  # USD per UTC day; None: none
     # Paused: no job of the model is claimed until `models resume` (reason: the error, or
     # "budget", or the operator's). failure_streak: consecutive model-level failures since the
     # last success; while it is above 0 the model is probed one call at a time.
@@ -151,6 +155,17 @@ class ModelPacing(Base):
     concurrency: Mapped[float | None] = mapped_column(Float)
     decreased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ModelSpend(Base):
+    """USD a model's attempts spent on one UTC day (YYYY-MM-DD), as recorded with them."""
+
+    __tablename__ = "model_spend"
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    usd: Mapped[float] = mapped_column(Float)
 
 
 class PromptJob(Base):

@@ -35,6 +35,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from db import budgets
+from db.budgets import BudgetPolicy
 from db.engine import is_sqlite, read_tx, write_operation
 from db.models import AuditLog, JobAttempt, Model, ModelPacing, Prompt, PromptJob, utcnow
 from db.types import (
@@ -209,7 +211,13 @@ def _expected_jobs(conn: Connection) -> int:
 
 
 def claim_jobs(
-    engine: Engine, worker_id: str, limit: int, *, lease_seconds: float, now: datetime | None = None
+    engine: Engine,
+    worker_id: str,
+    limit: int,
+    *,
+    lease_seconds: float,
+    now: datetime | None = None,
+    budget: BudgetPolicy | None = None,
 ) -> list[ClaimedJob]:
     """Move up to `limit` due queued jobs to 'processing' for `worker_id` and return them.
 
@@ -218,10 +226,14 @@ def claim_jobs(
     across all runners by locking a capped model's row while its free slots are counted.
     PostgreSQL picks the jobs with FOR UPDATE SKIP LOCKED, so concurrent claimers never wait on or
     share a job (case C7); SQLite runs the same statements inside BEGIN IMMEDIATE (case C13).
+    With `budget`, no more jobs are held in flight than the daily budgets left cover at their
+    worst case (db.budgets).
     """
     if limit < 1:
         return []
-    return _claim_jobs(engine, worker_id, limit, lease_seconds=lease_seconds, now=now)
+    return _claim_jobs(
+        engine, worker_id, limit, lease_seconds=lease_seconds, now=now, budget=budget
+    )
 
 
 def claim_jobs_in(
@@ -231,43 +243,66 @@ def claim_jobs_in(
     *,
     lease_seconds: float,
     now: datetime | None = None,
+    budget: BudgetPolicy | None = None,
 ) -> list[ClaimedJob]:
     """claim_jobs inside the caller's write transaction (see db.results.complete_and_claim)."""
     if limit < 1:
         return []
     at = now or utcnow()
     lease_until = at + timedelta(seconds=lease_seconds)
-    if not is_sqlite(conn):
+    global_budget = budget is not None and budget.daily_budget_usd is not None
+    if not is_sqlite(conn) and not global_budget:
         claimed = _claim_uncapped_pg(conn, limit, worker_id, at, lease_until)
         if claimed is not None:
             return claimed
-    models = _active_models(conn)
+    caps: dict[int, int] = {}
+    if budget is not None and budgets.uses_budgets(conn, budget):
+        caps, room = budgets.budget_caps(conn, budget, at)
+        limit = limit if room is None else min(limit, room)
+    models = _active_models(conn, caps)
     return _take(conn, _pick_ids(conn, models, limit, at), worker_id, at, lease_until)
 
 
 _claim_jobs = write_operation(claim_jobs_in)
 
 
-def _active_models(conn: Connection) -> list[tuple[int, int | None]]:
+def _active_models(
+    conn: Connection, budget_caps: dict[int, int] | None = None
+) -> list[tuple[int, int | None]]:
     """(model id, concurrency cap) of the models that may be claimed for, in one lock order for
     every claimer. A model with model-level failures since its last success is probed one call
     at a time (cap 1): after a key is rejected, at most K calls go out before it pauses; one
-    that got a 429 is capped at the concurrency adapted to it (db.pacing, AIMD)."""
+    that got a 429 is capped at the concurrency adapted to it (db.pacing, AIMD), and one with a
+    daily budget at the jobs its budget left covers (db.budgets)."""
     rows = conn.execute(
         select(Model.id, Model.max_concurrency, Model.failure_streak, ModelPacing.concurrency)
         .outerjoin(ModelPacing, ModelPacing.model_id == Model.id)
         .where(Model.is_active, Model.paused_at.is_(None))
         .order_by(Model.id)
     )
-    return [(r.id, _cap(r.max_concurrency, r.failure_streak, r.concurrency)) for r in rows]
+    caps = budget_caps or {}
+    return [
+        (r.id, _cap(r.max_concurrency, r.failure_streak, r.concurrency, caps.get(r.id)))
+        for r in rows
+    ]
 
 
-def _cap(configured: int | None, failure_streak: int, adapted: float | None) -> int | None:
-    """A model's jobs in flight at most: 1 while probing after a model-level failure, else the
-    smaller of max_concurrency and the concurrency adapted to its 429s (None: no cap)."""
-    if failure_streak > 0:
-        return 1
-    caps = [c for c in (configured, None if adapted is None else max(int(adapted), 1)) if c]
+def _cap(
+    configured: int | None, failure_streak: int, adapted: float | None, budget: int | None
+) -> int | None:
+    """A model's jobs in flight at most: the smallest of max_concurrency, the concurrency adapted
+    to its 429s, what its budget covers, and 1 while probing after a model-level failure (None:
+    no cap; 0: none at all)."""
+    caps = [
+        c
+        for c in (
+            configured,
+            None if adapted is None else max(int(adapted), 1),
+            1 if failure_streak > 0 else None,
+            budget,
+        )
+        if c is not None
+    ]
     return min(caps) if caps else None
 
 
@@ -282,7 +317,7 @@ WITH capped AS (
     SELECT EXISTS (
         SELECT 1 FROM models
         WHERE is_active AND paused_at IS NULL
-          AND (max_concurrency IS NOT NULL OR failure_streak > 0)
+          AND (max_concurrency IS NOT NULL OR failure_streak > 0 OR daily_budget_usd IS NOT NULL)
     ) OR EXISTS (SELECT 1 FROM model_pacing WHERE concurrency IS NOT NULL) AS found
 ), picked AS (
     SELECT j.id FROM prompt_jobs AS j
@@ -390,7 +425,7 @@ def _candidates(
     capped model, locked for this transaction."""
     uncapped = [model_id for model_id, cap in models if cap is None]
     rows = list(conn.execute(_claimable(conn, uncapped, limit, now))) if uncapped else []
-    for model_id, cap in ((model_id, cap) for model_id, cap in models if cap):
+    for model_id, cap in ((model_id, cap) for model_id, cap in models if cap is not None):
         room = min(limit, _free_slots(conn, model_id, cap))
         if room > 0:
             rows += conn.execute(_claimable(conn, [model_id], room, now))

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from db import pacing
+from db import budgets, pacing
+from db.budgets import BudgetPolicy
 from db.engine import is_sqlite, write_operation
 from db.models import Entity, Mention, Model, PromptJob, Response, utcnow
 from db.queue import claim_jobs_in, fence, record_attempt
@@ -39,15 +40,18 @@ J = PromptJob
 
 
 @write_operation
-def write_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> list[Recorded]:
+def write_outcomes(
+    conn: Connection, outcomes: Sequence[Outcome], *, budget: BudgetPolicy | None = None
+) -> list[Recorded]:
     """Record successes and failures in ONE transaction; one Recorded per outcome, in order.
 
     All or nothing: an error (e.g. IntegrityError for a bad mention) rolls back every outcome in
     the call. PostgreSQL writes the status updates, responses and attempt rows of all successes
     in one statement (bench/RESULTS.md, item 2); SQLite runs them per job. Raises
-    DatabaseUnavailable when the database is away (nothing written).
+    DatabaseUnavailable when the database is away (nothing written). Every paid call's USD is
+    added to its model's day (db.budgets), a dropped result's included: it was paid for.
     """
-    return _write_in(conn, outcomes, utcnow())
+    return _write_in(conn, outcomes, utcnow(), budget or BudgetPolicy())
 
 
 @write_operation
@@ -58,6 +62,7 @@ def write_outcomes_and_claim(
     limit: int,
     *,
     lease_seconds: float,
+    budget: BudgetPolicy | None = None,
 ) -> tuple[list[Recorded], list[ClaimedJob]]:
     """write_outcomes, then claim up to `limit` jobs for `worker_id`, in ONE transaction: a busy
     worker acknowledges its finished jobs and takes their replacements in one commit.
@@ -67,19 +72,42 @@ def write_outcomes_and_claim(
     nothing either.
     """
     now = utcnow()
-    recorded = _write_in(conn, outcomes, now) if outcomes else []
-    return recorded, claim_jobs_in(conn, worker_id, limit, lease_seconds=lease_seconds, now=now)
+    policy = budget or BudgetPolicy()
+    recorded = _write_in(conn, outcomes, now, policy) if outcomes else []
+    claimed = claim_jobs_in(
+        conn, worker_id, limit, lease_seconds=lease_seconds, now=now, budget=budget
+    )
+    return recorded, claimed
 
 
-def _write_in(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> list[Recorded]:
+def _write_in(
+    conn: Connection, outcomes: Sequence[Outcome], now: datetime, budget: BudgetPolicy
+) -> list[Recorded]:
     completions = [o for o in outcomes if isinstance(o, Completion)]
     saved = iter(_complete_in(conn, completions, now) if completions else [])
-    return [
+    recorded = [
         (Recorded.SUCCEEDED if next(saved) else Recorded.DROPPED)
         if isinstance(o, Completion)
         else _record_failure(conn, o, now)
         for o in outcomes
     ]
+    for model_id in budgets.record_spend(conn, _spend(outcomes), now, budget):
+        log.warning(
+            "model %d paused: its daily budget is spent",
+            model_id,
+            extra={"action": "model_paused_budget", "model_id": model_id},
+        )
+    return recorded
+
+
+def _spend(outcomes: Sequence[Outcome]) -> dict[int, float]:
+    """USD per model of the outcomes' paid calls."""
+    spend: dict[int, float] = {}
+    for o in outcomes:
+        usage = o.usage if isinstance(o, Completion) else o.failure.usage
+        if usage is not None and usage.cost_usd:
+            spend[o.job.model_id] = spend.get(o.job.model_id, 0.0) + usage.cost_usd
+    return spend
 
 
 def _complete_in(conn: Connection, completions: Sequence[Completion], now: datetime) -> list[bool]:

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     # Seconds a call may wait for its place under a model's --rpm/--tpm; a longer wait hands the
     # job back to the queue until then (no attempt spent).
     pacing_max_wait: float = Field(30.0, ge=0, le=3600)
+    # USD per UTC day for all models together (each model may have its own too); unset: none.
+    daily_budget_usd: float | None = Field(None, gt=0, le=1e9)
     backoff_base: float = Field(2.0, gt=0, le=600)  # seconds; retry n waits up to base * 2^(n-1)
     backoff_cap: float = Field(300.0, gt=0, le=86_400)  # seconds; the longest backoff
     poll_interval: float = Field(1.0, gt=0, le=60)  # seconds between claims when idle

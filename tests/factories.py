@@ -344,3 +344,11 @@ def journal_modes(engine: Engine) -> set[str]:
         return {"n/a"}
     with engine.connect() as a, engine.connect() as b:
         return {str(c.execute(text("PRAGMA journal_mode")).scalar()) for c in (a, b)}
+
+
+def set_models_paused_at(engine: Engine, model_id: int, at: datetime) -> None:
+    """Backdate a model's pause (a budget pause from an earlier day)."""
+    from db.models import Model
+
+    with write_tx(engine) as conn:
+        conn.execute(update(Model).where(Model.id == model_id).values(paused_at=at))

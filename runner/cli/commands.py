@@ -161,6 +161,10 @@ TpmOpt = Annotated[
     int | None,
     typer.Option(help="Tokens per minute for all runners together: prompt estimate + max tokens."),
 ]
+BudgetOpt = Annotated[
+    float | None,
+    typer.Option(help="USD per UTC day for this model; needs its prices. At it, it pauses."),
+]
 InputPriceOpt = Annotated[float | None, typer.Option(help="USD per 1M prompt tokens.")]
 OutputPriceOpt = Annotated[float | None, typer.Option(help="USD per 1M completion tokens.")]
 # --unset NAME -> the catalog setting it clears
@@ -172,6 +176,7 @@ _UNSETTABLE = {
     "seed": "seed",
     "rpm": "rpm",
     "tpm": "tpm",
+    "daily-budget-usd": "daily_budget_usd",
     "input-price": "input_usd_per_mtok",
     "output-price": "output_usd_per_mtok",
 }
@@ -192,6 +197,7 @@ def models_add(
     seed: SeedOpt = None,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    daily_budget_usd: BudgetOpt = None,
     input_price: InputPriceOpt = None,
     output_price: OutputPriceOpt = None,
 ) -> None:
@@ -211,6 +217,7 @@ def models_add(
         seed=seed,
         rpm=rpm,
         tpm=tpm,
+        daily_budget_usd=daily_budget_usd,
         input_usd_per_mtok=input_price,
         output_usd_per_mtok=output_price,
     )
@@ -232,6 +239,7 @@ def models_update(
     seed: SeedOpt = None,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    daily_budget_usd: BudgetOpt = None,
     input_price: InputPriceOpt = None,
     output_price: OutputPriceOpt = None,
     unset: Annotated[
@@ -255,6 +263,7 @@ def models_update(
         "seed": seed,
         "rpm": rpm,
         "tpm": tpm,
+        "daily_budget_usd": daily_budget_usd,
         "input_usd_per_mtok": input_price,
         "output_usd_per_mtok": output_price,
     }
@@ -288,6 +297,7 @@ def models_list(json_out: JsonOpt = False) -> None:
                 ("seed", r.seed),
                 ("rpm", r.rpm),
                 ("tpm", r.tpm),
+                ("daily_budget_usd", r.daily_budget_usd),
                 ("learned_rpm", r.learned_rpm),
                 ("learned_tpm", r.learned_tpm),
                 ("concurrency", None if r.concurrency is None else f"{r.concurrency:.1f}"),
@@ -471,6 +481,33 @@ def status(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
         typer.echo(f"model {p.name}: {pause_text(p.reason, p.since)} ({p.queued} jobs queued)")
     if missed:
         typer.echo(f"missed batches (runner was down): {', '.join(missed)}")
+
+
+@app.command()
+def estimate(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
+    """A batch's expected cost per model before anything is spent: its jobs x the mean tokens of
+    the model's answers in the last batches (else max_tokens) x its prices."""
+    from db import insights
+
+    settings = load_settings()
+    key = batch_key_or_today(batch_key)
+    rows = insights.estimate_batch(
+        open_engine(settings), key, default_max_tokens=settings.default_max_tokens
+    )
+    total = sum(r.usd or 0.0 for r in rows)
+    if json_out:
+        echo_json({"batch_key": key, "models": [r.__dict__ for r in rows], "total_usd": total})
+        return
+    typer.echo(f"batch {key}: expected ${total:.4f} (models without prices not counted)")
+    for r in rows:
+        usd = "unpriced" if r.usd is None else f"${r.usd:.4f} (${r.usd_per_job:.6f}/job)"
+        budget = f", budget ${r.daily_budget_usd:.2f}/day" if r.daily_budget_usd else ""
+        typer.echo(
+            f"  {r.model}: {r.jobs} jobs x {r.prompt_tokens_per_job:.0f}+"
+            f"{r.completion_tokens_per_job:.0f} tokens = {usd} [{r.basis}]{budget}"
+        )
+    if settings.daily_budget_usd is not None:
+        typer.echo(f"global budget: ${settings.daily_budget_usd:.2f} per UTC day")
 
 
 StatusOpt = Annotated[

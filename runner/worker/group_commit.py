@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from db import results
+from db.budgets import BudgetPolicy
 from db.engine import Engine
 from db.errors import DatabaseUnavailable
 from db.types import ClaimedJob, Outcome, Recorded
@@ -41,8 +42,14 @@ class GroupCommit:
     the error). Without a claim loop (`wake` None: tests, tools) every outcome is written alone.
     """
 
-    def __init__(self, engine: Engine, wake: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        wake: threading.Event | None = None,
+        budget: BudgetPolicy | None = None,
+    ) -> None:
         self._engine = engine
+        self._budget = budget  # the daily budgets every claim and spend is checked against
         self._wake = wake  # set on every hand-over, so the claim loop stops waiting
         self._lock = threading.Lock()
         self._waiting: deque[_Waiting] = deque()
@@ -80,7 +87,12 @@ class GroupCommit:
         return self._write(
             batch,
             lambda: results.write_outcomes_and_claim(
-                self._engine, outcomes, worker_id, free + len(batch), lease_seconds=lease_seconds
+                self._engine,
+                outcomes,
+                worker_id,
+                free + len(batch),
+                lease_seconds=lease_seconds,
+                budget=self._budget,
             ),
         )
 
@@ -89,7 +101,10 @@ class GroupCommit:
         commit_and_claim."""
         if batch := self._take(MAX_BATCH):
             outcomes = [outcome for outcome, _ in batch]
-            self._write(batch, lambda: (results.write_outcomes(self._engine, outcomes), []))
+            self._write(
+                batch,
+                lambda: (results.write_outcomes(self._engine, outcomes, budget=self._budget), []),
+            )
 
     def _write(
         self,
@@ -141,7 +156,7 @@ class GroupCommit:
             self._waiting.extendleft(reversed(batch))
 
     def _write_alone(self, outcome: Outcome) -> Recorded:
-        return results.write_outcomes(self._engine, [outcome])[0]
+        return results.write_outcomes(self._engine, [outcome], budget=self._budget)[0]
 
     def _write_each(self, batch: list[_Waiting]) -> None:
         for outcome, done in batch:

@@ -63,6 +63,13 @@ class JobContext:
     learned: LearnedLimits | None = None  # the providers' stated limits (pace without --rpm)
     # model id -> when this process last saw one of its model-level failures (UTC)
     model_failures: dict[int, datetime] = field(default_factory=dict)
+    # A small pool for the job threads' own short statements (pacing, the model gate): they
+    # must not open a connection per thread (3 runners x 2 x 16 threads > max_connections 100).
+    control_engine: Engine | None = None
+
+    @property
+    def control(self) -> Engine:
+        return self.control_engine or self.engine
 
     def pace_of(self, job: ClaimedJob) -> tuple[int | None, int | None]:
         """(rpm, tpm) to pace `job` by (its model's, else what its provider stated)."""
@@ -95,7 +102,7 @@ def _pace(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
     wait = ctx.settings.pacing_max_wait
     try:
         place = pacing.reserve_call(
-            ctx.engine,
+            ctx.control,
             job.model_id,
             rpm=rpm,
             tpm=tpm,
@@ -120,7 +127,7 @@ def _gate(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
     seen = ctx.model_failures.get(job.model_id)
     if seen is None or job.started_at > seen:  # this process knows of no failure since
         try:
-            streak, paused = queue.model_gate(ctx.engine, job.model_id)
+            streak, paused = queue.model_gate(ctx.control, job.model_id)
         except DatabaseUnavailable:
             return None  # the call itself decides; a failure is recorded as usual
         if not paused and streak <= job.failure_streak:
@@ -136,7 +143,7 @@ def _hand_back(
 ) -> JobOutcome:
     """Give the job back to the queue uncalled, due again in `delay` seconds."""
     try:
-        queue.release_jobs(ctx.engine, job.worker_id, [job.id], delay_seconds=max(delay, 0))
+        queue.release_jobs(ctx.control, job.worker_id, [job.id], delay_seconds=max(delay, 0))
     except DatabaseUnavailable:
         return JobOutcome.NOT_STARTED  # the worker hands it back when it stops, or the lease ends
     log.info(
@@ -164,7 +171,7 @@ def _settle_tokens(ctx: JobContext, job: ClaimedJob, outcome: ModelReply | Failu
     else:
         unused = reserved - (usage.prompt_tokens or 0) - (usage.completion_tokens or 0)
     try:
-        pacing.refund_tokens(ctx.engine, job.model_id, tpm=tpm, tokens=unused)
+        pacing.refund_tokens(ctx.control, job.model_id, tpm=tpm, tokens=unused)
     except DatabaseUnavailable as exc:  # the next calls wait a little longer; nothing is lost
         log.warning("token refund failed: %s", exc, extra={"action": "pacing_failed"})
 

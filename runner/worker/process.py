@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 from db import queue, workers
+from db.budgets import BudgetPolicy
 from db.engine import make_engine
 from db.errors import DatabaseUnavailable
 from db.types import ClaimedJob
@@ -72,8 +73,13 @@ class Worker:
         self._signals = 0
         self.capacity = settings.threads + prefetch(settings.threads)  # jobs held at once
         self.engine = make_engine(settings.database_url, pool_size=self.capacity + 2)
+        self.control = make_engine(settings.database_url, pool_size=2)  # job threads' pacing
         self._wake = threading.Event()  # a job ended or handed over its outcome, or stop
-        self.outcomes = GroupCommit(self.engine, self._wake)
+        self.outcomes = GroupCommit(
+            self.engine,
+            self._wake,
+            BudgetPolicy(settings.daily_budget_usd, settings.default_max_tokens),
+        )
         self._draining = threading.Event()
         self.ctx = JobContext(
             settings,
@@ -83,7 +89,8 @@ class Worker:
             self.outcomes,
             threading.BoundedSemaphore(settings.threads),
             self._draining,
-            LearnedLimits(self.engine),
+            LearnedLimits(self.control),
+            control_engine=self.control,
         )
         self.in_flight: dict[Future[Any], ClaimedJob] = {}
         self._lock = threading.Lock()
@@ -126,6 +133,7 @@ class Worker:
             workers.stop_worker(self.engine, self.id)
         finally:
             self.ctx.client.close()
+            self.control.dispose()
             self.engine.dispose()
         log.info("worker stopped", extra={"action": "worker_stopped", "worker_id": self.id})
 

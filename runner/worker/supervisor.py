@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from db import insights, queue
+from db import budgets, insights, queue
 from db.engine import Engine
 from db.errors import DatabaseUnavailable
 from db.types import EnqueueResult, JobStatus
@@ -182,6 +182,12 @@ class Supervisor:
                     job_id,
                     status,
                     extra={"action": "job_reaped", "job_id": job_id, "status": status},
+                )
+            for model_id in budgets.resume_for_new_day(self.engine):
+                log.info(
+                    "model %d resumed: a new UTC day, a new budget",
+                    model_id,
+                    extra={"action": "model_resumed_budget", "model_id": model_id},
                 )
             if late := queue.fail_past_deadline(self.engine):
                 log.error(
