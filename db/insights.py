@@ -35,6 +35,7 @@ from db.models import (
     JobAttempt,
     Mention,
     Model,
+    ModelPacing,
     Prompt,
     PromptJob,
     Response,
@@ -1018,4 +1019,127 @@ def _estimate(
         None if per_job is None else per_job * count,
         basis,
         m.daily_budget_usd,
+    )
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+LATENCY_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model's figures for Prometheus (runner.worker.metrics), all from the database."""
+
+    model: str
+    provider: str
+    jobs: dict[str, int]  # by status
+    attempts: dict[tuple[str, str], int]  # by (outcome, error_kind or "")
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_buckets: tuple[int, ...]  # cumulative counts for LATENCY_BUCKETS_S, then +Inf
+    latency_sum_s: float
+    in_flight: int
+    limits: dict[str, float]  # max_concurrency, rpm, tpm, learned_rpm, learned_tpm, concurrency
+    paused: bool
+
+
+def metrics_snapshot(engine: Engine) -> list[ModelMetrics]:
+    """Every model's jobs, attempts, spend, call latency, in-flight jobs, limits and pause, over
+    all batches (counters as totals of job_attempts: monotonic while rows are kept)."""
+    with read_tx(engine) as conn:
+        models = conn.execute(
+            select(
+                Model.id,
+                Model.name,
+                Model.provider,
+                Model.max_concurrency,
+                Model.rpm,
+                Model.tpm,
+                Model.paused_at,
+                ModelPacing.learned_rpm,
+                ModelPacing.learned_tpm,
+                ModelPacing.concurrency,
+            )
+            .outerjoin(ModelPacing, ModelPacing.model_id == Model.id)
+            .order_by(Model.id)
+        ).all()
+        jobs = _grouped(
+            conn, select(J.model_id, J.status, func.count()).group_by(J.model_id, J.status)
+        )
+        attempts = _attempt_counts(conn)
+        spend = _attempt_spend(conn)
+    return [
+        _model_metrics(m, jobs.get(m.id, {}), attempts.get(m.id, {}), spend.get(m.id))
+        for m in models
+    ]
+
+
+def _grouped(conn: Connection, query: Any) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = {}
+    for model_id, key, n in conn.execute(query):
+        out.setdefault(int(model_id), {})[str(key)] = int(n)
+    return out
+
+
+def _attempt_counts(conn: Connection) -> dict[int, dict[tuple[str, str], int]]:
+    query = (
+        select(J.model_id, JobAttempt.outcome, JobAttempt.error_kind, func.count())
+        .join(J, J.id == JobAttempt.job_id)
+        .group_by(J.model_id, JobAttempt.outcome, JobAttempt.error_kind)
+    )
+    out: dict[int, dict[tuple[str, str], int]] = {}
+    for model_id, outcome, kind, n in conn.execute(query):
+        out.setdefault(int(model_id), {})[(str(outcome), kind or "")] = int(n)
+    return out
+
+
+def _attempt_spend(conn: Connection) -> dict[int, tuple[Any, ...]]:
+    latency = JobAttempt.latency_ms
+    buckets = [func.sum(case((latency <= int(b * 1000), 1), else_=0)) for b in LATENCY_BUCKETS_S]
+    query = (
+        select(
+            J.model_id,
+            func.coalesce(func.sum(JobAttempt.prompt_tokens), 0),
+            func.coalesce(func.sum(JobAttempt.completion_tokens), 0),
+            func.coalesce(func.sum(JobAttempt.cost), 0.0),
+            func.count(latency),
+            func.coalesce(func.sum(latency), 0),
+            *buckets,
+        )
+        .join(J, J.id == JobAttempt.job_id)
+        .group_by(J.model_id)
+    )
+    return {int(r[0]): tuple(r[1:]) for r in conn.execute(query)}
+
+
+def _model_metrics(
+    m: Any,
+    jobs: dict[str, int],
+    attempts: dict[tuple[str, str], int],
+    spend: tuple[Any, ...] | None,
+) -> ModelMetrics:
+    tokens_in, tokens_out, usd, timed, latency_ms, *buckets = spend or (0, 0, 0.0, 0, 0)
+    limits = {
+        "max_concurrency": m.max_concurrency,
+        "rpm": m.rpm,
+        "tpm": m.tpm,
+        "learned_rpm": m.learned_rpm,
+        "learned_tpm": m.learned_tpm,
+        "concurrency": m.concurrency,
+    }
+    return ModelMetrics(
+        model=m.name,
+        provider=m.provider,
+        jobs={s.value: jobs.get(s.value, 0) for s in JobStatus},
+        attempts=attempts,
+        prompt_tokens=int(tokens_in or 0),
+        completion_tokens=int(tokens_out or 0),
+        cost_usd=float(usd or 0.0),
+        latency_buckets=(*(int(b or 0) for b in buckets), int(timed or 0)) if spend else (),
+        latency_sum_s=float(latency_ms or 0) / 1000,
+        in_flight=jobs.get(JobStatus.PROCESSING.value, 0),
+        limits={k: float(v) for k, v in limits.items() if v is not None},
+        paused=m.paused_at is not None,
     )

@@ -415,6 +415,10 @@ def run(
     drain: Annotated[bool, typer.Option(help="Exit when nothing is due (cron mode).")] = False,
     processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     threads: Annotated[int | None, typer.Option(help="Jobs in flight per process.")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Serve Prometheus /metrics on this port."),
+    ] = None,
 ) -> None:
     """Run the scheduler and workers (long-lived), or drain what is due and exit (--drain).
 
@@ -427,6 +431,13 @@ def run(
     engine = open_engine(settings)
     check_api_keys(engine, settings)
     configure_logging(settings)
+    if metrics_port is not None:
+        from runner.worker.metrics import serve_metrics
+
+        try:
+            serve_metrics(engine, metrics_port)
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {metrics_port}: {exc.strerror or exc}") from exc
     code = Supervisor(settings, engine, drain=drain).run()
     raise typer.Exit(code)
 
