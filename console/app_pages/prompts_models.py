@@ -159,6 +159,7 @@ def models_section(ctx: context.ConsoleContext) -> None:
                 "learned_rpm",
                 "learned_tpm",
                 "concurrency",
+                "daily_budget_usd",
                 "supports_json_schema",
                 "input_usd_per_mtok",
                 "output_usd_per_mtok",
@@ -273,6 +274,12 @@ def edit_model(ctx: context.ConsoleContext, rows: list[catalog.ModelRow]) -> Non
         tpm = st.number_input(
             "Tokens per minute, all runners (0 = no limit)", min_value=0, value=row.tpm or 0
         )
+        budget = st.number_input(
+            "Daily budget, USD (0 = none; needs prices)",
+            min_value=0.0,
+            value=float(row.daily_budget_usd or 0.0),
+            format="%.2f",
+        )
         active = st.toggle("Active", value=row.is_active)
         if st.form_submit_button("Save model"):
 
@@ -290,6 +297,7 @@ def edit_model(ctx: context.ConsoleContext, rows: list[catalog.ModelRow]) -> Non
                     seed=_number(seed, int, "seed"),
                     rpm=int(rpm) or None,
                     tpm=int(tpm) or None,
+                    daily_budget_usd=float(budget) or None,
                     actor=context.ACTOR,
                 )
                 return f"model #{chosen} saved"
