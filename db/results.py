@@ -117,7 +117,9 @@ def _complete_in(conn: Connection, completions: Sequence[Completion], now: datet
         else _complete_pg(conn, completions, now)
     )
     keys = [(c.job.id, c.job.attempt) for c in completions]  # a stale attempt of a job can sit
-    _reset_failure_streaks(conn, {c.job.model_id for c in completions})
+    # Only a job claimed while its model was failing (a probe) tells that the key works now: an
+    # older call may have been admitted before the key was revoked.
+    _reset_failure_streaks(conn, {c.job.model_id for c in completions if c.job.failure_streak})
     pacing.concurrency_after_answers(conn, Counter(c.job.model_id for c in completions))
     _insert_mentions(
         conn,
@@ -339,7 +341,9 @@ def _count_model_failure(
 
 
 def _reset_failure_streaks(conn: Connection, model_ids: set[int]) -> None:
-    """An answer came back: the models' keys, credits and ids work; their streaks restart."""
+    """A probe's answer came back: the models' keys, credits and ids work; streaks restart."""
+    if not model_ids:
+        return
     conn.execute(
         update(Model)
         .where(Model.id.in_(sorted(model_ids)), Model.failure_streak > 0)

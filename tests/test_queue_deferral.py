@@ -181,3 +181,15 @@ def test_unknown_model_is_not_found(engine: Engine, missing: str) -> None:
             catalog.resume_model(engine, 999, actor="op")
         else:
             catalog.pause_model(engine, 999, reason="x", actor="op")
+
+
+def test_an_answer_to_a_call_made_before_the_failure_does_not_restart_the_streak(
+    engine: Engine,
+) -> None:
+    """A key revoked mid-batch: calls admitted before it still answer, but only a probe claimed
+    after the first 401 tells whether the key works again."""
+    f.make_batch(engine, prompts=3, models=1)
+    early, rejected, _ = f.claim_all(engine, "w")
+    assert f.fail(engine, rejected, BAD_KEY, 0) is Recorded.DEFERRED
+    assert f.complete(engine, early, f.answer(), None)  # admitted before the revocation
+    assert catalog.list_models(engine)[0].failure_streak == 1
