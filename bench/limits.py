@@ -40,7 +40,7 @@ def run() -> dict[str, Any]:
         return {
             "paced": _limited(sim, configured=True),
             "learned": _limited(sim, configured=False),
-            "revoked": _revoked(sim),
+            "revoked": revoked(sim),
         }
 
 
@@ -70,7 +70,7 @@ def _limited(sim: SimulatorServer, *, configured: bool) -> dict[str, Any]:
         }
 
 
-def _revoked(sim: SimulatorServer) -> dict[str, Any]:
+def revoked(sim: SimulatorServer) -> dict[str, Any]:
     jobs, revoke_after = 400, 100
     model = f"sim-gpt-4o-mini@latency=500,jitter=0.3,revoke_after={revoke_after},rpm=100000"
     with fresh_target("postgresql", "revoked") as target:

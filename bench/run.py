@@ -1,5 +1,6 @@
 """`python -m bench.run` (`make bench`): every benchmark (issues 4, 8, 9 and 10), then the report.
-`python -m bench.run --only limits` runs item 8 alone into the existing results.json."""
+`python -m bench.run --only limits` runs item 8 alone into the existing results.json (`--only
+limits.revoked`: its revoked-key part alone)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def main() -> None:
     if sys.argv[1:] == ["--only", "limits"]:
         _only_limits()
         return
+    if sys.argv[1:] == ["--only", "limits.revoked"]:
+        _only_revoked()
+        return
     started = time.perf_counter()
     pg_url = Target(ADMIN_URL, "postgresql").libpq_url
     results: dict[str, Any] = {"machine": machine.describe(pg_url), "postgresql": {}, "sqlite": {}}
@@ -53,6 +57,16 @@ def _only_limits() -> None:
     results = json.loads((report.HERE / "results.json").read_text())
     results["limits"] = _step("limits", limits.run)
     results["limits"]["date"] = machine.describe(Target(ADMIN_URL, "postgresql").libpq_url)["date"]
+    report.write(results)
+
+
+def _only_revoked() -> None:
+    """Re-measure item 8's revoked key alone (a minute) into the existing results."""
+    from runner.simulator.server import running_simulator
+
+    results = json.loads((report.HERE / "results.json").read_text())
+    with running_simulator() as sim:
+        results["limits"]["revoked"] = _step("limits: revoked key", limits.revoked, sim)
     report.write(results)
 
 
