@@ -113,6 +113,8 @@ def record_spend(
         _add(conn, model_id, day, spend[model_id])
         if _pause_if_spent(conn, model_id, day, now, policy):
             paused.append(model_id)
+    if spend and policy.daily_budget_usd is not None:
+        paused += _pause_all_if_spent(conn, day, now, policy)
     return paused
 
 
@@ -149,6 +151,32 @@ def _pause_if_spent(
         update(Model).where(Model.id == model_id).values(paused_at=now, paused_reason=reason)
     )
     return True
+
+
+def _pause_all_if_spent(
+    conn: Connection, day: str, now: datetime, policy: BudgetPolicy
+) -> list[int]:
+    """Pause every active model when the global budget left cannot cover one more job of the
+    dearest priced model; the ids paused."""
+    budget = policy.daily_budget_usd
+    assert budget is not None
+    prices = conn.execute(
+        select(Model.input_usd_per_mtok, Model.output_usd_per_mtok, Model.max_tokens).where(
+            Model.is_active
+        )
+    ).all()
+    worst = [w for p in prices if (w := worst_case_usd(*p, policy)) is not None]
+    spent = sum(spent_on(conn, day).values())
+    if budget - spent >= max(worst, default=0.0) and spent < budget:
+        return []
+    reason = f"{BUDGET_REASON}: all models: ${spent:.4f} of ${budget:.2f} spent on {day} (UTC)"
+    stmt = (
+        update(Model)
+        .where(Model.is_active, Model.paused_at.is_(None))
+        .values(paused_at=now, paused_reason=reason)
+        .returning(Model.id)
+    )
+    return sorted(conn.scalars(stmt))
 
 
 @write_operation

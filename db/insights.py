@@ -1041,7 +1041,9 @@ class ModelMetrics:
     latency_buckets: tuple[int, ...]  # cumulative counts for LATENCY_BUCKETS_S, then +Inf
     latency_sum_s: float
     in_flight: int
-    limits: dict[str, float]  # max_concurrency, rpm, tpm, learned_rpm, learned_tpm, concurrency
+    # max_concurrency, rpm, tpm, learned_rpm, learned_tpm, concurrency, and what the provider's
+    # last x-ratelimit-remaining-* said was left (remaining_requests, remaining_tokens)
+    limits: dict[str, float]
     paused: bool
 
 
@@ -1061,6 +1063,8 @@ def metrics_snapshot(engine: Engine) -> list[ModelMetrics]:
                 ModelPacing.learned_rpm,
                 ModelPacing.learned_tpm,
                 ModelPacing.concurrency,
+                ModelPacing.remaining_requests,
+                ModelPacing.remaining_tokens,
             )
             .outerjoin(ModelPacing, ModelPacing.model_id == Model.id)
             .order_by(Model.id)
@@ -1128,6 +1132,8 @@ def _model_metrics(
         "learned_rpm": m.learned_rpm,
         "learned_tpm": m.learned_tpm,
         "concurrency": m.concurrency,
+        "remaining_requests": m.remaining_requests,
+        "remaining_tokens": m.remaining_tokens,
     }
     return ModelMetrics(
         model=m.name,

@@ -150,6 +150,10 @@ class ModelPacing(Base):
     learned_rpm: Mapped[int | None] = mapped_column(Integer)
     learned_tpm: Mapped[int | None] = mapped_column(BigInteger)
     learned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What the last answer's x-ratelimit-remaining-* said was left (written at most once a
+    # second per worker process; learned_at is when).
+    remaining_requests: Mapped[int | None] = mapped_column(Integer)
+    remaining_tokens: Mapped[int | None] = mapped_column(BigInteger)
     # Jobs in flight the provider takes, adapted across all runners (AIMD: +1/c per answer,
     # halved on a 429 at most once a second); None until its first 429. Caps the claim.
     concurrency: Mapped[float | None] = mapped_column(Float)

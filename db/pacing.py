@@ -65,15 +65,31 @@ def reserve_call(
 
 
 @write_operation
-def record_learned(conn: Connection, model_id: int, *, rpm: int | None, tpm: int | None) -> None:
-    """Keep the per-minute limits a provider's headers stated for a model (shown by `models
-    list` and the console; each runner paces by what it read itself)."""
+def record_learned(
+    conn: Connection,
+    model_id: int,
+    *,
+    rpm: int | None,
+    tpm: int | None,
+    remaining_requests: int | None = None,
+    remaining_tokens: int | None = None,
+) -> None:
+    """Keep what a provider's headers stated for a model: its per-minute limits and what was
+    left (shown by `models list`, the console and /metrics; each runner paces by what it read
+    itself)."""
     now = utcnow()
     _locked_row(conn, model_id, now)
     conn.execute(
         update(ModelPacing)
         .where(ModelPacing.model_id == model_id)
-        .values(learned_rpm=rpm, learned_tpm=tpm, learned_at=now, updated_at=now)
+        .values(
+            learned_rpm=rpm,
+            learned_tpm=tpm,
+            remaining_requests=remaining_requests,
+            remaining_tokens=remaining_tokens,
+            learned_at=now,
+            updated_at=now,
+        )
     )
 
 

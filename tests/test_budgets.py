@@ -112,3 +112,19 @@ def test_estimate_before_anything_is_spent(db_url: str, engine: Engine) -> None:
     assert later[0].basis == "history" and later[0].completion_tokens_per_job < 1000
     text = cli(db_url, "estimate", "--batch-key", "2099-01-01").stdout
     assert "[history]" in text and "expected $" in text
+
+
+def test_the_global_budget_spent_pauses_every_model(engine: Engine) -> None:
+    f.make_prompts(engine, 4)
+    ids = f.make_models(engine, 2)
+    for model_id in ids:
+        catalog.update_model(engine, model_id, **PRICES)
+    queue.enqueue_batch(engine, f.BATCH, max_attempts=3)
+    policy = BudgetPolicy(0.0065, 4096)
+    held = queue.claim_jobs(engine, "w", 100, lease_seconds=60, budget=policy)
+    from db import results
+
+    results.write_outcomes(engine, [f.completion(held[0], f.answer(), 0.004)], budget=policy)
+    models = catalog.list_models(engine)
+    assert {m.state for m in models} == {"paused"}
+    assert str(models[0].paused_reason).startswith("budget: all models: $0.0040 of $0.01")

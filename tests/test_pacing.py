@@ -136,6 +136,10 @@ def test_limits_stated_in_headers_pace_a_model_without_rpm(
         client.close()
     [m] = catalog.list_models(engine)
     assert (m.learned_rpm, m.learned_tpm, m.rpm) == (600, 200000, None)
+    from db import insights
+
+    [metrics] = insights.metrics_snapshot(engine)
+    assert metrics.limits["remaining_requests"] == 599  # what the first answer said was left
 
 
 def test_a_429_halves_the_concurrency_once_a_second_and_answers_grow_it(engine: Engine) -> None:

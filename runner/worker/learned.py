@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from db import pacing
 from db.engine import Engine
@@ -13,6 +14,8 @@ from db.types import ClaimedJob
 from runner.llm.ratelimits import RateLimits
 
 log = logging.getLogger(__name__)
+
+WRITE_EVERY_S = 1.0  # what is left is written at most this often per model and process
 
 
 class LearnedLimits:
@@ -24,6 +27,7 @@ class LearnedLimits:
         self._engine = engine
         self._lock = threading.Lock()
         self._known: dict[int, tuple[int | None, int | None]] = {}
+        self._written: dict[int, float] = {}  # model id -> time.monotonic() of the last write
 
     def pace_of(self, job: ClaimedJob) -> tuple[int | None, int | None]:
         """(rpm, tpm) to pace `job` by: the model's own settings, else what was learned."""
@@ -36,18 +40,30 @@ class LearnedLimits:
         if limits is None or not (limits.limit_requests or limits.limit_tokens):
             return
         stated = (limits.limit_requests, limits.limit_tokens)
+        now = time.monotonic()
         with self._lock:
-            if self._known.get(job.model_id) == stated:
+            changed = self._known.get(job.model_id) != stated
+            due = now - self._written.get(job.model_id, -WRITE_EVERY_S) >= WRITE_EVERY_S
+            if not (changed or due):
                 return
             self._known[job.model_id] = stated
-        log.info(
-            "learned %s's limits: %s requests, %s tokens per minute",
-            job.model_name,
-            *stated,
-            extra={"action": "limits_learned", "model": job.model_name},
-        )
+            self._written[job.model_id] = now
+        if changed:
+            log.info(
+                "learned %s's limits: %s requests, %s tokens per minute",
+                job.model_name,
+                *stated,
+                extra={"action": "limits_learned", "model": job.model_name},
+            )
         try:
-            pacing.record_learned(self._engine, job.model_id, rpm=stated[0], tpm=stated[1])
+            pacing.record_learned(
+                self._engine,
+                job.model_id,
+                rpm=stated[0],
+                tpm=stated[1],
+                remaining_requests=limits.remaining_requests,
+                remaining_tokens=limits.remaining_tokens,
+            )
         except DatabaseUnavailable as exc:  # shown later; the pace is this process's already
             log.warning(
                 "could not record learned limits: %s", exc, extra={"action": "pacing_failed"}

@@ -66,7 +66,8 @@ def _families(models: list[insights.ModelMetrics]) -> Iterator[Metric]:
     in_flight = GaugeMetricFamily("promptbatch_in_flight", "Jobs being processed", labels=_LABELS)
     limit = GaugeMetricFamily(
         "promptbatch_model_limit",
-        "A model's limits: max_concurrency, rpm, tpm, learned_rpm, learned_tpm, concurrency",
+        "A model's limits: max_concurrency, rpm, tpm, learned_rpm, learned_tpm, concurrency, and "
+        "the provider's remaining_requests / remaining_tokens",
         labels=[*_LABELS, "limit"],
     )
     paused = GaugeMetricFamily("promptbatch_model_paused", "1: the model is paused", labels=_LABELS)

@@ -41,6 +41,8 @@ def upgrade() -> None:
         sa.Column("learned_rpm", sa.Integer(), nullable=True),
         sa.Column("learned_tpm", sa.BigInteger(), nullable=True),
         sa.Column("learned_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("remaining_requests", sa.Integer(), nullable=True),
+        sa.Column("remaining_tokens", sa.BigInteger(), nullable=True),
         sa.Column("concurrency", sa.Float(), nullable=True),
         sa.Column("decreased_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
