@@ -8,11 +8,9 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 
-from db import pacing, queue, results
+from db import results
 from db.engine import Engine
-from db.errors import DatabaseUnavailable
 from db.types import (
     AnswerRecord,
     ClaimedJob,
@@ -22,31 +20,22 @@ from db.types import (
     FailureRecord,
     MentionRecord,
     OutputMode,
-    Provider,
     Recorded,
 )
 from runner.extraction.find import extract_from_text, order_mentions
 from runner.extraction.resolve import Catalog
 from runner.llm.answers import ModelReply
-from runner.llm.client import ModelClient, estimate_tokens
+from runner.llm.client import ModelClient
 from runner.llm.errors import CallFailed
 from runner.settings import Settings
+from runner.worker import admission
 from runner.worker.backoff import backoff_seconds
 from runner.worker.catalog_cache import CatalogCache
 from runner.worker.group_commit import GroupCommit
 from runner.worker.learned import LearnedLimits
+from runner.worker.outcome import JobOutcome
 
 log = logging.getLogger(__name__)
-
-
-class JobOutcome(StrEnum):
-    SUCCEEDED = "succeeded"
-    RETRY = "retry"
-    DEFERRED = "deferred"  # queued again without spending an attempt (its model may be paused)
-    FAILED = "failed"
-    DROPPED = "dropped"  # the worker no longer held the job: nothing was written
-    NOT_STARTED = "not_started"  # the worker is stopping: a prefetched job goes back uncalled
-    POSTPONED = "postponed"  # handed back uncalled: its model's rate limit is taken until later
 
 
 @dataclass
@@ -81,99 +70,15 @@ def run_job(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
     with ctx.call_slots or nullcontext():  # the answer is recorded after the slot is given back
         if ctx.draining is not None and ctx.draining.is_set():
             return JobOutcome.NOT_STARTED
-        if (held := _pace(ctx, job) or _gate(ctx, job)) is not None:
+        if (held := admission.pace(ctx, job) or admission.gate(ctx, job)) is not None:
             return held
         started = time.monotonic()
         outcome = _ask(ctx, job)
         latency_ms = _ms_since(started)
-    _settle_tokens(ctx, job, outcome)
+    admission.settle_tokens(ctx, job, outcome)
     if isinstance(outcome, ModelReply):
         return _record_success(ctx, job, outcome, latency_ms)
     return _record_failure(ctx, job, replace(outcome, latency_ms=latency_ms))
-
-
-def _pace(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
-    """Wait for the job's place under its model's rpm/tpm, shared by every runner (db.pacing);
-    None: call now. A place further than pacing_max_wait seconds away hands the job back until
-    then (POSTPONED, no attempt spent); a stop during the wait hands it back uncalled."""
-    rpm, tpm = ctx.pace_of(job)
-    if not (rpm or tpm):
-        return None
-    wait = ctx.settings.pacing_max_wait
-    try:
-        place = pacing.reserve_call(
-            ctx.control,
-            job.model_id,
-            rpm=rpm,
-            tpm=tpm,
-            tokens=estimate_tokens(job, ctx.settings),
-            max_wait=wait,
-        )
-    except DatabaseUnavailable as exc:
-        log.warning("pacing failed: %s", exc, extra={"action": "pacing_failed", "job_id": job.id})
-        return _hand_back(ctx, job, ctx.settings.poll_interval)
-    if not place.granted:
-        return _hand_back(ctx, job, place.wait_seconds - wait)
-    stop = ctx.draining or threading.Event()
-    if place.wait_seconds > 0 and stop.wait(place.wait_seconds):
-        return JobOutcome.NOT_STARTED  # the reserved place goes unused; nothing was sent
-    return None
-
-
-def _gate(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
-    """Hold the call of a job claimed before its model's latest model-level failure (or whose
-    model is paused since): hand it back uncalled. Only the probe claimed after the failure
-    calls, so a rejected key costs at most PAUSE_AFTER calls after the first (issue 10)."""
-    seen = ctx.model_failures.get(job.model_id)
-    if seen is None or job.started_at > seen:  # this process knows of no failure since
-        try:
-            streak, paused = queue.model_gate(ctx.control, job.model_id)
-        except DatabaseUnavailable:
-            return None  # the call itself decides; a failure is recorded as usual
-        if not paused and streak <= job.failure_streak:
-            return None
-    return _hand_back(ctx, job, 0.0, "its model failed since it was claimed, or is paused")
-
-
-def _hand_back(
-    ctx: JobContext,
-    job: ClaimedJob,
-    delay: float,
-    why: str = "its model's rate limit is taken until then",
-) -> JobOutcome:
-    """Give the job back to the queue uncalled, due again in `delay` seconds."""
-    try:
-        queue.release_jobs(ctx.control, job.worker_id, [job.id], delay_seconds=max(delay, 0))
-    except DatabaseUnavailable:
-        return JobOutcome.NOT_STARTED  # the worker hands it back when it stops, or the lease ends
-    log.info(
-        "job handed back uncalled, due in %.1fs: %s",
-        delay,
-        why,
-        extra={"action": "job_postponed", "job_id": job.id, "model": job.model_name},
-    )
-    return JobOutcome.POSTPONED
-
-
-def _settle_tokens(ctx: JobContext, job: ClaimedJob, outcome: ModelReply | FailureRecord) -> None:
-    """Give back reserved tokens that do not count against the model's tpm: all of them when the
-    provider refused the call unserved; the unused part when the provider counts used tokens
-    only (every provider but OpenAI, which counts max_tokens at admission)."""
-    tpm = ctx.pace_of(job)[1]
-    if not tpm:
-        return
-    reserved = estimate_tokens(job, ctx.settings)
-    usage = outcome.usage
-    if isinstance(outcome, FailureRecord) and outcome.kind.deferred:
-        unused = reserved
-    elif job.provider == Provider.OPENAI or usage is None:
-        return
-    else:
-        unused = reserved - (usage.prompt_tokens or 0) - (usage.completion_tokens or 0)
-    try:
-        pacing.refund_tokens(ctx.control, job.model_id, tpm=tpm, tokens=unused)
-    except DatabaseUnavailable as exc:  # the next calls wait a little longer; nothing is lost
-        log.warning("token refund failed: %s", exc, extra={"action": "pacing_failed"})
 
 
 def _ask(ctx: JobContext, job: ClaimedJob) -> ModelReply | FailureRecord:
