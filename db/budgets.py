@@ -74,7 +74,8 @@ def budget_caps(
             Model.max_tokens,
         ).where(Model.is_active)
     ).all()
-    spent = spent_on(conn, day_of(now))
+    day = day_of(now)
+    spent = spent_on(conn, day)
     caps: dict[int, int] = {}
     worst_all: list[float] = []
     for r in rows:
@@ -82,7 +83,10 @@ def budget_caps(
         if worst is not None:
             worst_all.append(worst)
         if r.daily_budget_usd is not None and worst:
-            caps[r.id] = max(math.floor((r.daily_budget_usd - spent.get(r.id, 0.0)) / worst), 0)
+            used = spent.get(r.id, 0.0)
+            caps[r.id] = max(math.floor((r.daily_budget_usd - used) / worst), 0)
+            if caps[r.id] == 0:  # not even one job fits: say so, and a drain stops waiting
+                _pause(conn, r.id, _reason(used, r.daily_budget_usd, day, worst), now)
     if policy.daily_budget_usd is None or not worst_all:
         return caps, None
     left = policy.daily_budget_usd - sum(spent.values())
@@ -146,11 +150,22 @@ def _pause_if_spent(
     spent = spent_on(conn, day).get(model_id, 0.0)
     if m.daily_budget_usd - spent >= (worst or 0.0) and spent < m.daily_budget_usd:
         return False
-    reason = f"{BUDGET_REASON}: ${spent:.4f} of ${m.daily_budget_usd:.2f} spent on {day} (UTC)"
-    conn.execute(
-        update(Model).where(Model.id == model_id).values(paused_at=now, paused_reason=reason)
-    )
+    _pause(conn, model_id, _reason(spent, m.daily_budget_usd, day, worst), now)
     return True
+
+
+def _reason(spent: float, budget: float, day: str, worst: float | None) -> str:
+    """Why a budget paused a model: what is spent, the budget, and what one more job may cost."""
+    more = f"; one more job may cost up to ${worst:.6g}" if worst else ""
+    return f"{BUDGET_REASON}: ${spent:.6g} of ${budget:.6g} spent on {day} (UTC){more}"
+
+
+def _pause(conn: Connection, model_id: int, reason: str, now: datetime) -> None:
+    conn.execute(
+        update(Model)
+        .where(Model.id == model_id, Model.paused_at.is_(None))
+        .values(paused_at=now, paused_reason=reason[:500])
+    )
 
 
 def _pause_all_if_spent(
@@ -169,7 +184,9 @@ def _pause_all_if_spent(
     spent = sum(spent_on(conn, day).values())
     if budget - spent >= max(worst, default=0.0) and spent < budget:
         return []
-    reason = f"{BUDGET_REASON}: all models: ${spent:.4f} of ${budget:.2f} spent on {day} (UTC)"
+    reason = _reason(spent, budget, day, max(worst, default=None)).replace(
+        f"{BUDGET_REASON}: ", f"{BUDGET_REASON}: all models: ", 1
+    )
     stmt = (
         update(Model)
         .where(Model.is_active, Model.paused_at.is_(None))

@@ -306,6 +306,7 @@ def list_models(engine: Engine, *, active_only: bool = False) -> list[ModelRow]:
             Model.custom_host,
             Model.rpm,
             Model.tpm,
+            Model.daily_budget_usd,
             ModelPacing.learned_rpm,
             ModelPacing.learned_tpm,
             ModelPacing.concurrency,

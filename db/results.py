@@ -93,7 +93,7 @@ def _write_in(
     ]
     for model_id in budgets.record_spend(conn, _spend(outcomes), now, budget):
         log.warning(
-            "model %d paused: its daily budget is spent",
+            "model %d paused: its daily budget left cannot cover one more job at its worst case",
             model_id,
             extra={"action": "model_paused_budget", "model_id": model_id},
         )

@@ -52,9 +52,9 @@ def test_spent_budget_pauses_the_model_until_a_new_day(engine: Engine) -> None:
     for job in held:
         f.complete(engine, job, f.answer(), 0.003)  # $0.009: $0.001 left < $0.0031
     [model] = catalog.list_models(engine)
-    assert model.state == "paused" and str(model.paused_reason).startswith(
-        "budget: $0.0090 of $0.01"
-    )
+    assert model.state == "paused"
+    assert str(model.paused_reason).startswith("budget: $0.009 of $0.01 spent on ")
+    assert str(model.paused_reason).endswith("one more job may cost up to $0.0031")
     assert claim(engine) == []
     assert budgets.resume_for_new_day(engine) == []  # still the same day
     f.set_models_paused_at(engine, model_id, utcnow() - timedelta(days=1))
@@ -127,4 +127,14 @@ def test_the_global_budget_spent_pauses_every_model(engine: Engine) -> None:
     results.write_outcomes(engine, [f.completion(held[0], f.answer(), 0.004)], budget=policy)
     models = catalog.list_models(engine)
     assert {m.state for m in models} == {"paused"}
-    assert str(models[0].paused_reason).startswith("budget: all models: $0.0040 of $0.01")
+    assert str(models[0].paused_reason).startswith("budget: all models: $0.004 of $0.0065")
+
+
+def test_a_budget_below_one_job_pauses_at_the_claim(engine: Engine) -> None:
+    """Nothing is called, so nothing would settle: the claim itself pauses the model, and a
+    drain stops waiting for it."""
+    priced_batch(engine, 2, daily_budget_usd=0.001)  # one job may cost $0.0031
+    assert claim(engine) == []
+    [model] = catalog.list_models(engine)
+    assert model.state == "paused" and model.daily_budget_usd == 0.001
+    assert insights.pending_jobs(engine, due_within_seconds=60) == 0

@@ -24,7 +24,7 @@ def test_pause_then_resume_a_model(db_url: str, engine: Engine) -> None:
     listed = cli(db_url, "models", "list").stdout
     assert "paused" in listed and "paused: key rotation since " in listed
     status = cli(db_url, "status", "--batch-key", f.BATCH).stdout
-    assert "model model-0: paused: key rotation since " in status and "(1 jobs queued)" in status
+    assert "model model-0: paused: key rotation since " in status and "; queued: 1" in status
     assert cli(db_url, "models", "resume", "model-0").stdout.strip().endswith("resumed")
     assert cli(db_url, "models", "resume", "model-0").stdout.strip().endswith("was not paused")
     actions = [

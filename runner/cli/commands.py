@@ -44,6 +44,20 @@ BatchOpt = Annotated[str | None, typer.Option("--batch-key", help="YYYY-MM-DD (U
 # --- shared plumbing ------------------------------------------------------------------------------
 
 
+# Settings read without the PROMPTBATCH_ prefix (runner.settings' aliases).
+_UNPREFIXED = frozenset(
+    {
+        "DATABASE_URL",
+        "OPENAI_API_KEY",
+        "OPENROUTER_API_KEY",
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        "CONSOLE_PASSWORD",
+        "CONSOLE_READ_ONLY",
+    }
+)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment plus CLI overrides; a bad value is a one-line ConfigError."""
     from pydantic import ValidationError
@@ -55,8 +69,13 @@ def load_settings(**overrides: object) -> Settings:
         return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise ConfigError(f"invalid setting {field.upper()}: {err['msg']}") from exc
+        field = (".".join(str(p) for p in err["loc"]) or "settings").upper()
+        name = (
+            field
+            if field in _UNPREFIXED or field.startswith("PROMPTBATCH_")
+            else f"PROMPTBATCH_{field}"
+        )
+        raise ConfigError(f"invalid setting {name}: {err['msg']}") from exc
 
 
 # Engines a command opened; `main` disposes them when the command ends, so a command run in
@@ -422,7 +441,8 @@ def run(
 ) -> None:
     """Run the scheduler and workers (long-lived), or drain what is due and exit (--drain).
 
-    Exit code with --drain: 0 when every job of today's batch ended, 1 when some failed.
+    Exit code with --drain: 0 when every job of today's batch ended, 1 when some failed or are
+    left queued (behind a paused model, or waiting past the drain's horizon).
     """
     from runner.logs import configure_logging
     from runner.worker.supervisor import Supervisor
@@ -489,7 +509,7 @@ def status(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
         "(neither spends an attempt)"
     )
     for p in paused:
-        typer.echo(f"model {p.name}: {pause_text(p.reason, p.since)} ({p.queued} jobs queued)")
+        typer.echo(f"model {p.name}: {pause_text(p.reason, p.since)}; queued: {p.queued}")
     if missed:
         typer.echo(f"missed batches (runner was down): {', '.join(missed)}")
 
@@ -512,13 +532,18 @@ def estimate(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
     typer.echo(f"batch {key}: expected ${total:.4f} (models without prices not counted)")
     for r in rows:
         usd = "unpriced" if r.usd is None else f"${r.usd:.4f} (${r.usd_per_job:.6f}/job)"
-        budget = f", budget ${r.daily_budget_usd:.2f}/day" if r.daily_budget_usd else ""
+        over = r.usd is not None and r.daily_budget_usd is not None and r.usd > r.daily_budget_usd
+        budget = (
+            f", budget ${r.daily_budget_usd:g}/day{' (over it: it pauses there)' if over else ''}"
+            if r.daily_budget_usd
+            else ""
+        )
         typer.echo(
             f"  {r.model}: {r.jobs} jobs x {r.prompt_tokens_per_job:.0f}+"
             f"{r.completion_tokens_per_job:.0f} tokens = {usd} [{r.basis}]{budget}"
         )
     if settings.daily_budget_usd is not None:
-        typer.echo(f"global budget: ${settings.daily_budget_usd:.2f} per UTC day")
+        typer.echo(f"global budget: ${settings.daily_budget_usd:g} per UTC day")
 
 
 StatusOpt = Annotated[

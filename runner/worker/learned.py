@@ -50,9 +50,9 @@ class LearnedLimits:
             self._written[job.model_id] = now
         if changed:
             log.info(
-                "learned %s's limits: %s requests, %s tokens per minute",
+                "learned %s's limits per minute: requests %s, tokens %s",
                 job.model_name,
-                *stated,
+                *(v if v is not None else "not stated" for v in stated),
                 extra={"action": "limits_learned", "model": job.model_name},
             )
         try:
