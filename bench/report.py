@@ -91,7 +91,8 @@ def _limits_sections(lim: dict[str, Any] | None) -> list[tuple[str, list[tuple[s
     return [
         (
             title,
-            [*_limited_rows("--rpm/--tpm set", p, 1.1), *_limited_rows("learned", learned, 1.25)],
+            _limited_rows("--rpm/--tpm set", p, 1.1, "<= 600")
+            + _limited_rows("learned", learned, 1.25, "(the first burst precedes the headers)"),
         ),
         (
             f"8. A key revoked after 100 calls of {revoked['jobs']} jobs (1 runner x 2 x 16)",
@@ -102,17 +103,16 @@ def _limits_sections(lim: dict[str, Any] | None) -> list[tuple[str, list[tuple[s
                     "<= 3 (K)",
                 ),
                 ("jobs failed", str(revoked["failed"]), "0"),
-                (
-                    "jobs kept queued, model paused",
-                    f"{revoked['queued']}, {revoked['models_paused']}",
-                    "",
-                ),
+                ("jobs kept queued (not answered before the pause)", str(revoked["queued"]), ""),
+                ("models paused", str(revoked["models_paused"]), "1"),
             ],
         ),
     ]
 
 
-def _limited_rows(label: str, x: dict[str, Any], goal: float) -> list[tuple[str, str, str]]:
+def _limited_rows(
+    label: str, x: dict[str, Any], goal: float, window_goal: str
+) -> list[tuple[str, str, str]]:
     return [
         (
             f"{label}: elapsed vs limit-bound",
@@ -121,7 +121,7 @@ def _limited_rows(label: str, x: dict[str, Any], goal: float) -> list[tuple[str,
         ),
         (f"{label}: jobs failed", str(x["failed"]), "0"),
         (f"{label}: 429s per job", f"{x['rate_limited_per_job']:.4f}", "<= 0.05"),
-        (f"{label}: most admitted in any 60 s", str(x["max_admitted_in_60s"]), "<= 600 (set)"),
+        (f"{label}: most admitted in any 60 s", str(x["max_admitted_in_60s"]), window_goal),
     ]
 
 
