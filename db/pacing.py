@@ -5,9 +5,10 @@ the tokens reserved so far are paid off. A call reserves its start in one short 
 row locked FOR UPDATE on PostgreSQL; SQLite's write transaction serializes alike) and sleeps until
 it: requests are spaced 60/rpm seconds apart and a call of N tokens pushes the token clock by
 N x 60/tpm seconds (a GCRA with no burst, run at 98% of the limit: HEADROOM), so no 60 s window
-ever holds more than rpm requests or tpm tokens, whatever the number of runners. OpenAI's "Rate limits" guide counts a request's
-tokens when it arrives as the prompt's estimate plus max_tokens: that is what is reserved;
-`refund_tokens` gives back what a provider that counts only used tokens did not use.
+ever holds more than rpm requests or tpm tokens, whatever the number of runners. OpenAI's "Rate
+limits" guide counts a request's tokens when it arrives as the prompt's estimate plus max_tokens:
+that is what is reserved; `refund_tokens` gives back what a provider that counts only used
+tokens did not use.
 
 Clocks: reservations are UTC timestamps from the caller's clock; runners sharing a database must
 be NTP-synced (a skew of d seconds lets a runner start d seconds early).
@@ -24,7 +25,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from db.engine import is_sqlite, write_operation
 from db.models import ModelPacing, PromptJob, utcnow
 from db.types import JobStatus
-
 
 # The pace runs this much under the limit: a call whose thread wakes late (the scheduler, a GC
 # pause) arrives in the provider's next window, and 2% headroom absorbs up to 1.2 s of such delay
