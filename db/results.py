@@ -266,7 +266,7 @@ def _record_failure(conn: Connection, outcome: Failure, now: datetime) -> Record
     job, failure = outcome.job, outcome.failure
     kind, message = failure.kind, failure.message[:4000]
     model_level = kind.model_level and outcome.pause_after > 0
-    deferred = kind.deferred or model_level
+    deferred = outcome.defers
     again = deferred or (kind.transient and job.attempt < job.max_attempts)
     due = now + timedelta(seconds=outcome.retry_in_seconds)
     if again and job.deadline_at is not None and due >= job.deadline_at:

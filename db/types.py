@@ -296,6 +296,17 @@ class Failure:
     retry_in_seconds: float = 0.0
     pause_after: int = 3
 
+    @property
+    def defers(self) -> bool:
+        """Whether the job waits without spending an attempt (see `defers`)."""
+        return defers(self.failure.kind, self.pause_after)
+
+
+def defers(kind: ErrorKind, pause_after: int) -> bool:
+    """Whether a failure of `kind` defers its job (no attempt spent): the provider did not serve
+    the call, or the error is the model's while pausing is on (`pause_after` > 0)."""
+    return kind.deferred or (kind.model_level and pause_after > 0)
+
 
 Outcome = Completion | Failure  # what a job thread hands to its worker's group commit
 

@@ -206,10 +206,15 @@ def _embedded_answer(content: str) -> ModelAnswer | None:
             value, _end = _DECODER.raw_decode(content, start)
         except ValueError:
             value = None
-        if isinstance(value, dict):
-            try:
-                return ModelAnswer.model_validate(value)
-            except ValidationError:
-                pass
-        start = content.find("{", start + 1)
+        if isinstance(value, dict) and (answer := _validated(value)) is not None:
+            return answer
+        start = content.find("{", start + 1)  # not the answer's object: try the next one
     return None
+
+
+def _validated(value: dict[str, object]) -> ModelAnswer | None:
+    """`value` as the answer contract, or None when it is some other object."""
+    try:
+        return ModelAnswer.model_validate(value)
+    except ValidationError:
+        return None

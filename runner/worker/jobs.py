@@ -21,6 +21,7 @@ from db.types import (
     MentionRecord,
     OutputMode,
     Recorded,
+    defers,
 )
 from runner.extraction.find import extract_from_text, order_mentions
 from runner.extraction.resolve import Catalog
@@ -142,53 +143,56 @@ def _record_success(
     return JobOutcome.SUCCEEDED
 
 
+# How a recorded failure is logged: level, what happened ({delay}: seconds until it runs again,
+# {k}: PAUSE_AFTER), action, and what the job thread returns.
+_FAILURE_LOGS = {
+    Recorded.PAUSED: (
+        logging.ERROR,
+        "model paused after {k} model-level failures in a row",
+        "model_paused",
+        JobOutcome.DEFERRED,
+    ),
+    Recorded.DEFERRED: (
+        logging.WARNING,
+        "job deferred {delay:.1f}s (no attempt spent)",
+        "job_deferred",
+        JobOutcome.DEFERRED,
+    ),
+    Recorded.RETRY: (
+        logging.WARNING,
+        "job will be retried in {delay:.1f}s",
+        "job_retry",
+        JobOutcome.RETRY,
+    ),
+    Recorded.FAILED: (logging.ERROR, "job failed", "job_failed", JobOutcome.FAILED),
+}
+
+
 def _record_failure(ctx: JobContext, job: ClaimedJob, failure: FailureRecord) -> JobOutcome:
     s = ctx.settings
     if failure.kind.model_level and s.pause_after > 0:  # hold this process's other calls now,
         ctx.model_failures[job.model_id] = datetime.now(UTC)  # before the database knows
-    deferred = failure.kind.deferred or (failure.kind.model_level and s.pause_after > 0)
     delay = backoff_seconds(
-        job.deferrals + 1 if deferred else job.attempt,
+        job.deferrals + 1 if defers(failure.kind, s.pause_after) else job.attempt,
         base=s.backoff_base,
         cap=s.backoff_cap,
         retry_after=failure.retry_after,
     )
     recorded = ctx.outcomes.record(Failure(job, failure, delay, s.pause_after))
+    if recorded is Recorded.DROPPED:
+        _log_dropped(job)
+        return JobOutcome.DROPPED
+    level, message, action, outcome = _FAILURE_LOGS[recorded]
     extra = {
+        "action": action,
         "job_id": job.id,
         "model": job.model_name,
         "attempt": job.attempt,
         "error_kind": failure.kind.value,
     }
-    if recorded is Recorded.DROPPED:
-        _log_dropped(job)
-        return JobOutcome.DROPPED
-    if recorded is Recorded.PAUSED:
-        log.error(
-            "model paused after %d model-level failures in a row: %s",
-            s.pause_after,
-            failure.message,
-            extra={"action": "model_paused", **extra},
-        )
-        return JobOutcome.DEFERRED
-    if recorded is Recorded.DEFERRED:
-        log.warning(
-            "job deferred %.1fs (no attempt spent): %s",
-            delay,
-            failure.message,
-            extra={"action": "job_deferred", **extra},
-        )
-        return JobOutcome.DEFERRED
-    if recorded is Recorded.RETRY:
-        log.warning(
-            "job will be retried in %.1fs: %s",
-            delay,
-            failure.message,
-            extra={"action": "job_retry", **extra},
-        )
-        return JobOutcome.RETRY
-    log.error("job failed: %s", failure.message, extra={"action": "job_failed", **extra})
-    return JobOutcome.FAILED
+    what = message.format(delay=delay, k=s.pause_after)
+    log.log(level, "%s: %s", what, failure.message, extra=extra)
+    return outcome
 
 
 def _log_dropped(job: ClaimedJob) -> None:
