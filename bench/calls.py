@@ -68,7 +68,8 @@ def _deadline_overrun_s(base_url: str) -> float:
 
 
 def run() -> dict[str, Any]:
-    with simulator_process() as base_url:
+    with simulator_process(processes=1) as sim:
+        base_url = sim.base_url
         client = ModelClient(Settings())
         try:
             job = _job(base_url, "sim-gpt-4o-mini@latency=200")

@@ -1,11 +1,18 @@
-"""Item 3: 2,000 jobs against the simulator at 500 ms latency with 64 in flight (2 processes x 32
-threads on this 2-core machine) through the real `promptbatch run --drain`: jobs/s against the
-ideal 128/s, and the peak memory of the whole runner (RSS summed over the supervisor and its worker
-processes). The simulator runs as its own `promptbatch simulator` process, as a remote API would:
-not in this process, whose RSS sampling would hold its GIL."""
+"""Item 3: calls in flight at real latencies (issue 11), through the real `promptbatch run
+--drain` against the simulator: 2,000 jobs at 500 ms with 64 in flight, 4,000 at 2 s with 256,
+8,000 at 4 s with 1,024 (2 worker processes each). Per scenario: jobs/s over the busy span (first
+claim to last completion) and over the whole command against the ideal (in flight / latency), the
+runner's CPU per job (every runner process, start-up included: the rusage of the waited command),
+the simulator's CPU, peak RSS summed over the runner's processes, and on PostgreSQL the peak
+number of database connections. The simulator runs as its own `promptbatch simulator
+--processes N` (SO_REUSEPORT), as a remote API would: not in this process, whose RSS sampling
+would hold its GIL, and not as the bottleneck."""
 
 from __future__ import annotations
 
+import os
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +20,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -22,60 +30,121 @@ from bench.databases import OUT, Target, command_env, fresh_target, seed_catalog
 from db import queue
 from runner.worker.scheduler import utc_batch_key
 
-PROMPTS, RUNS = 400, 5  # x 1 model = 2,000 jobs
-MODEL = "sim-gpt-4o-mini@latency=500"
-PROCESSES, THREADS = 2, 32
-LATENCY_S = 0.5
-IDEAL_JOBS_PER_S = PROCESSES * THREADS / LATENCY_S
-TIMEOUT_S = 180.0
+PROCESSES = 2
+SIMULATOR_PROCESSES = 2
+TIMEOUT_S = 300.0
 SAMPLE_S = 0.1
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """`jobs` jobs at `latency_s` seconds per call with `in_flight` calls at once."""
+
+    name: str
+    jobs: int
+    latency_s: float
+    in_flight: int
+
+    @property
+    def ideal_jobs_per_s(self) -> float:
+        return self.in_flight / self.latency_s
+
+    @property
+    def model(self) -> str:
+        return f"sim-gpt-4o-mini@latency={int(self.latency_s * 1000)}"
+
+
+SCENARIOS = (
+    Scenario("64x500ms", 2_000, 0.5, 64),
+    Scenario("256x2s", 4_000, 2.0, 256),
+    Scenario("1024x4s", 8_000, 4.0, 1_024),
+)
+RUNS = 5  # runs per prompt: jobs / RUNS prompts
+
+
 def run(backend: str) -> dict[str, Any]:
-    """Jobs/s (wall clock of the drain, and first claim to last completion) and peak RSS."""
-    with simulator_process() as base_url, fresh_target(backend, "concurrency") as target:
-        seed_catalog(target, prompts=PROMPTS, runs=RUNS, models=[MODEL], base_url=base_url)
+    """Every scenario on `backend`: {scenario name: figures}."""
+    return {scenario.name: run_scenario(backend, scenario) for scenario in SCENARIOS}
+
+
+def run_scenario(backend: str, scenario: Scenario) -> dict[str, Any]:
+    """One scenario's figures (see the module docstring)."""
+    with simulator_process() as sim, fresh_target(backend, "concurrency") as target:
+        seed_catalog(
+            target,
+            prompts=scenario.jobs // RUNS,
+            runs=RUNS,
+            models=[scenario.model],
+            base_url=sim.base_url,
+        )
         engine = target.engine()
         jobs = queue.enqueue_batch(engine, utc_batch_key(), max_attempts=3).created
         engine.dispose()
-        wall, peak_rss = _drain(target)
+        sim_cpu_before = sim.cpu_seconds()
+        drained = _drain(target, scenario)
+        sim_cpu = sim.cpu_seconds() - sim_cpu_before
         span = _span_seconds(target)
         succeeded = sql_scalar(
             target, "SELECT count(*) FROM prompt_jobs WHERE status = 'succeeded'"
         )
+    ideal = scenario.ideal_jobs_per_s
     return {
         "jobs": jobs,
         "succeeded": succeeded,
-        "in_flight": PROCESSES * THREADS,
-        "ideal_jobs_per_s": IDEAL_JOBS_PER_S,
-        "wall_s": wall,
-        "jobs_per_s_wall": jobs / wall,
+        "in_flight": scenario.in_flight,
+        "processes": PROCESSES,
+        "concurrency": scenario.in_flight // PROCESSES,
+        "latency_s": scenario.latency_s,
+        "ideal_jobs_per_s": ideal,
+        "wall_s": drained.wall_s,
+        "jobs_per_s_wall": jobs / drained.wall_s,
         "span_s": span,
         "jobs_per_s_span": jobs / span,
-        "fraction_of_ideal_span": jobs / span / IDEAL_JOBS_PER_S,
-        "fraction_of_ideal_wall": jobs / wall / IDEAL_JOBS_PER_S,
-        "peak_rss_mib": peak_rss / 2**20,
+        "fraction_of_ideal_span": jobs / span / ideal,
+        "fraction_of_ideal_wall": jobs / drained.wall_s / ideal,
+        "runner_cpu_ms_per_job": drained.cpu_s * 1000 / jobs,
+        "simulator_cpu_ms_per_job": sim_cpu * 1000 / jobs,
+        "simulator_processes": SIMULATOR_PROCESSES,
+        "peak_rss_mib": drained.peak_rss / 2**20,
+        "peak_db_connections": drained.peak_connections,
     }
 
 
+@dataclass
+class Simulator:
+    base_url: str
+    proc: subprocess.Popen[bytes]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the simulator's processes so far."""
+        root = psutil.Process(self.proc.pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            times = process.cpu_times()
+            total += times.user + times.system
+        return total
+
+
 @contextmanager
-def simulator_process() -> Iterator[str]:
-    """`promptbatch simulator` on a free loopback port until the block ends; yields its base URL."""
+def simulator_process(processes: int = SIMULATOR_PROCESSES) -> Iterator[Simulator]:
+    """`promptbatch simulator` on a free loopback port until the block ends; yields it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "runner", "simulator", "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "simulator", "--port", str(port)],
+        [*command, "--processes", str(processes)],
         env=command_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         _wait_until_serving(base_url, proc)
-        yield base_url
+        yield Simulator(base_url, proc)
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(10)
 
 
@@ -90,42 +159,82 @@ def _wait_until_serving(base_url: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"the simulator did not start at {base_url}")
 
 
-def _drain(target: Target) -> tuple[float, int]:
-    """Run `promptbatch run --drain`; returns (wall seconds, peak summed RSS in bytes)."""
+@dataclass
+class Drained:
+    wall_s: float
+    cpu_s: float  # user + system CPU of every runner process (rusage of the waited command)
+    peak_rss: int  # bytes, summed over the runner's processes
+    peak_connections: int | None  # PostgreSQL backends of the bench database (None: SQLite)
+
+
+def _drain(target: Target, scenario: Scenario) -> Drained:
+    """Run `promptbatch run --drain` and watch it until it exits."""
     env = command_env(
         DATABASE_URL=target.url,
         PROMPTBATCH_PROCESSES=str(PROCESSES),
-        PROMPTBATCH_THREADS=str(THREADS),
+        PROMPTBATCH_CONCURRENCY=str(scenario.in_flight // PROCESSES),
         PROMPTBATCH_POLL_INTERVAL="0.1",
     )
     OUT.mkdir(exist_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    with open(OUT / f"concurrency-{target.backend}.log", "w") as log:
+    with open(OUT / f"concurrency-{target.backend}-{scenario.name}.log", "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "runner", "run", "--drain"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        peak = _watch_rss(proc)
+        peak_rss, peak_connections = _watch(proc, target)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"promptbatch run --drain exited {proc.returncode}; see {log.name}")
-    return wall, peak
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Drained(wall, cpu, peak_rss, peak_connections)
 
 
-def _watch_rss(proc: subprocess.Popen[bytes]) -> int:
-    """Poll the runner's process tree until it exits; the largest summed RSS seen (bytes)."""
+def _watch(proc: subprocess.Popen[bytes], target: Target) -> tuple[int, int | None]:
+    """Poll the runner's process tree until it exits: the largest summed RSS seen (bytes) and
+    the most database connections seen (PostgreSQL)."""
     root = psutil.Process(proc.pid)
+    counter = _ConnectionCounter(target) if target.backend == "postgresql" else None
     deadline = time.monotonic() + TIMEOUT_S
-    peak = 0
-    while proc.poll() is None:
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise TimeoutError(f"the drain took over {TIMEOUT_S:.0f} s")
-        peak = max(peak, _tree_rss(root))
-        time.sleep(SAMPLE_S)
-    return peak
+    peak_rss, peak_connections = 0, 0
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise TimeoutError(f"the drain took over {TIMEOUT_S:.0f} s")
+            peak_rss = max(peak_rss, _tree_rss(root))
+            if counter is not None:
+                peak_connections = max(peak_connections, counter.count())
+            time.sleep(SAMPLE_S)
+    finally:
+        if counter is not None:
+            counter.close()
+    return peak_rss, peak_connections if counter is not None else None
+
+
+class _ConnectionCounter:
+    """Counts the backends connected to the bench database, other than its own."""
+
+    def __init__(self, target: Target) -> None:
+        self._engine = create_engine(target.url, pool_size=1)
+        self._conn = self._engine.connect()
+
+    def count(self) -> int:
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        value = self._conn.execute(text(sql)).scalar_one()
+        self._conn.rollback()
+        return int(value)
+
+    def close(self) -> None:
+        self._conn.close()
+        self._engine.dispose()
 
 
 def _tree_rss(root: psutil.Process) -> int:

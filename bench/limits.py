@@ -29,7 +29,7 @@ from runner.worker.scheduler import utc_batch_key
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = int(os.environ.get("BENCH_LIMIT_JOBS", "10000"))
 RPM, TPM = 600, 1_000_000
-RUNNERS, PROCESSES, THREADS = 3, 2, 16
+RUNNERS, PROCESSES, CONCURRENCY = 3, 2, 16
 MAX_TOKENS = 1000  # the model's output cap: 600 x (prompt + 1000) stays under the TPM
 LATENCY = "latency=2000,jitter=0.35,style=openai"
 TIMEOUT_S = 3 * 3600
@@ -116,7 +116,7 @@ def _drain(target: Target, runners: int) -> float:
         **os.environ,
         "DATABASE_URL": target.url,
         "PROMPTBATCH_PROCESSES": str(PROCESSES),
-        "PROMPTBATCH_THREADS": str(THREADS),
+        "PROMPTBATCH_CONCURRENCY": str(CONCURRENCY),
         "PROMPTBATCH_LOG_LEVEL": "WARNING",
         "PROMPTBATCH_BACKOFF_CAP": "30",
     }

@@ -15,7 +15,7 @@ from pgqueuer.types import QueueExecutionMode
 
 from bench.databases import Target, sql_scalar
 from bench.drain_clock import time_drain
-from bench.throughput import JOBS, PROCESSES, THREADS, TIMEOUT_S
+from bench.throughput import CONCURRENCY, JOBS, PROCESSES, TIMEOUT_S
 
 ENQUEUE_CHUNK = 1_000
 
@@ -63,7 +63,7 @@ def _procrastinate_worker(url: str) -> None:
         app = _procrastinate_app(url)
         async with app.open_async():
             await app.run_worker_async(
-                concurrency=THREADS,
+                concurrency=CONCURRENCY,
                 wait=False,
                 install_signal_handlers=False,
                 fetch_job_polling_interval=0.05,
@@ -101,7 +101,9 @@ def _pgqueuer_worker(url: str) -> None:
 
             # max_concurrent_tasks must be at least twice batch_size (pgqueuer's rule).
             await manager.run(
-                batch_size=THREADS // 2, max_concurrent_tasks=THREADS, mode=QueueExecutionMode.drain
+                batch_size=CONCURRENCY // 2,
+                max_concurrent_tasks=CONCURRENCY,
+                mode=QueueExecutionMode.drain,
             )
 
     asyncio.run(work())

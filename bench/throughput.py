@@ -26,7 +26,7 @@ from runner.worker.jobs import JobContext, JobOutcome
 
 JOBS = 20_000
 PROMPTS, MODELS = 4_000, 5
-PROCESSES, THREADS = 2, 8  # 16 jobs in flight; the peers get the same
+PROCESSES, CONCURRENCY = 2, 8  # 16 jobs in flight; the peers get the same
 TIMEOUT_S = 240.0
 NOOP_ANSWER = AnswerRecord(
     answer="ok",
@@ -62,10 +62,10 @@ COMMIT;
 """
 
 
-def complete_noop(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
+async def complete_noop(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
     """run_job without the model call: the same fenced completion (through the worker's group
     commit) that a real answer gets."""
-    return JobOutcome(ctx.outcomes.record(Completion(job, NOOP_ANSWER)).value)
+    return JobOutcome((await ctx.outcomes.submit(Completion(job, NOOP_ANSWER))).value)
 
 
 def noop_worker_main(spec: spawn.WorkerSpec, stop: spawn.StopFlag) -> None:
@@ -79,11 +79,11 @@ def run(backend: str) -> dict[str, Any]:
     with fresh_target(backend, "throughput") as target:
         ours = run_workers(target)
         if backend == "sqlite":
-            return {"jobs": JOBS, "in_flight": PROCESSES * THREADS, "ours_jobs_per_s": ours}
+            return {"jobs": JOBS, "in_flight": PROCESSES * CONCURRENCY, "ours_jobs_per_s": ours}
         floor = run_pgbench(target)
     return {
         "jobs": JOBS,
-        "in_flight": PROCESSES * THREADS,
+        "in_flight": PROCESSES * CONCURRENCY,
         "ours_jobs_per_s": ours,
         "pgbench_floor_jobs_per_s": floor,
         "ours_over_floor": ours / floor,
@@ -102,13 +102,15 @@ def enqueue_jobs(target: Target) -> None:
     assert created == JOBS, created
 
 
-def run_workers(target: Target, processes: int = PROCESSES, threads: int = THREADS) -> float:
-    """Drain a fresh batch with `processes` x `threads` no-op workers; returns jobs/s."""
+def run_workers(
+    target: Target, processes: int = PROCESSES, concurrency: int = CONCURRENCY
+) -> float:
+    """Drain a fresh batch with `processes` x `concurrency` no-op workers; returns jobs/s."""
     enqueue_jobs(target)
     settings = Settings(
         database_url=target.url,
         processes=processes,
-        threads=threads,
+        concurrency=concurrency,
         poll_interval=0.05,
         log_level="WARNING",
     )
@@ -150,7 +152,7 @@ def run_pgbench(target: Target) -> float:
     OUT.mkdir(exist_ok=True)
     script = Path(OUT / "claim_complete.sql")
     script.write_text(_PGBENCH_SCRIPT)
-    clients = PROCESSES * THREADS
+    clients = PROCESSES * CONCURRENCY
     out = subprocess.run(
         [
             "pgbench",

@@ -46,8 +46,9 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """Build the engine for `url` (``sqlite:///path`` or ``postgresql+psycopg://...``).
+def make_engine(url: str, *, pool_size: int = 5, max_overflow: int | None = None) -> Engine:
+    """Build the engine for `url` (``sqlite:///path`` or ``postgresql+psycopg://...``): on
+    PostgreSQL at most pool_size + max_overflow (default pool_size) connections at once.
 
     Raises ConfigError for a malformed URL or unsupported driver. Nothing connects yet.
     """
@@ -66,7 +67,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             parsed,
             pool_pre_ping=True,
             pool_size=pool_size,
-            max_overflow=pool_size,
+            max_overflow=pool_size if max_overflow is None else max_overflow,
             pool_recycle=1800,
         )
     except (ArgumentError, NoSuchModuleError) as exc:

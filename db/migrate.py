@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest revision in db/migrations/versions: a new migration must update it
 # (tests/test_migrate_head.py compares it with Alembic's ScriptDirectory).
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 # Alembic's version table (MigrationContext's default name): one row, the database's revision.
 _ALEMBIC_VERSION = table("alembic_version", column("version_num"))
 

@@ -20,7 +20,7 @@ class WorkerInfo:
     hostname: str
     pid: int
     processes: int
-    threads: int
+    concurrency: int  # model calls in flight per process
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def register_worker(conn: Connection, info: WorkerInfo) -> None:
             hostname=info.hostname,
             pid=info.pid,
             processes=info.processes,
-            threads=info.threads,
+            concurrency=info.concurrency,
             in_flight=0,
             started_at=now,
             last_seen_at=now,
@@ -84,7 +84,7 @@ def list_workers(
             Worker.hostname,
             Worker.pid,
             Worker.processes,
-            Worker.threads,
+            Worker.concurrency,
             Worker.in_flight,
             Worker.started_at,
             Worker.last_seen_at,

@@ -9,7 +9,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.types import Provider
@@ -50,7 +50,12 @@ class Settings(BaseSettings):
 
     batch_time: str = "00:00"  # HH:MM, UTC: when the daily batch is enqueued
     processes: int = Field(2, ge=1, le=64)  # worker processes per runner
-    threads: int = Field(4, ge=1, le=256)  # jobs in flight per worker process
+    # Model calls in flight per worker process: each is a task on the process's event loop, not
+    # a thread (issue 11), so hundreds per process cost little CPU or memory.
+    concurrency: int = Field(4, ge=1, le=4096)
+    # PROMPTBATCH_THREADS, the old name of `concurrency` (one release): used when CONCURRENCY
+    # is not set, with a warning (`deprecations`).
+    threads: int | None = Field(None, ge=1, le=4096)
     max_attempts: int = Field(3, ge=1, le=50)  # attempts per job before it fails
     # Leases a job may lose with its worker (a crash, kill -9) before it fails: they spend no
     # attempt, so a job that kills its worker every time still ends.
@@ -115,6 +120,22 @@ class Settings(BaseSettings):
         if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
         return value.upper()
+
+    @model_validator(mode="after")
+    def _old_names(self) -> Settings:
+        if self.threads is not None and "concurrency" not in self.model_fields_set:
+            self.concurrency = self.threads
+        return self
+
+    @property
+    def deprecations(self) -> list[str]:
+        """One line per deprecated setting in use (the CLI prints them as warnings)."""
+        if self.threads is None:
+            return []
+        return [
+            "PROMPTBATCH_THREADS is deprecated (calls in flight are no longer threads): "
+            "set PROMPTBATCH_CONCURRENCY instead"
+        ]
 
     @cached_property
     def heartbeat_interval(self) -> float:

@@ -62,7 +62,7 @@ def run_once(engine: Engine, settings: Settings, worker: str = "w1") -> JobOutco
     client = ModelClient(settings)
     try:
         ctx = JobContext(settings, engine, client, CatalogCache(engine), GroupCommit(engine))
-        return run_job(ctx, claim_one(engine, worker))
+        return client.run(run_job(ctx, claim_one(engine, worker)))
     finally:
         client.close()
 

@@ -234,10 +234,25 @@ def test_bad_database_url(url, needle):
 
 
 def test_bad_setting_names_the_variable(tmp_path):
-    result = cli(f"sqlite:///{tmp_path}/x.db", "status", env={"PROMPTBATCH_THREADS": "0"})
-    assert_user_error(result, "PROMPTBATCH_THREADS".removeprefix("PROMPTBATCH_"))
+    result = cli(f"sqlite:///{tmp_path}/x.db", "status", env={"PROMPTBATCH_CONCURRENCY": "0"})
+    assert_user_error(result, "PROMPTBATCH_CONCURRENCY".removeprefix("PROMPTBATCH_"))
     result = cli(f"sqlite:///{tmp_path}/x.db", "status", env={"PROMPTBATCH_REQUEST_TIMEOUT": "inf"})
     assert_user_error(result, "REQUEST_TIMEOUT")
+
+
+def test_the_old_threads_name_still_sets_the_concurrency_with_a_warning(tmp_path, monkeypatch):
+    """PROMPTBATCH_THREADS (before issue 11) keeps working for one release: it sets the calls in
+    flight per process unless PROMPTBATCH_CONCURRENCY is set, and every command warns."""
+    from runner.cli.commands import load_settings
+
+    monkeypatch.setenv("PROMPTBATCH_THREADS", "24")
+    assert load_settings().concurrency == 24
+    monkeypatch.setenv("PROMPTBATCH_CONCURRENCY", "5")
+    assert load_settings().concurrency == 5
+    assert load_settings(concurrency=7).concurrency == 7
+    result = cli(f"sqlite:///{tmp_path}/x.db", "status", env={"PROMPTBATCH_THREADS": "24"})
+    assert "PROMPTBATCH_THREADS is deprecated" in result.stderr
+    assert "PROMPTBATCH_CONCURRENCY" in result.stderr
 
 
 @pytest.mark.subprocess

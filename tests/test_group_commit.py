@@ -224,7 +224,7 @@ def test_a_worker_whose_database_turns_read_only_exits_instead_of_hanging(
     if engine.dialect.name == "sqlite":
         pytest.skip("SQLite reports a read-only database as unavailable: retried, not fatal")
     one_job(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url)
-    settings = fast_settings(db_url, threads=2)
+    settings = fast_settings(db_url, concurrency=2)
     worker = Worker(
         settings, WorkerSpec(settings.model_dump(), "test", 0), StopFlag(mp.get_context("spawn"))
     )

@@ -134,9 +134,9 @@ def test_limits_stated_in_headers_pace_a_model_without_rpm(
     try:
         first: ClaimedJob = claim_one(engine, "w1")
         assert ctx.pace_of(first) == (None, None)
-        assert run_job(ctx, first) is JobOutcome.SUCCEEDED
+        assert client.run(run_job(ctx, first)) is JobOutcome.SUCCEEDED
         assert ctx.pace_of(first) == (600, 200000)
-        assert run_job(ctx, claim_one(engine, "w1")) is JobOutcome.SUCCEEDED  # paced now
+        assert client.run(run_job(ctx, claim_one(engine, "w1"))) is JobOutcome.SUCCEEDED  # paced now
     finally:
         client.close()
     [m] = catalog.list_models(engine)

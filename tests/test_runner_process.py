@@ -136,7 +136,7 @@ def test_drain_processes_batch_and_exits_zero(engine, db_url, sim):
         extra_models=("sim-claude-3.5-sonnet",),
     )
     assert total == 200
-    code, err = finish(start_runner(db_url, "--drain", processes=2, threads=4))
+    code, err = finish(start_runner(db_url, "--drain", processes=2, concurrency=4))
     assert code == 0, err[-3000:]
     assert count(engine, PromptJob.status == "succeeded") == 200
     assert "connection" not in err.lower() or "error" not in err.lower()
@@ -160,7 +160,7 @@ def test_drain_enqueues_todays_missing_batch_itself(engine, db_url, sim):
     and exits 0 (C2's start-up catch-up through the real command, logging at INFO)."""
     catalog.import_prompts(engine, [NewPrompt("Which CRM should we pick?", "crm", 2)])
     catalog.add_model(engine, provider="compatible", name="sim-gpt-4o-mini", base_url=sim.base_url)
-    code, err = finish(start_runner(db_url, "--drain", processes=1, threads=2))
+    code, err = finish(start_runner(db_url, "--drain", processes=1, concurrency=2))
     assert code == 0, err[-3000:]
     assert "batch_enqueued" in err
     today = PromptJob.batch_key == utc_batch_key()
@@ -179,7 +179,7 @@ def test_drain_exits_one_when_a_model_is_paused(engine, db_url, sim):
         runs=2,
         extra_models=("sim-gpt-4o-mini@status=401",),
     )
-    code, err = finish(start_runner(db_url, "--drain", processes=1, threads=4))
+    code, err = finish(start_runner(db_url, "--drain", processes=1, concurrency=4))
     assert code == 1, err[-3000:]
     # every claim of the 401 model's jobs was deferred (the K-th paused it): none spent
     queued = (PromptJob.status == "queued", PromptJob.attempt_count == PromptJob.deferrals)
@@ -194,7 +194,7 @@ def test_worker_sigkilled_mid_job_is_replaced_and_job_reclaimed(engine, db_url, 
     """C6: a worker process SIGKILLed mid-job -> replaced; its jobs come back after the lease and
     finish once; nothing is left in processing."""
     total = seed(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url, prompts=4, runs=2)
-    proc = start_runner(db_url, "--drain", processes=2, threads=2, lease_seconds=3)
+    proc = start_runner(db_url, "--drain", processes=2, concurrency=2, lease_seconds=3)
     wait_for(lambda: len(processing_pids(engine)) > 0, 120, "a job in flight")
     victim = sorted(processing_pids(engine))[0]
     os.kill(victim, signal.SIGKILL)
@@ -211,13 +211,13 @@ def test_runner_sigkilled_jobs_reclaimed_by_next_runner(engine, db_url, sim):
     """A whole runner SIGKILLed mid-job: the next runner reaps the expired leases (no command)
     and finishes every job once."""
     total = seed(engine, "sim-gpt-4o-mini@latency=2000", sim.base_url, prompts=2, runs=2)
-    proc = start_runner(db_url, "--drain", processes=1, threads=4, lease_seconds=2)
+    proc = start_runner(db_url, "--drain", processes=1, concurrency=4, lease_seconds=2)
     wait_for(lambda: count(engine, PromptJob.status == "processing") > 0, 120, "jobs in flight")
     os.killpg(proc.pid, signal.SIGKILL)  # supervisor and workers at once
     proc.communicate()
     assert count(engine, PromptJob.status == "processing") > 0
     code, err = finish(
-        start_runner(db_url, "--drain", processes=1, threads=4, lease_seconds=2), timeout=240
+        start_runner(db_url, "--drain", processes=1, concurrency=4, lease_seconds=2), timeout=240
     )
     assert code == 0, err[-3000:]
     assert count(engine, PromptJob.status == "succeeded") == total
@@ -227,7 +227,7 @@ def test_runner_sigkilled_jobs_reclaimed_by_next_runner(engine, db_url, sim):
 def test_sigterm_finishes_in_flight_jobs_and_exits_zero(engine, db_url, sim):
     """SIGTERM: stop claiming, finish in-flight jobs within the grace period, exit 0."""
     seed(engine, "sim-gpt-4o-mini@latency=1000", sim.base_url, prompts=10, runs=2)
-    proc = start_runner(db_url, processes=1, threads=2, grace_seconds=20)
+    proc = start_runner(db_url, processes=1, concurrency=2, grace_seconds=20)
     wait_for(lambda: count(engine, PromptJob.status == "processing") > 0, 120, "jobs in flight")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
@@ -244,7 +244,7 @@ def test_sigterm_hands_back_prefetched_jobs_without_calling_the_model(engine, db
     attempt spent)."""
     # A model no other test here uses: the shared simulator may still be answering their calls.
     seed(engine, "sim-llama-3.1-70b@latency=3000", sim.base_url, prompts=10, runs=2)
-    proc = start_runner(db_url, processes=1, threads=2, grace_seconds=20)
+    proc = start_runner(db_url, processes=1, concurrency=2, grace_seconds=20)
     wait_for(
         lambda: count(engine, PromptJob.status == "processing") == 2 + prefetch(2),
         120,
@@ -268,7 +268,7 @@ def test_sigterm_hands_back_prefetched_jobs_without_calling_the_model(engine, db
 
 def test_sigterm_past_grace_hands_jobs_back_without_spending_attempts(engine, db_url, sim):
     seed(engine, "sim-gpt-4o-mini@latency=5000", sim.base_url, prompts=2, runs=1)
-    proc = start_runner(db_url, processes=1, threads=2, grace_seconds=0.5)
+    proc = start_runner(db_url, processes=1, concurrency=2, grace_seconds=0.5)
     wait_for(lambda: count(engine, PromptJob.status == "processing") == 2, 120, "2 jobs in flight")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
@@ -280,7 +280,7 @@ def test_sigterm_past_grace_hands_jobs_back_without_spending_attempts(engine, db
 def test_cancelled_processing_job_result_dropped(engine, db_url, sim):
     """A job cancelled while its model call is in flight: the late result writes nothing."""
     seed(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url, prompts=1, runs=1)
-    proc = start_runner(db_url, processes=1, threads=1)
+    proc = start_runner(db_url, processes=1, concurrency=1)
     wait_for(lambda: count(engine, PromptJob.status == "processing") == 1, 120, "job in flight")
     operations.cancel_jobs(engine, where=JobQuery(statuses=("processing",)), actor="test")
     time.sleep(2.5)
@@ -301,7 +301,7 @@ def test_runner_exits_non_zero_when_scheduler_thread_dies(engine, db_url, monkey
         raise RuntimeError("scheduler bug (simulated)")
 
     monkeypatch.setattr("runner.worker.scheduler.BatchScheduler.tick", broken_tick)
-    supervisor = Supervisor(fast_settings(db_url, processes=1, threads=1), engine, progress=False)
+    supervisor = Supervisor(fast_settings(db_url, processes=1, concurrency=1), engine, progress=False)
     assert supervisor.run() == EXIT_SCHEDULER_DIED
 
 
@@ -314,7 +314,7 @@ def test_two_runners_share_one_rate_limit(engine, db_url, sim):
     [row] = catalog.list_models(engine)
     catalog.update_model(engine, row.id, rpm=120)
     started = time.monotonic()
-    runners = [start_runner(db_url, "--drain", processes=2, threads=4) for _ in range(2)]
+    runners = [start_runner(db_url, "--drain", processes=2, concurrency=4) for _ in range(2)]
     for proc in runners:
         code, err = finish(proc)
         assert code == 0, err[-3000:]

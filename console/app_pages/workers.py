@@ -1,4 +1,4 @@
-"""Workers: the live runner processes (host, pid, processes x threads, in flight, last seen)."""
+"""Workers: the live runner processes (host, pid, processes x concurrency, in flight, last seen)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def workers_section(url: str, stale_after: float, include_stopped: bool, every: 
             live_rows = [w for w in rows if w.stopped_at is None and not w.stale]
             cols = st.columns(4)
             cols[0].metric("Live worker processes", len(live_rows))
-            cols[1].metric("Threads", sum(w.threads for w in live_rows))
+            cols[1].metric("Calls in flight at most", sum(w.concurrency for w in live_rows))
             cols[2].metric("Jobs in flight", sum(w.in_flight for w in live_rows))
             cols[3].metric(
                 "Stale",
@@ -32,7 +32,7 @@ def workers_section(url: str, stale_after: float, include_stopped: bool, every: 
                         "state": "stopped" if w.stopped_at else ("STALE" if w.stale else "live"),
                         "host": w.hostname,
                         "pid": w.pid,
-                        "shape": f"{w.processes}x{w.threads}",
+                        "shape": f"{w.processes}x{w.concurrency}",
                         "in_flight": w.in_flight,
                         "last_seen_at": w.last_seen_at,
                         "started_at": w.started_at,
@@ -57,7 +57,7 @@ def workers_section(url: str, stale_after: float, include_stopped: bool, every: 
                 frame,
                 hide_index=True,
                 column_config={
-                    "shape": st.column_config.TextColumn("processes x threads"),
+                    "shape": st.column_config.TextColumn("processes x concurrency"),
                     "last_seen_at": TIME,
                     "started_at": TIME,
                     "stopped_at": TIME,

@@ -66,7 +66,7 @@ def load_settings(**overrides: object) -> Settings:
 
     try:
         base = Settings()
-        return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+        settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
         field = (".".join(str(p) for p in err["loc"]) or "settings").upper()
@@ -76,6 +76,17 @@ def load_settings(**overrides: object) -> Settings:
             else f"PROMPTBATCH_{field}"
         )
         raise ConfigError(f"invalid setting {name}: {err['msg']}") from exc
+    for line in settings.deprecations:
+        typer.echo(f"warning: {line}", err=True)
+    return settings
+
+
+def _concurrency(concurrency: int | None, threads: int | None) -> int | None:
+    """--concurrency, or the deprecated --threads (one release) with a warning."""
+    if threads is not None and concurrency is None:
+        typer.echo("warning: --threads is deprecated: use --concurrency", err=True)
+        return threads
+    return concurrency
 
 
 # Engines a command opened; `main` disposes them when the command ends, so a command run in
@@ -433,7 +444,15 @@ def enqueue(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
 def run(
     drain: Annotated[bool, typer.Option(help="Exit when nothing is due (cron mode).")] = False,
     processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Jobs in flight per process.")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency", "-c", min=1, max=4096, help="Model calls in flight per process."
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(hidden=True, help="Deprecated: --concurrency.")
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(min=1, max=65535, help="Serve Prometheus /metrics on this port."),
@@ -447,7 +466,7 @@ def run(
     from runner.logs import configure_logging
     from runner.worker.supervisor import Supervisor
 
-    settings = load_settings(processes=processes, threads=threads)
+    settings = load_settings(processes=processes, concurrency=_concurrency(concurrency, threads))
     engine = open_engine(settings)
     check_api_keys(engine, settings)
     configure_logging(settings)
@@ -749,19 +768,34 @@ def cancel(
 def simulator(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8787,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1, max=64, help="Processes serving the port (SO_REUSEPORT); state is per process."
+        ),
+    ] = 1,
+    reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
     """Serve the OpenAI-compatible model simulator (realistic answers, fault injection)."""
     from runner.logs import configure_logging
     from runner.simulator.server import serve
 
     configure_logging(load_settings())
-    serve(host, port)
+    serve(host, port, processes=processes, reuse_port=reuse_port)
 
 
 @app.command()
 def demo(
     processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Jobs in flight per process.")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency", "-c", min=1, max=4096, help="Model calls in flight per process."
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(hidden=True, help="Deprecated: --concurrency.")
+    ] = None,
     open_console: Annotated[
         bool,
         typer.Option(
@@ -774,7 +808,9 @@ def demo(
     from runner.logs import configure_logging
 
     # Job-by-job INFO lines would bury the progress line and the summary: warnings only.
-    settings = load_settings(processes=processes, threads=threads, log_level="WARNING")
+    settings = load_settings(
+        processes=processes, concurrency=_concurrency(concurrency, threads), log_level="WARNING"
+    )
     configure_logging(settings)
     code = run_demo(settings)
     if open_console:

@@ -23,7 +23,8 @@ import asyncio
 import dataclasses
 import math
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from functools import cache
 from typing import Any, TypeVar
 
@@ -72,8 +73,9 @@ _KEY_ENV = {Provider.OPENAI: "OPENAI_API_KEY", Provider.OPENROUTER: "OPENROUTER_
 
 
 class ModelClient:
-    """Asks models for answers; thread-safe, one per worker process. `ask` blocks its thread
-    while the call runs on the process's call loop."""
+    """Asks models for answers; one per worker process. `ask_async` is the call for coroutines
+    on the client's loop (`submit` puts them there); `ask` blocks its thread while the call runs
+    on that loop."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -88,6 +90,18 @@ class ModelClient:
         """Ask `job.prompt_text` of the job's model: at most two paid calls (structured, then
         plain). Raises CallFailed (kind, message, and what the attempt's calls used)."""
         return self._loop.run(self._ask(job))
+
+    async def ask_async(self, job: ClaimedJob) -> ModelReply:
+        """`ask` for a coroutine running on this client's loop; returns and raises as `ask`."""
+        return await self._ask(job)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Start `coro` as a task on this client's call loop; its future."""
+        return self._loop.submit(coro)
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run `callback` on this client's call loop thread, between two steps of its tasks."""
+        self._loop.call_soon(callback)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on this client's call loop and wait for it (for `runner.llm.check`)."""

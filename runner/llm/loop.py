@@ -1,6 +1,7 @@
 """One asyncio event loop per worker process, on its own daemon thread, for the model calls.
 
-Job threads hand their call to the loop and wait for it (`CallLoop.run`). On the loop a call is
+The worker's job coroutines run on it (`CallLoop.submit`); a thread may also hand it one call and
+wait (`CallLoop.run`: `models check`, tools). On the loop a call is
 an `openai.AsyncOpenAI` request under `asyncio.timeout`: the wall-clock deadline covers connect,
 wait and read, and its cancellation closes the connection, so a server that trickles one byte a
 second cannot hold a slot past it (a per-read timeout, which is all a blocking socket has, could).
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -28,7 +30,15 @@ class CallLoop:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop and return its result (or raise its exception)."""
-        return asyncio.run_coroutine_threadsafe(coro, self._started()).result()
+        return self.submit(coro).result()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Schedule `coro` as a task on the loop; its future (cancel() cancels the task)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._started())
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run `callback` on the loop thread, between two steps of its tasks."""
+        self._started().call_soon_threadsafe(callback)
 
     def close(self) -> None:
         """Stop the loop and join its thread; `run` starts a new one afterwards."""

@@ -16,6 +16,8 @@ import random
 import select
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -247,7 +249,10 @@ class SimulatorServer(ThreadingHTTPServer):
     # connections at once, and each dropped one costs its call a 1 s retransmit (bench/ item 3).
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], api_key: str | None = None) -> None:
+    def __init__(
+        self, address: tuple[str, int], api_key: str | None = None, *, reuse_port: bool = False
+    ) -> None:
+        self.reuse_port = reuse_port  # several processes serve one port (`serve(processes=N)`)
         super().__init__(address, SimulatorHandler)
         self.api_key = api_key
         self.bank = load_answer_bank()
@@ -257,6 +262,11 @@ class SimulatorServer(ThreadingHTTPServer):
         self._request_count = 0
         self._captured: deque[CapturedRequest] = deque(maxlen=CAPTURE_LIMIT)
         self.limits = ProviderLimits()  # the provider's rate limits, credits and revocations
+
+    def server_bind(self) -> None:
+        if self.reuse_port:  # the kernel spreads new connections over every process's socket
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     @property
     def address(self) -> SimulatorAddress:
@@ -475,10 +485,10 @@ class SimulatorHandler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    host: str = "127.0.0.1", port: int = 0, api_key: str | None = None
+    host: str = "127.0.0.1", port: int = 0, api_key: str | None = None, *, reuse_port: bool = False
 ) -> SimulatorServer:
     """A bound, not yet serving simulator; port 0 picks a free port; ``api_key`` enables auth."""
-    return SimulatorServer((host, port), api_key)
+    return SimulatorServer((host, port), api_key, reuse_port=reuse_port)
 
 
 @contextmanager
@@ -499,9 +509,26 @@ def _shutdown_on_sigterm(server: SimulatorServer) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def serve(host: str, port: int, api_key: str | None = None) -> None:
-    """Serve until KeyboardInterrupt or SIGTERM (blocking; for `promptbatch simulator`)."""
-    with make_server(host, port, api_key) as server, _shutdown_on_sigterm(server):
+def serve(
+    host: str,
+    port: int,
+    api_key: str | None = None,
+    *,
+    processes: int = 1,
+    reuse_port: bool = False,
+) -> None:
+    """Serve until KeyboardInterrupt or SIGTERM (blocking; for `promptbatch simulator`).
+
+    processes > 1: this process and processes - 1 children serve one port (SO_REUSEPORT, the
+    kernel spreading connections), so the simulator is not what a benchmark of many calls in
+    flight measures; counters, captured requests and rate limits are then per process."""
+    if processes > 1 and port == 0:
+        raise InvalidInput("several simulator processes need a fixed --port")
+    with (
+        _children(host, port, processes - 1),
+        make_server(host, port, api_key, reuse_port=reuse_port or processes > 1) as server,
+        _shutdown_on_sigterm(server),
+    ):
         logger.info(
             "Simulator serving at %s",
             server.base_url,
@@ -512,6 +539,21 @@ def serve(host: str, port: int, api_key: str | None = None) -> None:
         except KeyboardInterrupt:
             logger.info("Simulator interrupted", extra={"action": "simulator_interrupted"})
     logger.info("Simulator stopped", extra={"action": "simulator_stopped"})
+
+
+@contextmanager
+def _children(host: str, port: int, count: int) -> Iterator[None]:
+    """`count` more `promptbatch simulator --reuse-port` processes on (host, port), stopped when
+    the block ends."""
+    command = [sys.executable, "-m", "runner", "simulator", "--host", host, "--port", str(port)]
+    children = [subprocess.Popen([*command, "--reuse-port"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(10)
 
 
 @contextmanager

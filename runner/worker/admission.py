@@ -4,8 +4,10 @@ latest model-level failure, and the tokens given back after the call."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from db import pacing, queue
@@ -20,8 +22,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STOP_CHECK_SECONDS = 0.25  # how soon a job waiting for its pacing place sees a stop
 
-def pace(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
+
+async def pace(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
     """Wait for the job's place under its model's rpm/tpm, shared by every runner (db.pacing);
     None: call now. A place further than pacing_max_wait seconds away hands the job back until
     then (POSTPONED, no attempt spent); a stop during the wait hands it back uncalled."""
@@ -30,7 +34,8 @@ def pace(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
         return None
     wait = ctx.settings.pacing_max_wait
     try:
-        place = pacing.reserve_call(
+        place = await ctx.db(
+            pacing.reserve_call,
             ctx.control,
             job.model_id,
             rpm=rpm,
@@ -40,31 +45,40 @@ def pace(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
         )
     except DatabaseUnavailable as exc:
         log.warning("pacing failed: %s", exc, extra={"action": "pacing_failed", "job_id": job.id})
-        return _hand_back(ctx, job, ctx.settings.poll_interval)
+        return await _hand_back(ctx, job, ctx.settings.poll_interval)
     if not place.granted:
-        return _hand_back(ctx, job, place.wait_seconds - wait)
-    stop = ctx.draining or threading.Event()
-    if place.wait_seconds > 0 and stop.wait(place.wait_seconds):
+        return await _hand_back(ctx, job, place.wait_seconds - wait)
+    if place.wait_seconds > 0 and await _stopped_within(ctx.draining, place.wait_seconds):
         return JobOutcome.NOT_STARTED  # the reserved place goes unused; nothing was sent
     return None
 
 
-def gate(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
+async def _stopped_within(stop: threading.Event | None, seconds: float) -> bool:
+    """Sleep `seconds` on the loop, waking early when `stop` is set; whether it was."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stop is not None and stop.is_set():
+            return True
+        await asyncio.sleep(min(left, STOP_CHECK_SECONDS) if stop is not None else left)
+    return stop is not None and stop.is_set()
+
+
+async def gate(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
     """Hold the call of a job claimed before its model's latest model-level failure (or whose
     model is paused since): hand it back uncalled. Only the probe claimed after the failure
     calls, so a rejected key costs at most PAUSE_AFTER calls after the first (issue 10)."""
     seen = ctx.model_failures.get(job.model_id)
     if seen is None or job.started_at > seen:  # this process knows of no failure since
         try:
-            streak, paused = queue.model_gate(ctx.control, job.model_id)
+            streak, paused = await ctx.db(queue.model_gate, ctx.control, job.model_id)
         except DatabaseUnavailable:
             return None  # the call itself decides; a failure is recorded as usual
         if not paused and streak <= job.failure_streak:
             return None
-    return _hand_back(ctx, job, 0.0, "its model failed since it was claimed, or is paused")
+    return await _hand_back(ctx, job, 0.0, "its model failed since it was claimed, or is paused")
 
 
-def _hand_back(
+async def _hand_back(
     ctx: JobContext,
     job: ClaimedJob,
     delay: float,
@@ -72,7 +86,9 @@ def _hand_back(
 ) -> JobOutcome:
     """Give the job back to the queue uncalled, due again in `delay` seconds."""
     try:
-        queue.release_jobs(ctx.control, job.worker_id, [job.id], delay_seconds=max(delay, 0))
+        await ctx.db(
+            queue.release_jobs, ctx.control, job.worker_id, [job.id], delay_seconds=max(delay, 0)
+        )
     except DatabaseUnavailable:
         return JobOutcome.NOT_STARTED  # the worker hands it back when it stops, or the lease ends
     log.info(
@@ -84,7 +100,9 @@ def _hand_back(
     return JobOutcome.POSTPONED
 
 
-def settle_tokens(ctx: JobContext, job: ClaimedJob, outcome: ModelReply | FailureRecord) -> None:
+async def settle_tokens(
+    ctx: JobContext, job: ClaimedJob, outcome: ModelReply | FailureRecord
+) -> None:
     """Give back reserved tokens that do not count against the model's tpm: all of them when the
     provider refused the call unserved; the unused part when the provider counts used tokens
     only (every provider but OpenAI, which counts max_tokens at admission)."""
@@ -100,6 +118,6 @@ def settle_tokens(ctx: JobContext, job: ClaimedJob, outcome: ModelReply | Failur
     else:
         unused = reserved - (usage.prompt_tokens or 0) - (usage.completion_tokens or 0)
     try:
-        pacing.refund_tokens(ctx.control, job.model_id, tpm=tpm, tokens=unused)
+        await ctx.db(pacing.refund_tokens, ctx.control, job.model_id, tpm=tpm, tokens=unused)
     except DatabaseUnavailable as exc:  # the next calls wait a little longer; nothing is lost
         log.warning("token refund failed: %s", exc, extra={"action": "pacing_failed"})

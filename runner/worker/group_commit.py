@@ -5,11 +5,12 @@ alike. Idea from pgqueuer's batched acknowledgements and PostgreSQL's own group 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 
 from db import results
 from db.budgets import BudgetPolicy
@@ -25,15 +26,16 @@ _Waiting = tuple[Outcome, Future[Recorded]]
 
 
 class GroupCommit:
-    """Job threads hand their outcome over (`record`) and block until it is written; the worker's
-    claim loop writes every outcome handed over since its last turn together with its next claim,
-    in ONE transaction (`commit_and_claim`). A job's slot is never freed before its outcome is
-    saved, so a crash loses nothing that was acknowledged; under load the writes batch
-    themselves, and an idle worker writes each outcome at once, with no added wait.
+    """Jobs hand their outcome over (`submit` from a coroutine, `record` from a thread) and wait
+    until it is written; the worker's claim loop writes every outcome handed over since its last
+    turn together with its next claim, in ONE transaction (`commit_and_claim`). A job's slot is
+    never freed before its outcome is saved, so a crash loses nothing that was acknowledged;
+    under load the writes batch themselves, and an idle worker writes each outcome at once, with
+    no added wait.
 
     One outcome's states:
 
-        handed over --turn--> written --commit--> acknowledged (its thread gets its Recorded)
+        handed over --turn--> written --commit--> acknowledged (its job gets its Recorded)
                                   |--the batch raised (one bad answer)--> rewritten alone
                                   '--the database is away--> kept for retry --next turn--> written
         handed over after the claim loop ended (close) --> rewritten alone, in its own thread
@@ -47,8 +49,10 @@ class GroupCommit:
         engine: Engine,
         wake: threading.Event | None = None,
         budget: BudgetPolicy | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self._engine = engine
+        self._executor = executor  # where `submit` writes alone off the event loop
         self._budget = budget  # the daily budgets every claim and spend is checked against
         self._wake = wake  # set on every hand-over, so the claim loop stops waiting
         self._lock = threading.Lock()
@@ -56,7 +60,7 @@ class GroupCommit:
         self._closed = wake is None
 
     def record(self, outcome: Outcome) -> Recorded:
-        """Hand `outcome` over and block until it is written (job threads). Recorded.DROPPED when
+        """Hand `outcome` over and block until it is written (from a thread). Recorded.DROPPED when
         the worker no longer held the job (nothing was written). Raises what its lone write
         raised, e.g. DatabaseUnavailable."""
         done: Future[Recorded] = Future()
@@ -69,6 +73,21 @@ class GroupCommit:
         assert self._wake is not None
         self._wake.set()
         return done.result()
+
+    async def submit(self, outcome: Outcome) -> Recorded:
+        """`record` for a job coroutine: hand `outcome` over and await its write without blocking
+        the event loop (a lone write runs on the executor). Returns and raises as `record`."""
+        done: Future[Recorded] = Future()
+        with self._lock:
+            alone = self._closed
+            if not alone:
+                self._waiting.append((outcome, done))
+        if alone:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._write_alone, outcome)
+        assert self._wake is not None
+        self._wake.set()
+        return await asyncio.wrap_future(done)
 
     def commit_and_claim(
         self, worker_id: str, free: int, *, lease_seconds: float
@@ -135,7 +154,7 @@ class GroupCommit:
 
     def close(self) -> None:
         """The claim loop ends: write what is waiting, each alone; later outcomes are written
-        alone by their own threads. Idempotent."""
+        alone by their own jobs. Idempotent."""
         with self._lock:
             self._closed = True
             batch = list(self._waiting)
@@ -151,7 +170,7 @@ class GroupCommit:
 
     def _keep(self, batch: list[_Waiting]) -> None:
         """Put a batch that could not reach the database back in front, to be written first next
-        turn: a paid answer is kept while the database is away (its threads keep waiting)."""
+        turn: a paid answer is kept while the database is away (its jobs keep waiting)."""
         with self._lock:
             self._waiting.extendleft(reversed(batch))
 

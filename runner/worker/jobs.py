@@ -1,16 +1,28 @@
-"""Running one claimed job: ask the model, extract mentions, record the outcome."""
+"""Running one claimed job: ask the model, extract mentions, record the outcome.
+
+A job is a coroutine on its worker process's event loop (issue 11): a call in flight costs a
+task and a socket, not a thread. Every blocking database statement a job makes (pacing, the
+model gate, a catalog refresh) runs on the process's small database executor (`JobContext.db`),
+and its outcome is written by the group commit, so the loop never waits on the database.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from concurrent.futures import Executor
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any, TypeVar
 
 from db import results
 from db.engine import Engine
+from db.errors import DatabaseUnavailable
 from db.types import (
     AnswerRecord,
     ClaimedJob,
@@ -28,6 +40,7 @@ from runner.extraction.resolve import Catalog
 from runner.llm.answers import ModelReply
 from runner.llm.client import ModelClient
 from runner.llm.errors import CallFailed
+from runner.llm.ratelimits import RateLimits
 from runner.settings import Settings
 from runner.worker import admission
 from runner.worker.backoff import backoff_seconds
@@ -37,25 +50,36 @@ from runner.worker.learned import LearnedLimits
 from runner.worker.outcome import JobOutcome
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
 class JobContext:
-    """What a worker thread needs to run jobs; one per worker process."""
+    """What a job coroutine needs; one per worker process."""
 
     settings: Settings
     engine: Engine
     client: ModelClient
     catalog: CatalogCache
     outcomes: GroupCommit  # writes every outcome (its process's group commit)
-    call_slots: threading.BoundedSemaphore | None = None  # bounds concurrent model calls
+    call_slots: asyncio.Semaphore | None = None  # bounds concurrent model calls (concurrency)
     draining: threading.Event | None = None  # set when the worker stops: start no more calls
     learned: LearnedLimits | None = None  # the providers' stated limits (pace without --rpm)
     # model id -> when this process last saw one of its model-level failures (UTC)
     model_failures: dict[int, datetime] = field(default_factory=dict)
-    # A small pool for the job threads' own short statements (pacing, the model gate): they
-    # must not open a connection per thread (3 runners x 2 x 16 threads > max_connections 100).
+    # The engine of the jobs' own short statements (pacing, the model gate): one connection per
+    # process, never one per call in flight (3 runners x 2 x 16 > max_connections 100, found).
     control_engine: Engine | None = None
+    # Runs the jobs' blocking statements off the event loop (None: the loop's default executor)
+    db_executor: Executor | None = None
+    # Ids of the jobs whose model call has started: a stopping worker lets these finish and
+    # cancels the others (prefetched, waiting for a slot or their pacing place) uncalled.
+    calling: set[int] = field(default_factory=set)
+
+    async def db(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` (a blocking database call) on the database executor."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.db_executor, partial(fn, *args, **kwargs))
 
     @property
     def control(self) -> Engine:
@@ -66,29 +90,42 @@ class JobContext:
         return self.learned.pace_of(job) if self.learned else (job.rpm, job.tpm)
 
 
-def run_job(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
-    """Run `job` to a recorded outcome. Never raises for a job's own failure."""
-    with ctx.call_slots or nullcontext():  # the answer is recorded after the slot is given back
+async def run_job(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
+    """Run `job` to a recorded outcome (a coroutine on the worker's loop). Never raises for a
+    job's own failure."""
+    async with AsyncExitStack() as slot:
+        if ctx.call_slots is not None:
+            await slot.enter_async_context(ctx.call_slots)
         if ctx.draining is not None and ctx.draining.is_set():
             return JobOutcome.NOT_STARTED
-        if (held := admission.pace(ctx, job) or admission.gate(ctx, job)) is not None:
+        if (held := await admission.pace(ctx, job) or await admission.gate(ctx, job)) is not None:
             return held
-        started = time.monotonic()
-        outcome = _ask(ctx, job)
-        latency_ms = _ms_since(started)
-    admission.settle_tokens(ctx, job, outcome)
+        if ctx.draining is not None and ctx.draining.is_set():  # no await from here to the add
+            return JobOutcome.NOT_STARTED
+        ctx.calling.add(job.id)  # from here on the job runs to its outcome, a stop or not
+        try:
+            return await _call_and_record(ctx, job, slot)
+        finally:
+            ctx.calling.discard(job.id)
+
+
+async def _call_and_record(ctx: JobContext, job: ClaimedJob, slot: AsyncExitStack) -> JobOutcome:
+    started = time.monotonic()
+    outcome = await _ask(ctx, job)
+    latency_ms = _ms_since(started)
+    await slot.aclose()  # the call slot is free while the answer is being recorded
+    await admission.settle_tokens(ctx, job, outcome)
     if isinstance(outcome, ModelReply):
-        return _record_success(ctx, job, outcome, latency_ms)
-    return _record_failure(ctx, job, replace(outcome, latency_ms=latency_ms))
+        return await _record_success(ctx, job, outcome, latency_ms)
+    return await _record_failure(ctx, job, replace(outcome, latency_ms=latency_ms))
 
 
-def _ask(ctx: JobContext, job: ClaimedJob) -> ModelReply | FailureRecord:
+async def _ask(ctx: JobContext, job: ClaimedJob) -> ModelReply | FailureRecord:
     """The model's reply, or the failure to record (latency filled in by the caller)."""
     try:
-        reply = ctx.client.ask(job)
+        reply = await ctx.client.ask_async(job)
     except CallFailed as exc:
-        if ctx.learned:
-            ctx.learned.learn(job, exc.limits)
+        await _learn(ctx, job, exc.limits)
         return FailureRecord(
             exc.kind,
             str(exc),
@@ -100,16 +137,20 @@ def _ask(ctx: JobContext, job: ClaimedJob) -> ModelReply | FailureRecord:
     except Exception as exc:  # a bug of ours: the job fails visibly, the worker lives on
         log.exception("job crashed", extra={"action": "job_crashed", "job_id": job.id})
         return FailureRecord(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
-    if ctx.learned:
-        ctx.learned.learn(job, reply.limits)
+    await _learn(ctx, job, reply.limits)
     return reply
 
 
-def _record_success(
+async def _learn(ctx: JobContext, job: ClaimedJob, limits: RateLimits | None) -> None:
+    if ctx.learned and (due := ctx.learned.learn(job, limits)) is not None:
+        await ctx.db(ctx.learned.write, job, due)
+
+
+async def _record_success(
     ctx: JobContext, job: ClaimedJob, reply: ModelReply, latency_ms: int
 ) -> JobOutcome:
     if reply.schema_unsupported:
-        results.mark_json_schema_unsupported(ctx.engine, job.model_id)
+        await _mark_schema_unsupported(ctx, job)
         log.info(
             "model rejects or ignores json_schema; using the plain call from now on",
             extra={"action": "json_schema_unsupported", "model": job.model_name},
@@ -123,11 +164,11 @@ def _record_success(
         completion_tokens=reply.call.completion_tokens,
         latency_ms=latency_ms,
         request_id=reply.call.request_id,
-        mentions=find_mentions(reply, ctx.catalog.get()),
+        mentions=find_mentions(reply, await _catalog(ctx)),
         cost_usd=reply.call.cost_usd,
         cost_source=reply.call.cost_source,
     )
-    if ctx.outcomes.record(Completion(job, answer, reply.usage)) is Recorded.DROPPED:
+    if await ctx.outcomes.submit(Completion(job, answer, reply.usage)) is Recorded.DROPPED:
         _log_dropped(job)
         return JobOutcome.DROPPED
     log.info(
@@ -168,7 +209,25 @@ _FAILURE_LOGS = {
 }
 
 
-def _record_failure(ctx: JobContext, job: ClaimedJob, failure: FailureRecord) -> JobOutcome:
+async def _catalog(ctx: JobContext) -> Catalog:
+    """The catalog to extract with: the cached one, reloaded off the loop when stale."""
+    catalog = ctx.catalog.fresh()
+    return catalog if catalog is not None else await ctx.db(ctx.catalog.get)
+
+
+async def _mark_schema_unsupported(ctx: JobContext, job: ClaimedJob) -> None:
+    try:
+        await ctx.db(results.mark_json_schema_unsupported, ctx.control, job.model_id)
+    except DatabaseUnavailable as exc:  # the next answer in prose marks it; keep this one
+        log.warning("could not mark the model: %s", exc, extra={"action": "model_mark_failed"})
+        return
+    log.info(
+        "model rejects or ignores json_schema; using the plain call from now on",
+        extra={"action": "json_schema_unsupported", "model": job.model_name},
+    )
+
+
+async def _record_failure(ctx: JobContext, job: ClaimedJob, failure: FailureRecord) -> JobOutcome:
     s = ctx.settings
     if failure.kind.model_level and s.pause_after > 0:  # hold this process's other calls now,
         ctx.model_failures[job.model_id] = datetime.now(UTC)  # before the database knows
@@ -178,7 +237,7 @@ def _record_failure(ctx: JobContext, job: ClaimedJob, failure: FailureRecord) ->
         cap=s.backoff_cap,
         retry_after=failure.retry_after,
     )
-    recorded = ctx.outcomes.record(Failure(job, failure, delay, s.pause_after))
+    recorded = await ctx.outcomes.submit(Failure(job, failure, delay, s.pause_after))
     if recorded is Recorded.DROPPED:
         _log_dropped(job)
         return JobOutcome.DROPPED

@@ -35,17 +35,19 @@ class LearnedLimits:
             learned_rpm, learned_tpm = self._known.get(job.model_id, (None, None))
         return job.rpm or learned_rpm, job.tpm or learned_tpm
 
-    def learn(self, job: ClaimedJob, limits: RateLimits | None) -> None:
-        """Remember the per-minute limits a response stated for `job`'s model."""
+    def learn(self, job: ClaimedJob, limits: RateLimits | None) -> RateLimits | None:
+        """Remember the per-minute limits a response stated for `job`'s model; returns them when
+        they are due to be written to model_pacing (changed, or not written for WRITE_EVERY_S):
+        the caller passes them to `write`, off the event loop."""
         if limits is None or not (limits.limit_requests or limits.limit_tokens):
-            return
+            return None
         stated = (limits.limit_requests, limits.limit_tokens)
         now = time.monotonic()
         with self._lock:
             changed = self._known.get(job.model_id) != stated
             due = now - self._written.get(job.model_id, -WRITE_EVERY_S) >= WRITE_EVERY_S
             if not (changed or due):
-                return
+                return None
             self._known[job.model_id] = stated
             self._written[job.model_id] = now
         if changed:
@@ -55,12 +57,16 @@ class LearnedLimits:
                 *(v if v is not None else "not stated" for v in stated),
                 extra={"action": "limits_learned", "model": job.model_name},
             )
+        return limits
+
+    def write(self, job: ClaimedJob, limits: RateLimits) -> None:
+        """Write what `learn` returned to model_pacing (blocking: one short transaction)."""
         try:
             pacing.record_learned(
                 self._engine,
                 job.model_id,
-                rpm=stated[0],
-                tpm=stated[1],
+                rpm=limits.limit_requests,
+                tpm=limits.limit_tokens,
                 remaining_requests=limits.remaining_requests,
                 remaining_tokens=limits.remaining_tokens,
             )

@@ -1,5 +1,11 @@
-"""A worker process: claims jobs in batches and runs them on T threads (DESIGN.md, "Runner"):
-at most T model calls at once, plus a few prefetched jobs (`prefetch`).
+"""A worker process: claims jobs in batches and runs each as a coroutine on one event loop
+(DESIGN.md, "Runner"; issue 11): at most C model calls at once (`concurrency`), plus a few
+prefetched jobs (`prefetch`).
+
+Its threads, whatever C is: the claim loop (main thread: the group commit's transactions), the
+event loop (every job and model call), one database thread for the jobs' own short statements,
+the heartbeat and a stop watch. Its database connections: two (the claim loop's, and one shared
+by the heartbeat and the database thread).
 
 Started by the supervisor with the `spawn` method; it builds its own engine and SDK clients after
 start (case C4) and receives only plain data: a settings dict and ids.
@@ -7,6 +13,7 @@ start (case C4) and receives only plain data: a settings dict and ids.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -35,11 +42,11 @@ from runner.worker.spawn import STOP_POLL_SECONDS, StopFlag, WorkerSpec
 log = logging.getLogger(__name__)
 
 
-def prefetch(threads: int) -> int:
-    """Jobs a process holds beyond its T concurrent model calls: a thread whose call ended waits
+def prefetch(concurrency: int) -> int:
+    """Jobs a process holds beyond its C concurrent model calls: a job whose call ended waits
     for the claim loop to commit its answer (tens of ms on a busy machine) while a prefetched job
     already takes its call slot. 500 ms calls x 64 slots: 86% -> 90% of the ideal (bench/)."""
-    return max(2, threads // 4)
+    return max(2, concurrency // 4)
 
 
 def _unfinished(future: Future[Any]) -> bool:
@@ -71,26 +78,32 @@ class Worker:
         self._stop = threading.Event()
         self._parent = os.getppid()
         self._signals = 0
-        self.capacity = settings.threads + prefetch(settings.threads)  # jobs held at once
-        self.engine = make_engine(settings.database_url, pool_size=self.capacity + 2)
-        self.control = make_engine(settings.database_url, pool_size=2)  # job threads' pacing
+        self.capacity = settings.concurrency + prefetch(settings.concurrency)  # jobs held
+        # One connection each, whatever the concurrency: the claim loop's, and the heartbeat's
+        # shared with the jobs' database thread (pacing, the model gate, the catalog).
+        url = settings.database_url
+        self.engine = make_engine(url, pool_size=1, max_overflow=0)
+        self.control = make_engine(url, pool_size=1, max_overflow=0)
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="job-db")
         self._wake = threading.Event()  # a job ended or handed over its outcome, or stop
         self.outcomes = GroupCommit(
             self.engine,
             self._wake,
             BudgetPolicy(settings.daily_budget_usd, settings.default_max_tokens),
+            executor=self._db,
         )
         self._draining = threading.Event()
         self.ctx = JobContext(
             settings,
             self.engine,
             ModelClient(settings),
-            CatalogCache(self.engine),
+            CatalogCache(self.control),
             self.outcomes,
-            threading.BoundedSemaphore(settings.threads),
+            asyncio.Semaphore(settings.concurrency),
             self._draining,
             LearnedLimits(self.control),
             control_engine=self.control,
+            db_executor=self._db,
         )
         self.in_flight: dict[Future[Any], ClaimedJob] = {}
         self._lock = threading.Lock()
@@ -116,9 +129,10 @@ class Worker:
                 socket.gethostname(),
                 os.getpid(),
                 self.settings.processes,
-                self.settings.threads,
+                self.settings.concurrency,
             ),
         )
+        self.ctx.catalog.get()  # loaded before the first call: a later refresh may fail safely
         log.info("worker started", extra={"action": "worker_started", "worker_id": self.id})
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
@@ -132,33 +146,36 @@ class Worker:
                 beat.join(timeout=5)
             workers.stop_worker(self.engine, self.id)
         finally:
+            with self._lock:
+                for future in self.in_flight:  # handed back already: end their tasks
+                    future.cancel()
             self.ctx.client.close()
+            self._db.shutdown(wait=True, cancel_futures=True)
             self.control.dispose()
             self.engine.dispose()
         log.info("worker stopped", extra={"action": "worker_stopped", "worker_id": self.id})
 
     def _work(self) -> None:
-        with ThreadPoolExecutor(self.capacity, thread_name_prefix="job") as pool:
-            try:
-                self._claim_loop(pool)
-                self._drain()
-            finally:  # also when the loop died: no job thread may wait for it forever
-                self._draining.set()
-                self.outcomes.close()
+        try:
+            self._claim_loop()
+            self._drain()
+        finally:  # also when the loop died: no job may wait for it forever
+            self._draining.set()
+            self.outcomes.close()
 
     def _wake_on_stop(self) -> None:
         while not self.stopping():
             time.sleep(STOP_POLL_SECONDS)
         self._wake.set()
 
-    def _claim_loop(self, pool: ThreadPoolExecutor) -> None:
+    def _claim_loop(self) -> None:
         """Each turn, one transaction records the outcomes handed over since the last turn and
         claims jobs for every free slot; then wait until a job ends or `poll_interval` passes."""
         while not self.stopping():
             self._wake.clear()  # before the turn: a hand-over from now on ends the wait below
             self._reap_done()
             for job in self._turn(self.capacity - len(self.in_flight)):
-                future = pool.submit(run_job, self.ctx, job)
+                future = self.ctx.client.submit(run_job(self.ctx, job))
                 with self._lock:
                     self.in_flight[future] = job
                 future.add_done_callback(lambda _: self._wake.set())
@@ -181,22 +198,22 @@ class Worker:
             return []
 
     def _reap_done(self) -> None:
-        """Forget the jobs whose thread has returned; log a thread that raised."""
+        """Forget the jobs whose coroutine has returned; log one that raised."""
         with self._lock:
             done = [future for future in self.in_flight if future.done()]
             for future in done:
                 self.in_flight.pop(future)
         for future in done:
-            if (exc := future.exception()) is not None:
-                log.error("job thread raised", exc_info=exc, extra={"action": "job_crashed"})
+            if not future.cancelled() and (exc := future.exception()) is not None:
+                log.error("job raised", exc_info=exc, extra={"action": "job_crashed"})
 
     def _drain(self) -> None:
         """Start no more model calls; let the running ones finish within the grace period (still
         recording their outcomes), then hand back the rest and the prefetched jobs."""
         self._draining.set()
-        with self._lock:
-            for future in self.in_flight:
-                future.cancel()  # a prefetched job no thread has picked up yet
+        # On the loop, after the flag: a job not calling by then never will (run_job checks the
+        # flag as it starts its call), so cancelling it stops no call in flight.
+        self.ctx.client.call_soon(self._cancel_uncalled)
         deadline = time.monotonic() + self.settings.grace_seconds
         while self._running_ids() and time.monotonic() < deadline:
             self._wake.clear()
@@ -217,6 +234,14 @@ class Worker:
                 extra={"action": "jobs_released", "worker_id": self.id},
             )
 
+    def _cancel_uncalled(self) -> None:
+        """Cancel the jobs that have not started their call (prefetched, waiting for a slot or a
+        pacing place): they are handed back. Runs on the event loop."""
+        with self._lock:
+            for future, job in self.in_flight.items():
+                if job.id not in self.ctx.calling:
+                    future.cancel()
+
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval):
             try:
@@ -226,17 +251,19 @@ class Worker:
 
     def _heartbeat(self) -> None:
         ids = self._running_ids()
-        held = queue.heartbeat(self.engine, self.id, ids, lease_seconds=self.settings.lease_seconds)
+        held = queue.heartbeat(
+            self.control, self.id, ids, lease_seconds=self.settings.lease_seconds
+        )
         # A job that ended since the snapshot left 'processing' itself: its lease was not lost.
         for job_id in (set(ids) - held) & set(self._running_ids()):
             log.warning(
                 "lease lost (cancelled or taken over)",
                 extra={"action": "lease_lost", "job_id": job_id},
             )
-        workers.touch_worker(self.engine, self.id, len(ids))
+        workers.touch_worker(self.control, self.id, len(ids))
 
     def _running_ids(self) -> list[int]:
-        """Ids of the jobs whose thread has not returned yet (a finished one is still in
+        """Ids of the jobs whose coroutine has not returned yet (a finished one is still in
         in_flight until the claim loop reaps it)."""
         with self._lock:
             return [job.id for future, job in self.in_flight.items() if not future.done()]

@@ -44,7 +44,8 @@ class Child:
 
 @dataclass
 class Supervisor:
-    """Runs P worker processes x T threads until stopped (or, with drain, until nothing is due)."""
+    """Runs P worker processes x C calls in flight until stopped (or, with drain, until nothing
+    is due)."""
 
     settings: Settings
     engine: Engine
@@ -76,9 +77,9 @@ class Supervisor:
             self._sched_thread.start()
         self._children = [self._spawn(i) for i in range(self.settings.processes)]
         log.info(
-            "runner started: %d processes x %d threads",
+            "runner started: %d processes x %d calls in flight",
             self.settings.processes,
-            self.settings.threads,
+            self.settings.concurrency,
             extra={"action": "runner_started", "runner_id": self.runner_id},
         )
         try:
