@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint pytest openai3 console bench clean
+.PHONY: install demo test test-fast lint pytest openai2 console bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "promptbatch needs Python 3.11+")'
@@ -21,7 +21,7 @@ CONSOLE ?= 1
 demo: $(STAMP)
 	$(BIN)/promptbatch demo $(if $(filter 0,$(CONSOLE)),--no-console,--console)
 
-test: lint pytest openai3
+test: lint pytest openai2
 
 LINTED := db runner console tests bench docs
 lint: $(STAMP)
@@ -40,23 +40,24 @@ pytest: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -q $(XDIST) -m "not subprocess and not browser"
 
-# The model boundary on the other supported openai major: openai 3.x (httpx2) in a second venv,
-# mypy over the tree and the tests that make model calls (the whole suite runs on openai 2.x).
-VENV3 := .venv-openai3
-STAMP3 := $(VENV3)/.installed
+# The model boundary on the other supported openai major: the main venv resolves the newest
+# (3.x, httpx2); openai 2.x (httpx) in a second venv,
+# mypy over the tree and the tests that make model calls (the whole suite runs on the newest).
+VENV2 := .venv-openai2
+STAMP2 := $(VENV2)/.installed
 MODEL_TESTS := tests/test_provider_contract.py tests/test_jobs.py tests/test_simulator.py \
 	tests/test_model_units.py
-$(STAMP3): pyproject.toml
-	$(PYTHON) -m venv $(VENV3)
-	$(VENV3)/bin/pip install --quiet --upgrade pip
-	$(VENV3)/bin/pip install --quiet -e . 'openai[aiohttp]>=3,<4' 'pytest>=8,<10' 'pytest-timeout>=2.3,<3' \
+$(STAMP2): pyproject.toml
+	$(PYTHON) -m venv $(VENV2)
+	$(VENV2)/bin/pip install --quiet --upgrade pip
+	$(VENV2)/bin/pip install --quiet -e . 'openai[aiohttp]>=2,<3' 'pytest>=8,<10' 'pytest-timeout>=2.3,<3' \
 		'pytest-xdist>=3.5,<4' time-machine 'pyyaml>=6,<7' mypy types-pytz types-PyYAML
-	touch $(STAMP3)
+	touch $(STAMP2)
 
-openai3: $(STAMP3)
-	$(VENV3)/bin/python -c 'import openai, sys; sys.exit(0 if openai.__version__.startswith("3.") else "not openai 3")'
-	$(VENV3)/bin/mypy
-	$(VENV3)/bin/pytest -q $(XDIST) -p no:cacheprovider $(MODEL_TESTS)
+openai2: $(STAMP2)
+	$(VENV2)/bin/python -c 'import openai, sys; sys.exit(0 if openai.__version__.startswith("2.") else "not openai 2")'
+	$(VENV2)/bin/mypy
+	$(VENV2)/bin/pytest -q $(XDIST) -p no:cacheprovider $(MODEL_TESTS)
 
 console: $(STAMP)
 	$(BIN)/promptbatch console
@@ -66,4 +67,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) $(VENV3) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV2) data .pytest_cache .mypy_cache .ruff_cache

@@ -136,7 +136,9 @@ def test_limits_stated_in_headers_pace_a_model_without_rpm(
         assert ctx.pace_of(first) == (None, None)
         assert client.run(run_job(ctx, first)) is JobOutcome.SUCCEEDED
         assert ctx.pace_of(first) == (600, 200000)
-        assert client.run(run_job(ctx, claim_one(engine, "w1"))) is JobOutcome.SUCCEEDED  # paced now
+        assert (
+            client.run(run_job(ctx, claim_one(engine, "w1"))) is JobOutcome.SUCCEEDED
+        )  # paced now
     finally:
         client.close()
     [m] = catalog.list_models(engine)

@@ -301,7 +301,9 @@ def test_runner_exits_non_zero_when_scheduler_thread_dies(engine, db_url, monkey
         raise RuntimeError("scheduler bug (simulated)")
 
     monkeypatch.setattr("runner.worker.scheduler.BatchScheduler.tick", broken_tick)
-    supervisor = Supervisor(fast_settings(db_url, processes=1, concurrency=1), engine, progress=False)
+    supervisor = Supervisor(
+        fast_settings(db_url, processes=1, concurrency=1), engine, progress=False
+    )
     assert supervisor.run() == EXIT_SCHEDULER_DIED
 
 

@@ -15,6 +15,11 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+try:  # libuv's loop: 5% less CPU per job than asyncio's own at 1,024 in flight (bench/ item 3)
+    from uvloop import new_event_loop as _new_event_loop
+except ImportError:  # not on Windows: asyncio's own
+    from asyncio import new_event_loop as _new_event_loop  # type: ignore[assignment]
+
 T = TypeVar("T")
 STOP_TIMEOUT_SECONDS = 5.0  # close() waits this long for the loop thread to end
 
@@ -55,7 +60,7 @@ class CallLoop:
     def _started(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
-                self._loop = asyncio.new_event_loop()
+                self._loop = _new_event_loop()
                 self._thread = threading.Thread(
                     target=self._loop.run_forever, name=self._name, daemon=True
                 )

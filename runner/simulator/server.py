@@ -245,9 +245,10 @@ class SimulatorServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
-    # listen() backlog. socketserver's default of 5 drops the SYNs of a runner opening 64
-    # connections at once, and each dropped one costs its call a 1 s retransmit (bench/ item 3).
-    request_queue_size = 128
+    # listen() backlog (the kernel caps it at net.core.somaxconn). socketserver's default of 5
+    # drops the SYNs of a runner opening its connections at once, and each dropped one costs its
+    # call a 1 s retransmit (bench/ item 3: 64, then 1,024 calls starting together).
+    request_queue_size = 4096
 
     def __init__(
         self, address: tuple[str, int], api_key: str | None = None, *, reuse_port: bool = False

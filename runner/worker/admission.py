@@ -23,6 +23,39 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STOP_CHECK_SECONDS = 0.25  # how soon a job waiting for its pacing place sees a stop
+# How long one read of a model's (failure_streak, paused) serves every gate of this process: a
+# read per call was a seventh of a worker's CPU at 1,024 in flight (bench/ item 3); a failure
+# in another runner is seen this much later (this process's own failures at once).
+GATE_READ_SECONDS = 0.1
+
+
+class GateReads:
+    """Per process, on the event loop: model id -> its latest (failure_streak, paused), read
+    from the database at most every GATE_READ_SECONDS, one read at a time per model."""
+
+    def __init__(self) -> None:
+        self._read: dict[int, tuple[float, tuple[int, bool]]] = {}  # model -> (monotonic, value)
+        self._pending: dict[int, asyncio.Future[tuple[int, bool]]] = {}
+
+    async def state(self, ctx: JobContext, model_id: int) -> tuple[int, bool]:
+        """The model's (failure_streak, paused); raises DatabaseUnavailable."""
+        read = self._read.get(model_id)
+        if read is not None and time.monotonic() - read[0] < GATE_READ_SECONDS:
+            return read[1]
+        pending = self._pending.get(model_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(ctx, model_id))
+            self._pending[model_id] = pending
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, ctx: JobContext, model_id: int) -> tuple[int, bool]:
+        started = time.monotonic()
+        try:
+            value = await ctx.db(queue.model_gate, ctx.control, model_id)
+        finally:
+            self._pending.pop(model_id, None)
+        self._read[model_id] = (started, value)
+        return value
 
 
 async def pace(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
@@ -70,7 +103,7 @@ async def gate(ctx: JobContext, job: ClaimedJob) -> JobOutcome | None:
     seen = ctx.model_failures.get(job.model_id)
     if seen is None or job.started_at > seen:  # this process knows of no failure since
         try:
-            streak, paused = await ctx.db(queue.model_gate, ctx.control, job.model_id)
+            streak, paused = await ctx.gates.state(ctx, job.model_id)
         except DatabaseUnavailable:
             return None  # the call itself decides; a failure is recorded as usual
         if not paused and streak <= job.failure_streak:

@@ -75,6 +75,7 @@ class JobContext:
     # Ids of the jobs whose model call has started: a stopping worker lets these finish and
     # cancels the others (prefetched, waiting for a slot or their pacing place) uncalled.
     calling: set[int] = field(default_factory=set)
+    gates: admission.GateReads = field(default_factory=admission.GateReads)
 
     async def db(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` (a blocking database call) on the database executor."""

@@ -174,7 +174,8 @@ class Worker:
         while not self.stopping():
             self._wake.clear()  # before the turn: a hand-over from now on ends the wait below
             self._reap_done()
-            for job in self._turn(self.capacity - len(self.in_flight)):
+            # A job whose outcome is handed over leaves its place: claim for it now
+            for job in self._turn(self.capacity - len(self.in_flight) + len(self.outcomes)):
                 future = self.ctx.client.submit(run_job(self.ctx, job))
                 with self._lock:
                     self.in_flight[future] = job
