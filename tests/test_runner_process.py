@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -153,6 +154,52 @@ def test_drain_processes_batch_and_exits_zero(engine, db_url, sim):
         )
         assert mismatched == 0
         assert conn.scalar(select(func.count(func.distinct(Response.job_id)))) == 200
+
+
+def _runner_tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _database_connections(processes: list[psutil.Process], port: int) -> int:
+    """TCP connections these processes hold to the database server's port."""
+    held = 0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            held += sum(
+                1
+                for c in process.net_connections(kind="tcp")
+                if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+            )
+    return held
+
+
+def test_hundreds_of_calls_in_flight_on_a_few_threads_and_two_connections(engine, db_url, sim):
+    """Issue 11: a worker process holds its calls in flight as tasks on one event loop: 128 are
+    answered at once by the simulator while the worker runs a fixed handful of OS threads (it
+    ran one per call before), and the runner holds at most 2 database connections per worker
+    process + 2 for the supervisor, whatever the concurrency."""
+    total = seed(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url, prompts=60, runs=5)
+    sim.reset_counters()
+    # WARNING: 300 INFO lines would fill the pipe no one reads until the runner exits
+    proc = start_runner(db_url, "--drain", processes=1, concurrency=128, log_level="WARNING")
+    port = engine.url.port if engine.dialect.name == "postgresql" else None
+    peak_threads = peak_connections = 0
+    while proc.poll() is None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree = _runner_tree(proc.pid)
+            workers = [p for p in tree[1:] if "multiprocessing-fork" in " ".join(p.cmdline())]
+            peak_threads = max([peak_threads, *(w.num_threads() for w in workers)])
+            if port is not None:
+                peak_connections = max(peak_connections, _database_connections(tree, port))
+        time.sleep(0.05)
+    code, err = finish(proc)
+    assert code == 0, err[-3000:]
+    assert count(engine, PromptJob.status == "succeeded") == total == 300
+    assert sim.peak_answering >= 100, "the worker did not hold its calls in flight at once"
+    assert 0 < peak_threads <= 16, peak_threads
+    if port is not None:
+        assert 0 < peak_connections <= 2 * 1 + 2, peak_connections
 
 
 def test_drain_enqueues_todays_missing_batch_itself(engine, db_url, sim):

@@ -261,6 +261,8 @@ class SimulatorServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._calls: dict[CallKey, int] = {}
         self._request_count = 0
+        self._answering = 0  # chat calls being answered now (after admission, before the reply)
+        self._peak_answering = 0
         self._captured: deque[CapturedRequest] = deque(maxlen=CAPTURE_LIMIT)
         self.limits = ProviderLimits()  # the provider's rate limits, credits and revocations
 
@@ -312,6 +314,25 @@ class SimulatorServer(ThreadingHTTPServer):
         with self._lock:
             self._request_count += 1
 
+    @property
+    def peak_answering(self) -> int:
+        """The most chat calls answered at once (in their latency) since the last reset: how
+        many calls a client really had in flight."""
+        with self._lock:
+            return self._peak_answering
+
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """Count one chat call as being answered for the duration of the block."""
+        with self._lock:
+            self._answering += 1
+            self._peak_answering = max(self._peak_answering, self._answering)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._answering -= 1
+
     def next_call_number(self, key: CallKey) -> int:
         """Count a call for ``key`` and return its number, starting at 1."""
         with self._lock:
@@ -323,6 +344,7 @@ class SimulatorServer(ThreadingHTTPServer):
         with self._lock:
             self._calls.clear()
             self._request_count = 0
+            self._peak_answering = self._answering
             self._captured.clear()
             self.limits = ProviderLimits()
 
@@ -396,7 +418,8 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         if refused is not None:  # a limit answers at once, before any generation
             self._send(refused, faults)
             return
-        time.sleep(latency_seconds(faults))
+        with self.server.answering():
+            time.sleep(latency_seconds(faults))
         if faults.hang:
             self._hang()
             return
