@@ -2,7 +2,8 @@
 --drain` against the simulator: 2,000 jobs at 500 ms with 64 in flight, 4,000 at 2 s with 256,
 8,000 at 4 s with 1,024 (2 worker processes each). Per scenario: jobs/s over the busy span (first
 claim to last completion) and over the whole command against the ideal (in flight / latency), the
-runner's CPU per job (every runner process, start-up included: the rusage of the waited command),
+runner's CPU per job (every runner process: the rusage of the waited command; "steady" less the
+CPU of the same command run again with nothing due, its start-up and exit),
 the simulator's CPU, peak RSS summed over the runner's processes, and on PostgreSQL the peak
 number of database connections. The simulator runs as its own `promptbatch simulator
 --processes N` (SO_REUSEPORT), as a remote API would: not in this process, whose RSS sampling
@@ -83,6 +84,7 @@ def run_scenario(backend: str, scenario: Scenario) -> dict[str, Any]:
         sim_cpu_before = sim.cpu_seconds()
         drained = _drain(target, scenario)
         sim_cpu = sim.cpu_seconds() - sim_cpu_before
+        fixed = _drain(target, scenario, "again")  # nothing due: start-up and exit alone
         span = _span_seconds(target)
         succeeded = sql_scalar(
             target, "SELECT count(*) FROM prompt_jobs WHERE status = 'succeeded'"
@@ -105,6 +107,8 @@ def run_scenario(backend: str, scenario: Scenario) -> dict[str, Any]:
         "fraction_of_ideal_span": jobs / span / ideal,
         "fraction_of_ideal_wall": jobs / drained.wall_s / ideal,
         "runner_cpu_ms_per_job": drained.cpu_s * 1000 / jobs,
+        "runner_startup_cpu_s": fixed.cpu_s,
+        "runner_cpu_ms_per_job_steady": (drained.cpu_s - fixed.cpu_s) * 1000 / jobs,
         "simulator_cpu_ms_per_job": sim_cpu * 1000 / jobs,
         "simulator_processes": SIMULATOR_PROCESSES,
         "peak_rss_mib": drained.peak_rss / 2**20,
@@ -169,7 +173,7 @@ class Drained:
     peak_connections: int | None  # PostgreSQL backends of the bench database (None: SQLite)
 
 
-def _drain(target: Target, scenario: Scenario) -> Drained:
+def _drain(target: Target, scenario: Scenario, run: str = "") -> Drained:
     """Run `promptbatch run --drain` and watch it until it exits."""
     env = command_env(
         DATABASE_URL=target.url,
@@ -180,7 +184,8 @@ def _drain(target: Target, scenario: Scenario) -> Drained:
     OUT.mkdir(exist_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    with open(OUT / f"concurrency-{target.backend}-{scenario.name}.log", "w") as log:
+    name = f"concurrency-{target.backend}-{scenario.name}{'-' + run if run else ''}.log"
+    with open(OUT / name, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "runner", "run", "--drain"],
             env=env,

@@ -59,20 +59,14 @@ def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str, str]]]]
     return [
         ("1. Enqueue 150,000 jobs (PostgreSQL)", _enqueue_rows(pg["enqueue"])),
         ("2. Claim and complete 20,000 no-op jobs (PostgreSQL)", _throughput_rows(pg)),
-        (
-            "3. 2,000 jobs, simulator at 500 ms, 64 in flight (PostgreSQL)",
-            _concurrency_rows(pg["concurrency"]),
-        ),
+        *_concurrency_sections("3.", "PostgreSQL", pg["concurrency"]),
         ("4. Growth (PostgreSQL)", _growth_rows(pg["growth"])),
         ("5. SQLite: enqueue", _enqueue_rows(lite["enqueue"])),
         (
             "5. SQLite: claim and complete 20,000 no-op jobs",
             [("ours", f"{lite['throughput']['ours_jobs_per_s']:.0f} jobs/s", "(no peers)")],
         ),
-        (
-            "5. SQLite: 2,000 jobs, simulator at 500 ms, 64 in flight",
-            _concurrency_rows(lite["concurrency"]),
-        ),
+        *_concurrency_sections("5.", "SQLite", lite["concurrency"]),
         ("6. Start-up (medians of 5)", _startup_rows(r["startup"])),
         ("7. The model call (simulator in its own process)", _call_rows(r["calls"])),
         *_limits_sections(r.get("limits")),
@@ -204,8 +198,22 @@ def _throughput_rows(pg: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
-def _concurrency_rows(c: dict[str, Any]) -> list[tuple[str, str, str]]:
+def _concurrency_sections(
+    number: str, backend: str, scenarios: dict[str, Any]
+) -> list[tuple[str, list[tuple[str, str, str]]]]:
     return [
+        (
+            f"{number} {c['jobs']:,} jobs, simulator at {c['latency_s']:g} s, {c['in_flight']:,} "
+            f"in flight ({c['processes']} processes x {c['concurrency']}, {backend})",
+            _concurrency_rows(c),
+        )
+        for c in scenarios.values()
+    ]
+
+
+def _concurrency_rows(c: dict[str, Any]) -> list[tuple[str, str, str]]:
+    connections = c.get("peak_db_connections")
+    rows = [
         (
             "first claim to last completion",
             f"{c['jobs_per_s_span']:.1f} jobs/s "
@@ -217,8 +225,24 @@ def _concurrency_rows(c: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{c['jobs_per_s_wall']:.1f} jobs/s ({c['fraction_of_ideal_wall']:.0%})",
             "",
         ),
+        ("mean call as the runner timed it", f"{c['mean_call_s']:.2f} s", ""),
+        (
+            "runner CPU per job: all / less start-up and exit",
+            f"{c['runner_cpu_ms_per_job']:.2f} / {c['runner_cpu_ms_per_job_steady']:.2f} ms "
+            f"(start-up {c['runner_startup_cpu_s']:.1f} s)",
+            "<= 2 ms",
+        ),
+        (
+            f"simulator CPU per job ({c['simulator_processes']} processes)",
+            f"{c['simulator_cpu_ms_per_job']:.2f} ms",
+            "",
+        ),
         ("peak RSS, supervisor + workers", f"{c['peak_rss_mib']:.0f} MiB", "<= 1024 MiB"),
     ]
+    if connections is not None:
+        limit = 2 * c["processes"] + 2
+        rows.append(("peak database connections", str(connections), f"<= {limit}"))
+    return rows
 
 
 def _growth_rows(g: dict[str, Any]) -> list[tuple[str, str, str]]:
