@@ -1,16 +1,18 @@
 """Item 3: calls in flight at real latencies (issue 11), through the real `promptbatch run
 --drain` against the simulator: 2,000 jobs at 500 ms with 64 in flight, 4,000 at 2 s with 256,
-8,000 at 4 s with 1,024 (2 worker processes each). Per scenario: jobs/s over the busy span (first
-claim to last completion) and over the whole command against the ideal (in flight / latency), the
-runner's CPU per job (every runner process: the rusage of the waited command; "steady" less the
-CPU of the same command run again with nothing due, its start-up and exit),
-the simulator's CPU, peak RSS summed over the runner's processes, and on PostgreSQL the peak
-number of database connections. The simulator runs as its own `promptbatch simulator
---processes N` (SO_REUSEPORT), as a remote API would: not in this process, whose RSS sampling
-would hold its GIL, and not as the bottleneck."""
+8,000 at 4 s with 1,024, and those at lognormal latencies (median 4 s, sigma 0.5) as real
+answers spread (2 worker processes each). Per scenario: jobs/s over the busy span (first claim to
+last completion), between the 10th and 90th percentile completion, and over the whole command,
+against the ideal (in flight / the mean latency); the runner's CPU per job (every runner
+process: the rusage of the waited command; "steady" less the CPU of the same command run again
+with nothing due, its start-up and exit); the simulator's CPU; peak RSS summed over the runner's
+processes; on PostgreSQL the peak number of database connections. The simulator runs as its own
+`promptbatch simulator --processes N` (SO_REUSEPORT), as a remote API would: not in this
+process, whose RSS sampling would hold its GIL, and not as the bottleneck."""
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import signal
@@ -39,26 +41,35 @@ SAMPLE_S = 0.1
 
 @dataclass(frozen=True)
 class Scenario:
-    """`jobs` jobs at `latency_s` seconds per call with `in_flight` calls at once."""
+    """`jobs` jobs at `latency_s` seconds per call with `in_flight` calls at once; with `jitter`,
+    each call's latency lognormal (median latency_s, sigma jitter) as real answers spread."""
 
     name: str
     jobs: int
     latency_s: float
     in_flight: int
+    jitter: float = 0.0
+
+    @property
+    def mean_latency_s(self) -> float:
+        return self.latency_s * math.exp(self.jitter**2 / 2)  # the lognormal's mean
 
     @property
     def ideal_jobs_per_s(self) -> float:
-        return self.in_flight / self.latency_s
+        return self.in_flight / self.mean_latency_s
 
     @property
     def model(self) -> str:
-        return f"sim-gpt-4o-mini@latency={int(self.latency_s * 1000)}"
+        spread = f",jitter={self.jitter:g}" if self.jitter else ""
+        return f"sim-gpt-4o-mini@latency={int(self.latency_s * 1000)}{spread}"
 
 
 SCENARIOS = (
     Scenario("64x500ms", 2_000, 0.5, 64),
     Scenario("256x2s", 4_000, 2.0, 256),
     Scenario("1024x4s", 8_000, 4.0, 1_024),
+    # The same with latencies spread as real ones: constant ones return in bursts of 1,024
+    Scenario("1024x4s-lognormal", 8_000, 4.0, 1_024, jitter=0.5),
 )
 RUNS = 5  # runs per prompt: jobs / RUNS prompts
 
@@ -90,6 +101,7 @@ def run_scenario(backend: str, scenario: Scenario) -> dict[str, Any]:
             target, "SELECT count(*) FROM prompt_jobs WHERE status = 'succeeded'"
         )
         latency = _float(target, "SELECT avg(latency_ms) / 1000.0 FROM responses")
+        middle = _middle_rate(target)
     ideal = scenario.ideal_jobs_per_s
     return {
         "jobs": jobs,
@@ -98,6 +110,8 @@ def run_scenario(backend: str, scenario: Scenario) -> dict[str, Any]:
         "processes": PROCESSES,
         "concurrency": scenario.in_flight // PROCESSES,
         "latency_s": scenario.latency_s,
+        "jitter": scenario.jitter,
+        "mean_latency_s": scenario.mean_latency_s,
         "mean_call_s": latency,  # as the runner timed its calls: the simulator's + transport
         "ideal_jobs_per_s": ideal,
         "wall_s": drained.wall_s,
@@ -106,6 +120,8 @@ def run_scenario(backend: str, scenario: Scenario) -> dict[str, Any]:
         "jobs_per_s_span": jobs / span,
         "fraction_of_ideal_span": jobs / span / ideal,
         "fraction_of_ideal_wall": jobs / drained.wall_s / ideal,
+        "jobs_per_s_middle": middle,
+        "fraction_of_ideal_middle": middle / ideal,
         "runner_cpu_ms_per_job": drained.cpu_s * 1000 / jobs,
         "runner_startup_cpu_s": fixed.cpu_s,
         "runner_cpu_ms_per_job_steady": (drained.cpu_s - fixed.cpu_s) * 1000 / jobs,
@@ -264,6 +280,17 @@ def _span_seconds(target: Target) -> float:
     else:
         sql = "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM prompt_jobs"
     return _float(target, sql)
+
+
+def _middle_rate(target: Target) -> float:
+    """Jobs/s between the 10th and the 90th percentile completion: the pace while every slot is
+    busy, without the ramp-up and the tail (the slowest answers of a spread latency)."""
+    engine = create_engine(target.url)
+    with engine.connect() as conn:
+        ends = sorted(conn.execute(text("SELECT finished_at FROM prompt_jobs")).scalars())
+    engine.dispose()
+    first, last = len(ends) // 10, len(ends) * 9 // 10
+    return (last - first) / (ends[last] - ends[first]).total_seconds()
 
 
 def _float(target: Target, sql: str) -> float:

@@ -203,12 +203,19 @@ def _concurrency_sections(
 ) -> list[tuple[str, list[tuple[str, str, str]]]]:
     return [
         (
-            f"{number} {c['jobs']:,} jobs, simulator at {c['latency_s']:g} s, {c['in_flight']:,} "
+            f"{number} {c['jobs']:,} jobs, simulator at {c['latency_s']:g} s"
+            f"{_spread(c)}, {c['in_flight']:,} "
             f"in flight ({c['processes']} processes x {c['concurrency']}, {backend})",
             _concurrency_rows(c),
         )
         for c in scenarios.values()
     ]
+
+
+def _spread(c: dict[str, Any]) -> str:
+    if not c.get("jitter"):
+        return ""
+    return f" lognormal (sigma {c['jitter']:g}, mean {c['mean_latency_s']:.2f} s)"
 
 
 def _concurrency_rows(c: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -219,6 +226,11 @@ def _concurrency_rows(c: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{c['jobs_per_s_span']:.1f} jobs/s "
             f"({c['fraction_of_ideal_span']:.0%} of the ideal {c['ideal_jobs_per_s']:.0f})",
             ">= 90%",
+        ),
+        (
+            "10th to 90th percentile completion (every slot busy)",
+            f"{c['jobs_per_s_middle']:.1f} jobs/s ({c['fraction_of_ideal_middle']:.0%})",
+            "",
         ),
         (
             "whole `promptbatch run --drain`, start-up and exit included",

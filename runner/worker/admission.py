@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from db import pacing, queue
 from db.errors import DatabaseUnavailable
@@ -22,11 +23,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a background read's error as seen (a later gate reads again)."""
+    if not future.cancelled():
+        future.exception()
+
+
 STOP_CHECK_SECONDS = 0.25  # how soon a job waiting for its pacing place sees a stop
 # How long one read of a model's (failure_streak, paused) serves every gate of this process: a
-# read per call was a seventh of a worker's CPU at 1,024 in flight (bench/ item 3); a failure
-# in another runner is seen this much later (this process's own failures at once).
+# read per call was a seventh of a worker's CPU at 1,024 in flight (bench/ item 3). An older
+# read is refreshed, and while the refresh runs, a read younger than GATE_STALE_SECONDS still
+# serves (waiting for it cost a call 0.1 s on average there). So a model-level failure in
+# another runner holds this process's calls within GATE_READ_SECONDS, GATE_STALE_SECONDS when
+# its database thread is slow; this process's own failures hold them at once.
 GATE_READ_SECONDS = 0.1
+GATE_STALE_SECONDS = 1.0
 
 
 class GateReads:
@@ -40,12 +52,16 @@ class GateReads:
     async def state(self, ctx: JobContext, model_id: int) -> tuple[int, bool]:
         """The model's (failure_streak, paused); raises DatabaseUnavailable."""
         read = self._read.get(model_id)
-        if read is not None and time.monotonic() - read[0] < GATE_READ_SECONDS:
+        age = time.monotonic() - read[0] if read is not None else math.inf
+        if read is not None and age < GATE_READ_SECONDS:
             return read[1]
         pending = self._pending.get(model_id)
         if pending is None:
             pending = asyncio.ensure_future(self._fetch(ctx, model_id))
+            pending.add_done_callback(_retrieved)
             self._pending[model_id] = pending
+        if read is not None and age < GATE_STALE_SECONDS:
+            return read[1]
         return await asyncio.shield(pending)
 
     async def _fetch(self, ctx: JobContext, model_id: int) -> tuple[int, bool]:
