@@ -254,6 +254,63 @@ def test_worker_sigkilled_mid_job_is_replaced_and_job_reclaimed(engine, db_url, 
     assert count(engine, PromptJob.status == "processing") == 0
 
 
+def test_a_killed_workers_jobs_are_taken_back_at_once_not_at_lease_expiry(engine, db_url, sim):
+    """Issue 12: the supervisor sees its worker die and takes that worker's jobs back by its id
+    at once: with a 60 s lease they are claimable again (and claimed by the replacement) long
+    before the lease could have expired; each lost claim is a 'lost' attempt naming the death."""
+    seed(engine, "sim-gpt-4o-mini@latency=30000", sim.base_url, prompts=4, runs=2)
+    proc = start_runner(
+        db_url, processes=1, concurrency=8, lease_seconds=60, grace_seconds=1, log_level="WARNING"
+    )
+    wait_for(lambda: count(engine, PromptJob.status == "processing") == 8, 120, "8 jobs held")
+    (victim,) = processing_pids(engine)
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(
+        lambda: (
+            victim not in processing_pids(engine)
+            and count(engine, PromptJob.status == "processing") == 8
+        ),
+        50,
+        "the jobs back and claimed by the replacement worker",
+    )
+    assert time.monotonic() - killed < 50  # the lease (60 s) has not expired: taken back
+    with read_tx(engine) as conn:
+        lost = conn.scalars(
+            select(JobAttempt.error_message).where(JobAttempt.outcome == "lost")
+        ).all()
+    assert len(lost) == 8
+    assert all(f":{victim}:" in m and "died (exit code -9)" in m for m in lost), lost
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=60)
+
+
+def test_an_orphaned_worker_stops_and_hands_its_jobs_back(engine, db_url, sim):
+    """Issue 12: a worker knows its supervisor from its spawn arguments, not from a getppid()
+    read after start: one started for a supervisor already gone (here a pid that exited) claims
+    nothing and exits, its registry row marked stopped."""
+    import multiprocessing as mp
+
+    from runner.worker.spawn import StopFlag, WorkerSpec, worker_entry
+    from tests.helpers import fast_settings
+
+    seed(engine, "sim-gpt-4o-mini", sim.base_url, prompts=2, runs=1)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ctx = mp.get_context("spawn")
+    spec = WorkerSpec(
+        fast_settings(db_url).model_dump(), "test", 0, supervisor_pid=gone.pid, nonce="orphan"
+    )
+    worker = ctx.Process(target=worker_entry, args=(spec, StopFlag(ctx)))
+    worker.start()
+    worker.join(60)
+    assert worker.exitcode == 0
+    assert count(engine, PromptJob.status == "queued") == 2  # nothing claimed, nothing called
+    with read_tx(engine) as conn:
+        stopped = conn.scalars(select(Worker.stopped_at).where(Worker.id.like("%:orphan"))).all()
+    assert len(stopped) == 1 and stopped[0] is not None
+
+
 def test_runner_sigkilled_jobs_reclaimed_by_next_runner(engine, db_url, sim):
     """A whole runner SIGKILLed mid-job: the next runner reaps the expired leases (no command)
     and finishes every job once."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -20,6 +21,7 @@ from db.types import ClaimedJob, Outcome, Recorded
 
 log = logging.getLogger(__name__)
 
+RETRY_SECONDS = 0.5  # between a closed group commit's tries of a lone write
 MAX_BATCH = 64  # outcomes per transaction; bounds one statement's arrays and its lock set
 
 _Waiting = tuple[Outcome, Future[Recorded]]
@@ -58,6 +60,7 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._waiting: deque[_Waiting] = deque()
         self._closed = wake is None
+        self._retry_until = 0.0  # time.monotonic() until which a lone write retries (close)
 
     def record(self, outcome: Outcome) -> Recorded:
         """Hand `outcome` over and block until it is written (from a thread). Recorded.DROPPED when
@@ -154,11 +157,14 @@ class GroupCommit:
             done.set_result(result)
         return claimed
 
-    def close(self) -> None:
+    def close(self, retry_seconds: float = 0.0) -> None:
         """The claim loop ends: write what is waiting, each alone; later outcomes are written
-        alone by their own jobs. Idempotent."""
+        alone by their own jobs. A lone write that finds the database away is retried for
+        `retry_seconds` from now (a stopping worker keeps its paid answers through a blip:
+        issue 12). Idempotent."""
         with self._lock:
             self._closed = True
+            self._retry_until = max(self._retry_until, time.monotonic() + retry_seconds)
             batch = list(self._waiting)
             self._waiting.clear()
         self._write_each(batch)
@@ -177,7 +183,18 @@ class GroupCommit:
             self._waiting.extendleft(reversed(batch))
 
     def _write_alone(self, outcome: Outcome) -> Recorded:
-        return results.write_outcomes(self._engine, [outcome], budget=self._budget)[0]
+        while True:
+            try:
+                return results.write_outcomes(self._engine, [outcome], budget=self._budget)[0]
+            except DatabaseUnavailable as exc:
+                if time.monotonic() >= self._retry_until:
+                    raise
+                log.warning(
+                    "outcome not written, database away; retrying: %s",
+                    exc,
+                    extra={"action": "outcome_write_retry", "job_id": outcome.job.id},
+                )
+                time.sleep(RETRY_SECONDS)
 
     def _write_each(self, batch: list[_Waiting]) -> None:
         for outcome, done in batch:

@@ -7,6 +7,7 @@ client, extraction): about 2 s of CPU that only the worker processes need.
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -40,11 +41,20 @@ class StopFlag:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What the supervisor hands a worker process (plain, picklable data)."""
+    """What the supervisor hands a worker process (plain, picklable data): its settings, its
+    runner, its slot, the supervisor's pid (a worker whose parent is another process from its
+    first instruction on is an orphan: issue 12) and the nonce of its worker id."""
 
     settings: dict[str, Any]
     runner_id: str
     index: int
+    supervisor_pid: int = 0  # 0: not checked (tools and benchmarks that start workers alone)
+    nonce: str = ""
+
+    def worker_id(self, pid: int) -> str:
+        """The id the worker with `pid` claims under (`host:pid:nonce`), known to both sides:
+        the supervisor takes back a dead worker's jobs by it."""
+        return f"{socket.gethostname()}:{pid}:{self.nonce}"
 
 
 def worker_entry(spec: WorkerSpec, stop: StopFlag) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import signal
 import socket
 import sys
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from db import budgets, insights, queue
+from db import budgets, insights, queue, workers
 from db.engine import Engine
 from db.errors import DatabaseUnavailable
 from db.types import EnqueueResult, JobStatus
@@ -39,7 +40,13 @@ EXIT_OK, EXIT_FAILED_JOBS, EXIT_SCHEDULER_DIED, EXIT_INTERRUPTED = 0, 1, 3, 130
 class Child:
     index: int
     process: BaseProcess
+    spec: WorkerSpec
     restarts: int = 0
+
+    @property
+    def worker_id(self) -> str | None:
+        pid = self.process.pid
+        return self.spec.worker_id(pid) if pid is not None else None
 
 
 @dataclass
@@ -140,7 +147,13 @@ class Supervisor:
     # --- children ----------------------------------------------------------------------------
 
     def _spawn(self, index: int) -> Child:
-        spec = WorkerSpec(self.settings.model_dump(), self.runner_id, index)
+        spec = WorkerSpec(
+            self.settings.model_dump(),
+            self.runner_id,
+            index,
+            supervisor_pid=os.getpid(),
+            nonce=uuid.uuid4().hex[:6],
+        )
         process = self._ctx.Process(
             target=worker_entry,
             args=(spec, self._stop),
@@ -148,7 +161,7 @@ class Supervisor:
             daemon=False,
         )
         process.start()
-        return Child(index, process)
+        return Child(index, process, spec)
 
     def _respawn_dead(self) -> None:
         for slot, child in enumerate(self._children):
@@ -162,9 +175,39 @@ class Supervisor:
                 extra={"action": "worker_died", "exitcode": child.process.exitcode},
             )
             child.process.join(0)
+            self._rescue(child)
             fresh = self._spawn(child.index)
             fresh.restarts = child.restarts + 1
             self._children[slot] = fresh
+
+    def _rescue(self, child: Child) -> None:
+        """Take the dead worker's jobs back now, not at lease expiry; the lease stays the safety
+        net (a dead host, or the database away now: the reaper takes them later)."""
+        worker_id = child.worker_id
+        if worker_id is None:
+            return
+        try:
+            rescued = queue.rescue_worker(
+                self.engine,
+                worker_id,
+                why=f"died (exit code {child.process.exitcode})",
+                max_interruptions=self.settings.max_interruptions,
+            )
+            workers.stop_worker(self.engine, worker_id)
+        except DatabaseUnavailable as exc:
+            log.warning(
+                "could not take back the dead worker's jobs (the reaper will): %s",
+                exc,
+                extra={"action": "rescue_failed", "worker_id": worker_id},
+            )
+            return
+        if rescued:
+            log.warning(
+                "took back %d jobs of dead worker %s",
+                len(rescued),
+                worker_id,
+                extra={"action": "jobs_rescued", "worker_id": worker_id, "count": len(rescued)},
+            )
 
     # --- periodic work -----------------------------------------------------------------------
 
