@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psutil
@@ -287,7 +288,8 @@ def _middle_rate(target: Target) -> float:
     busy, without the ramp-up and the tail (the slowest answers of a spread latency)."""
     engine = create_engine(target.url)
     with engine.connect() as conn:
-        ends = sorted(conn.execute(text("SELECT finished_at FROM prompt_jobs")).scalars())
+        values = conn.execute(text("SELECT finished_at FROM prompt_jobs")).scalars()
+        ends = sorted(v if isinstance(v, datetime) else datetime.fromisoformat(v) for v in values)
     engine.dispose()
     first, last = len(ends) // 10, len(ends) * 9 // 10
     return (last - first) / (ends[last] - ends[first]).total_seconds()

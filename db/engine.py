@@ -78,7 +78,13 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
     if sqlite3.sqlite_version_info < SQLITE_MIN_VERSION:
         raise ConfigError(f"SQLite {sqlite3.sqlite_version} is too old: promptbatch needs 3.35+")
     if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # one line for the user, not a traceback (issue 12)
+            raise ConfigError(
+                f"DATABASE_URL: cannot create the SQLite directory {folder}: {exc.strerror or exc}"
+            ) from exc
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)

@@ -12,14 +12,20 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, update
+from sqlalchemy import Connection, Engine, select, update
 
 from db.engine import write_operation
 from db.errors import InvalidInput
 from db.filters import JobQuery
 from db.models import PromptJob, utcnow
-from db.queue import write_audit
-from db.types import CANCELLABLE_STATUSES, REQUEUEABLE_STATUSES, AuditAction, JobStatus
+from db.queue import record_attempt, write_audit
+from db.types import (
+    CANCELLABLE_STATUSES,
+    REQUEUEABLE_STATUSES,
+    AttemptOutcome,
+    AuditAction,
+    JobStatus,
+)
 
 J = PromptJob
 
@@ -128,8 +134,28 @@ def _update_jobs(
     """Apply `values` to the targeted jobs still in an `allowed` status; audit what changed
     (`detail`: the filter that chose them; None: they were chosen by id, audit the ids)."""
     statuses = [s.value for s in allowed]
+    # Lock the targets first (claims skip locked rows), so a job held by a worker now is known
+    # as such: its cancelled claim gets its attempt row (issue 12: it had none).
+    held = conn.execute(
+        select(J.id, J.attempt_count, J.started_at, J.locked_by)
+        .where(target, J.status.in_(statuses), J.status == JobStatus.PROCESSING.value)
+        .with_for_update()
+    ).all()
     stmt = update(J).where(target, J.status.in_(statuses)).values(**values).returning(J.id)
     changed = sorted(conn.scalars(stmt))
+    if action is AuditAction.CANCEL:
+        for job in held:
+            record_attempt(
+                conn,
+                job.id,
+                job.attempt_count,
+                worker_id=job.locked_by,
+                started_at=job.started_at,
+                finished_at=utcnow(),
+                outcome=AttemptOutcome.CANCELLED,
+                error_kind=None,
+                error_message=f"cancelled by {actor}",
+            )
     if changed:
         audited = {"job_ids": changed} if detail is None else detail
         write_audit(conn, actor, action, audited, len(changed), utcnow())

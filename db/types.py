@@ -109,6 +109,7 @@ class AttemptOutcome(enum.StrEnum):
     # again when the limit resets, no attempt spent
     FAILED = "failed"  # a permanent error, or the last attempt
     LOST = "lost"  # the lease expired with its worker (the reaper wrote this row)
+    CANCELLED = "cancelled"  # an operator cancelled the job while a worker held it
 
 
 class AuditAction(enum.StrEnum):

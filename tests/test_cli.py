@@ -111,11 +111,23 @@ def test_setup_enqueue_status_jobs_roundtrip(db_url, tmp_path):
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ("text,category,runs\nok prompt,crm,2\n,crm,2\n", ":3: prompt text is empty"),
+        ("text,category,runs\nok prompt,crm,2\n,crm,2\n", "line 3: prompt text is empty"),
         ("text,category,runs\nok prompt,crm,2\n" + "x" * 4001 + ",crm,1\n", "4001 characters"),
         (
             "text,category,runs\nsame,crm,2\nsame,crm,1\n",
-            ":3: duplicate prompt (same text as line 2)",
+            "line 3: duplicate prompt (same text as line 2)",
+        ),
+        # str.isdigit() takes a superscript two; int() then crashed with a traceback (issue 12)
+        ("text,category,runs\nok prompt,crm,\u00b2\n", "line 2: runs must be a whole number"),
+        # lines of the file, not record numbers: a quoted prompt spans lines 2-3
+        (
+            'text,category,runs\n"two\nlines",crm,2\n,crm,1\n',
+            "1 bad row, nothing imported: line 4:",
+        ),
+        (
+            "text,category,runs\nok,crm,2\n,crm,1\nfine,crm,0\nok,crm,1\n",
+            "3 bad rows, nothing imported: line 3: prompt text is empty; line 4: runs must be a "
+            "whole number from 1 to 100, got '0'; line 5: duplicate prompt (same text as line 2)",
         ),
         ("text,category,runs\nok prompt,crm,0\n", "runs must be a whole number"),
         ("text,category,runs\nok prompt,crm,two\n", "got 'two'"),
@@ -231,6 +243,13 @@ def test_schema_missing_says_how_to_fix(db_url):
 )
 def test_bad_database_url(url, needle):
     assert_user_error(cli(url, "status"), needle)
+
+
+def test_a_sqlite_directory_that_cannot_be_made_is_one_line(tmp_path):
+    """Issue 12: a SQLite path under a regular file was a 60-line traceback."""
+    (tmp_path / "afile").write_text("")
+    result = cli(f"sqlite:///{tmp_path}/afile/sub/x.db", "status")
+    assert_user_error(result, "cannot create the SQLite directory", "afile/sub")
 
 
 def test_bad_setting_names_the_variable(tmp_path):

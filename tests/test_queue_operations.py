@@ -146,6 +146,12 @@ def test_cancel_by_filter_leaves_other_statuses(engine: Engine) -> None:
     assert running.id in changed
     assert [f.job(engine, i).status for i in (a, done.id)] == ["failed", "succeeded"]
     assert not f.complete(engine, running, f.answer(), None)
+    # Issue 12: the cancelled claim has its attempt row; the queued job (never claimed) none
+    cancelled = [
+        (x.attempt, x.outcome, x.worker_id, x.error_message) for x in f.attempts(engine, running.id)
+    ]
+    assert cancelled == [(running.attempt, "cancelled", "w", "cancelled by op")]
+    assert [x.outcome for j in changed if j != running.id for x in f.attempts(engine, j)] == []
 
 
 def test_wrong_statuses_untouched(engine: Engine) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -202,6 +203,17 @@ def test_hundreds_of_calls_in_flight_on_a_few_threads_and_two_connections(engine
         assert 0 < peak_connections <= 2 * 1 + 2, peak_connections
 
 
+def test_json_logs_are_json_lines_only_progress_included(engine, db_url, sim):
+    """Issue 12: with PROMPTBATCH_LOG_JSON the drain's progress is a log record, not a text
+    line between the JSON ones: every stderr line parses."""
+    seed(engine, "sim-gpt-4o-mini", sim.base_url, prompts=2, runs=1)
+    code, err = finish(start_runner(db_url, "--drain", processes=1, concurrency=2, log_json=1))
+    assert code == 0, err[-3000:]
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert any(r.get("action") == "batch_progress" for r in records), records
+    assert any(r.get("action") == "job_succeeded" for r in records)
+
+
 def test_drain_enqueues_todays_missing_batch_itself(engine, db_url, sim):
     """The cron path: `run --drain` with no batch enqueued yet creates today's (catch-up), runs it
     and exits 0 (C2's start-up catch-up through the real command, logging at INFO)."""
@@ -309,6 +321,30 @@ def test_an_orphaned_worker_stops_and_hands_its_jobs_back(engine, db_url, sim):
     with read_tx(engine) as conn:
         stopped = conn.scalars(select(Worker.stopped_at).where(Worker.id.like("%:orphan"))).all()
     assert len(stopped) == 1 and stopped[0] is not None
+
+
+def test_after_a_freeze_past_the_lease_prefetched_jobs_are_not_called(engine, db_url, sim):
+    """Issue 12: a worker frozen (SIGSTOP) past its lease wakes with two prefetched jobs whose
+    leases the reaper has taken: it drops them uncalled and they run once under a new claim.
+    Paid calls: the one in flight during the freeze (its answer dropped) + one per job = 4; the
+    prefetched jobs called under their lost lease would make it 6."""
+    total = seed(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url, prompts=3, runs=1)
+    sim.reset_counters()
+    proc = start_runner(db_url, "--drain", processes=1, concurrency=1, lease_seconds=3)
+    # received since the reset (a handler of an earlier test may still be sleeping)
+    wait_for(lambda: len(sim.captured) == 1, 60, "the first call in flight")
+    (worker,) = processing_pids(engine)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        wait_for(lambda: count(engine, PromptJob.status == "processing") == 0, 30, "the reap")
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    code, err = finish(proc)
+    assert code == 0, err[-3000:]
+    assert count(engine, PromptJob.status == "succeeded") == total == 3
+    assert count(engine, table=Response) == total
+    assert sum(sim.call_counts.values()) == total + 1, sim.call_counts
+    assert "job_lost_before_call" in err
 
 
 def test_runner_sigkilled_jobs_reclaimed_by_next_runner(engine, db_url, sim):

@@ -359,7 +359,15 @@ class SimulatorServer(ThreadingHTTPServer):
         super().server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log a handler crash instead of printing it to stderr."""
+        """Log a handler crash instead of printing it to stderr; a client that hung up before its
+        answer (a killed runner, a cut deadline) is no crash."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug(
+                "client %s hung up before its answer",
+                client_address,
+                extra={"action": "simulator_client_gone"},
+            )
+            return
         logger.warning(
             "Simulator handler failed for %s",
             client_address,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,9 @@ class JobContext:
     # cancels the others (prefetched, waiting for a slot or their pacing place) uncalled.
     calling: set[int] = field(default_factory=set)
     gates: admission.GateReads = field(default_factory=admission.GateReads)
+    # job id -> time.monotonic() its lease runs out, as its claim and the heartbeats set it (0: a
+    # heartbeat found it lost: cancelled or taken over); a job past it is not called (issue 12)
+    leases: dict[int, float] = field(default_factory=dict)
 
     async def db(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` (a blocking database call) on the database executor."""
@@ -103,6 +107,9 @@ async def run_job(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
             return held
         if ctx.draining is not None and ctx.draining.is_set():  # no await from here to the add
             return JobOutcome.NOT_STARTED
+        if ctx.leases.get(job.id, math.inf) <= time.monotonic():
+            _log_lost_before_call(job)
+            return JobOutcome.DROPPED
         ctx.calling.add(job.id)  # from here on the job runs to its outcome, a stop or not
         try:
             return await _call_and_record(ctx, job, slot)
@@ -253,6 +260,13 @@ async def _record_failure(ctx: JobContext, job: ClaimedJob, failure: FailureReco
     what = message.format(delay=delay, k=s.pause_after)
     log.log(level, "%s: %s", what, failure.message, extra=extra)
     return outcome
+
+
+def _log_lost_before_call(job: ClaimedJob) -> None:
+    log.warning(
+        "job not called: its lease ran out or it was cancelled or taken over since its claim",
+        extra={"action": "job_lost_before_call", "job_id": job.id, "attempt": job.attempt},
+    )
 
 
 def _log_dropped(job: ClaimedJob) -> None:

@@ -207,15 +207,17 @@ class Worker:
             free = self.capacity - len(self.in_flight) + len(self.outcomes)
             claiming = free > 0 and time.monotonic() >= next_claim
             if claiming or self.outcomes:
+                asked = time.monotonic()  # the claims' leases run from no later than this
                 claimed = self._turn(free if claiming else None)
                 if claiming and len(claimed) < free:
                     next_claim = time.monotonic() + self.settings.poll_interval
-                self._start(claimed)
+                self._start(claimed, asked + self.settings.lease_seconds)
             if not self.outcomes:
                 self._wake.wait(self.settings.poll_interval)
 
-    def _start(self, claimed: list[ClaimedJob]) -> None:
+    def _start(self, claimed: list[ClaimedJob], lease_until: float) -> None:
         for job in claimed:
+            self.ctx.leases[job.id] = lease_until
             future = self.ctx.client.submit(run_job(self.ctx, job))
             with self._lock:
                 self.in_flight[future] = job
@@ -248,7 +250,7 @@ class Worker:
         with self._lock:
             done = [future for future in self.in_flight if future.done()]
             for future in done:
-                self.in_flight.pop(future)
+                self.ctx.leases.pop(self.in_flight.pop(future).id, None)
         for future in done:
             if not future.cancelled() and (exc := future.exception()) is not None:
                 log.error("job raised", exc_info=exc, extra={"action": "job_crashed"})
@@ -320,11 +322,18 @@ class Worker:
 
     def _heartbeat(self) -> None:
         ids = self._running_ids()
+        asked = time.monotonic()
         held = queue.heartbeat(
             self.control, self.id, ids, lease_seconds=self.settings.lease_seconds
         )
+        leases = self.ctx.leases
+        for job_id in held:  # assignments of floats: safe beside the loop thread's reads
+            if job_id in leases:  # not a job the claim loop has just forgotten
+                leases[job_id] = asked + self.settings.lease_seconds
         # A job that ended since the snapshot left 'processing' itself: its lease was not lost.
         for job_id in (set(ids) - held) & set(self._running_ids()):
+            if job_id in leases:
+                leases[job_id] = 0.0  # not called if it has not started its call
             log.warning(
                 "lease lost (cancelled or taken over)",
                 extra={"action": "lease_lost", "job_id": job_id},

@@ -1,7 +1,11 @@
-"""The progress line a draining runner prints: jobs ended of the batch, by status, and jobs/s."""
+"""The progress line a draining runner prints: jobs ended of the batch, by status, and jobs/s.
+
+With JSON logs (PROMPTBATCH_LOG_JSON) it is a log record (action `batch_progress`) instead: the
+log stream stays pure JSON lines (issue 12: text lines were interleaved with them on stderr)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -11,15 +15,17 @@ from db.errors import DatabaseUnavailable
 from db.types import JobStatus
 
 INTERVAL_TTY, INTERVAL_PIPE = 1.0, 10.0
+log = logging.getLogger(__name__)
 
 
 class ProgressReporter:
     """Prints `batch K: ended/total ...` to stderr; redraws in place on a terminal."""
 
-    def __init__(self, engine: Engine, batch_key: str) -> None:
+    def __init__(self, engine: Engine, batch_key: str, *, as_log: bool = False) -> None:
         self._engine = engine
         self._batch_key = batch_key
-        self._tty = sys.stderr.isatty()
+        self._as_log = as_log
+        self._tty = sys.stderr.isatty() and not as_log
         self._interval = INTERVAL_TTY if self._tty else INTERVAL_PIPE
         self._next = 0.0
         self._first: tuple[float, int] | None = None
@@ -43,5 +49,8 @@ class ProgressReporter:
             f"failed, {counts.get(JobStatus.PROCESSING)} processing, "
             f"{counts.get(JobStatus.QUEUED)} queued | {rate:.1f} jobs/s"
         )
+        if self._as_log:
+            log.info(line, extra={"action": "batch_progress", "batch_key": self._batch_key})
+            return
         sys.stderr.write(f"\r{line}\033[K" if self._tty else f"{line}\n")
         sys.stderr.flush()

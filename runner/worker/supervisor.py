@@ -98,7 +98,11 @@ class Supervisor:
         return code
 
     def _loop(self) -> int:
-        reporter = ProgressReporter(self.engine, utc_batch_key()) if self.progress else None
+        reporter = (
+            ProgressReporter(self.engine, utc_batch_key(), as_log=self.settings.log_json)
+            if self.progress
+            else None
+        )
         while not self._signals:
             if self._sched_thread and not self._sched_thread.is_alive():
                 log.error("scheduler thread died; exiting", extra={"action": "scheduler_died"})
