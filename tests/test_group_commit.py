@@ -52,7 +52,8 @@ def test_complete_jobs_writes_each_held_job_and_skips_the_rest(engine: Engine) -
         (jobs[2].id, 0.002),
         (jobs[3].id, 0.003),
     ]
-    assert f.count(engine, JobAttempt) == 3
+    assert f.count(engine, JobAttempt) == 4  # three answers and the cancel
+    assert [a.outcome for a in f.attempts(engine, jobs[1].id)] == ["cancelled"]
     assert sum(name == "Attio" for name, _ in named) == 3
     assert f.count(engine, Entity, name="Attio") == 1
 

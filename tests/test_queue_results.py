@@ -70,7 +70,7 @@ def test_complete_is_all_or_nothing(engine: Engine) -> None:
 
 def test_complete_after_cancel_writes_nothing(engine: Engine) -> None:
     """Fencing: a job cancelled while processing drops the worker's late result, failure or
-    heartbeat; it stays cancelled with no response."""
+    heartbeat; it stays cancelled with no response (its one attempt row is the cancel's)."""
     f.make_batch(engine, prompts=1, models=1)
     [job] = f.claim_all(engine, "w1")
     assert operations.cancel_jobs(engine, job_ids=[job.id], actor="op") == [job.id]
@@ -84,7 +84,8 @@ def test_complete_after_cancel_writes_nothing(engine: Engine) -> None:
         f.count(engine, Mention),
         f.count(engine, Entity),
         f.count(engine, JobAttempt),
-    ) == (0, 0, 0, 0)
+    ) == (0, 0, 0, 1)
+    assert [a.outcome for a in f.attempts(engine, job.id)] == ["cancelled"]
 
 
 def test_late_complete_after_lease_takeover_dropped(engine: Engine) -> None:

@@ -326,8 +326,8 @@ def test_an_orphaned_worker_stops_and_hands_its_jobs_back(engine, db_url, sim):
 def test_after_a_freeze_past_the_lease_prefetched_jobs_are_not_called(engine, db_url, sim):
     """Issue 12: a worker frozen (SIGSTOP) past its lease wakes with two prefetched jobs whose
     leases the reaper has taken: it drops them uncalled and they run once under a new claim.
-    Paid calls: the one in flight during the freeze (its answer dropped) + one per job = 4; the
-    prefetched jobs called under their lost lease would make it 6."""
+    The prefetched prompts are called once each; called under their lost lease, twice (the job
+    in flight during the freeze is called again: its answer was dropped)."""
     total = seed(engine, "sim-gpt-4o-mini@latency=1500", sim.base_url, prompts=3, runs=1)
     sim.reset_counters()
     proc = start_runner(db_url, "--drain", processes=1, concurrency=1, lease_seconds=3)
@@ -343,7 +343,8 @@ def test_after_a_freeze_past_the_lease_prefetched_jobs_are_not_called(engine, db
     assert code == 0, err[-3000:]
     assert count(engine, PromptJob.status == "succeeded") == total == 3
     assert count(engine, table=Response) == total
-    assert sum(sim.call_counts.values()) == total + 1, sim.call_counts
+    calls = sorted(sim.call_counts.values())
+    assert calls[:2] == [1, 1] and calls[2] >= 2, sim.call_counts
     assert "job_lost_before_call" in err
 
 
