@@ -6,6 +6,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from console.text import plot_text
+
 STATUS_COLORS = {
     "queued": "#9aa5b1",
     "processing": "#3b82f6",
@@ -17,6 +19,11 @@ STATUS_COLORS = {
 STATUS_ORDER = list(STATUS_COLORS)
 MINUTE_MS = 60_000
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "legend_title_text": ""}
+
+
+def _as_text(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """`df` with the named columns (names a model or a user wrote) escaped for Plotly."""
+    return df.assign(**{c: df[c].astype(str).map(plot_text) for c in columns})
 
 
 def _empty(title: str, message: str) -> go.Figure:
@@ -36,6 +43,7 @@ def progress_by_model(df: pd.DataFrame) -> go.Figure:
     if df.empty:
         return _empty(title, "No jobs in this batch")
     fig = go.Figure()
+    df = _as_text(df, "model")
     for status in STATUS_ORDER:
         rows = df[df["status"] == status]
         if not rows.empty:
@@ -113,7 +121,7 @@ def share_of_voice(df: pd.DataFrame) -> go.Figure:
     title = "Share of voice (all models)"
     if df.empty:
         return _empty(title, "No mentions in these batches")
-    ordered = df.sort_values("share_of_voice")
+    ordered = _as_text(df.sort_values("share_of_voice"), "brand")
     fig = px.bar(ordered, x="share_of_voice", y="brand", orientation="h", title=title)
     fig.update_layout(
         xaxis_tickformat=".1%", xaxis_title="share of all mentions", yaxis_title="", **_LAYOUT
@@ -126,6 +134,7 @@ def mention_rate_by_model(df: pd.DataFrame) -> go.Figure:
     title = "Mention rate by model"
     if df.empty:
         return _empty(title, "No mentions in these batches")
+    df = _as_text(df, "brand", "model")
     fig = px.bar(df, x="brand", y="mention_rate", color="model", barmode="group", title=title)
     fig.update_layout(
         yaxis_tickformat=".1%", yaxis_title="answers mentioning", xaxis_title="", **_LAYOUT
@@ -138,6 +147,7 @@ def mention_trend(df: pd.DataFrame) -> go.Figure:
     title = "Mention rate per day"
     if df.empty:
         return _empty(title, "No mentions in these batches")
+    df = _as_text(df, "brand")
     fig = px.line(df, x="batch", y="mention_rate", color="brand", markers=True, title=title)
     fig.update_layout(
         yaxis_tickformat=".1%",

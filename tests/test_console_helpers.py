@@ -209,3 +209,28 @@ def texts(at: AppTest) -> str:
         for e in at.get(kind)
     ]
     return re.sub(r"\\(.)", r"\1", "\n".join(parts))
+
+
+def test_chart_labels_show_markup_a_model_wrote_as_text() -> None:
+    """Issue 12: Plotly renders a subset of HTML in labels, legends and hovers; a brand name a
+    model invented with markup in it (an outside link, restyled text) must show as typed."""
+    import pandas as pd
+
+    from console import charts
+
+    evil = '<a href="https://evil.example">Acme</a> <b>CRM</b>'
+    shown = '&lt;a href="https://evil.example"&gt;Acme&lt;/a&gt; &lt;b&gt;CRM&lt;/b&gt;'
+    sov = charts.share_of_voice(pd.DataFrame({"brand": [evil], "share_of_voice": [1.0]}))
+    assert list(sov.data[0].y) == [shown]
+    rate = charts.mention_rate_by_model(
+        pd.DataFrame({"brand": [evil], "model": ["<i>m</i>"], "mention_rate": [0.5]})
+    )
+    assert list(rate.data[0].x) == [shown] and rate.data[0].name == "&lt;i&gt;m&lt;/i&gt;"
+    trend = charts.mention_trend(
+        pd.DataFrame({"batch": ["2026-12-01"], "brand": [evil], "mention_rate": [0.5]})
+    )
+    assert trend.data[0].name == shown
+    progress = charts.progress_by_model(
+        pd.DataFrame({"model": ["<b>x</b>"], "status": ["queued"], "jobs": [3]})
+    )
+    assert list(progress.data[0].y) == ["&lt;b&gt;x&lt;/b&gt;"]
