@@ -203,6 +203,17 @@ def pending_jobs(engine: Engine, *, due_within_seconds: float) -> int:
         return int(conn.scalar(processing) or 0) + int(conn.scalar(due) or 0)
 
 
+def batches_with_work(engine: Engine) -> list[str]:
+    """Batch keys with jobs queued or processing, oldest first (what a `run --drain` drains)."""
+    busy = [JobStatus.QUEUED.value, JobStatus.PROCESSING.value]
+    with read_tx(engine) as conn:
+        return list(
+            conn.scalars(
+                select(J.batch_key).where(J.status.in_(busy)).distinct().order_by(J.batch_key)
+            )
+        )
+
+
 def latest_batch_key(engine: Engine) -> str | None:
     """The newest batch key that has jobs, or None."""
     with read_tx(engine) as conn:

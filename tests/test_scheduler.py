@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
+from sqlalchemy import Engine
 
 from db import insights, queue
 from db.engine import make_engine
@@ -142,3 +143,25 @@ def test_missed_days():
     assert missed_days("2026-11-01", "2026-11-04") == ["2026-11-02", "2026-11-03"]
     assert missed_days("2026-11-03", "2026-11-04") == []
     assert missed_days(None, "2026-11-04") == []
+
+
+def test_a_drain_exit_code_covers_every_batch_it_drained(engine: Engine) -> None:
+    """Issue 12: `run --drain` looked at today's batch only: a drain that worked on an earlier
+    batch (or crossed midnight) exited 0 over that batch's failures. Its code now follows every
+    batch with work at its start, and today's."""
+    from db import insights
+    from runner.worker.supervisor import EXIT_FAILED_JOBS, EXIT_OK, Supervisor
+    from tests import factories as f
+    from tests.helpers import fast_settings
+
+    f.make_batch(engine, prompts=2, models=1, batch_key="2026-01-01")
+    assert insights.batches_with_work(engine) == ["2026-01-01"]
+    supervisor = Supervisor(fast_settings(str(engine.url)), engine, drain=True, progress=False)
+    supervisor._drained_batches.update(insights.batches_with_work(engine))
+    first, second = f.job_ids(engine)
+    f.set_jobs(engine, [first], status="succeeded")
+    f.set_jobs(engine, [second], status="failed")
+    assert insights.batches_with_work(engine) == []
+    assert supervisor._drain_exit_code() == EXIT_FAILED_JOBS  # today's batch is empty
+    f.set_jobs(engine, [second], status="succeeded")
+    assert supervisor._drain_exit_code() == EXIT_OK

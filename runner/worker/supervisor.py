@@ -69,6 +69,7 @@ class Supervisor:
         self._scheduler = BatchScheduler(self._enqueue, self.settings.batch_time)
         self._sched_thread: threading.Thread | None = None
         self._next_reap = 0.0
+        self._drained_batches: set[str] = set()  # batch keys a drain works on
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -77,6 +78,8 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self._catch_up()
+        if self.drain:  # the exit code covers every batch this drain works on (issue 12)
+            self._drained_batches.update(insights.batches_with_work(self.engine))
         if not self.drain:
             self._sched_thread = threading.Thread(
                 target=self._scheduler_loop, name="scheduler", daemon=True
@@ -288,7 +291,21 @@ class Supervisor:
             return False
 
     def _drain_exit_code(self) -> int:
-        counts = insights.batch_overview(self.engine, utc_batch_key())
-        log.info("drained: %s", counts.counts, extra={"action": "runner_drained"})
-        unfinished = counts.get(JobStatus.FAILED) + counts.get(JobStatus.QUEUED)
-        return EXIT_FAILED_JOBS if unfinished else EXIT_OK
+        """EXIT_FAILED_JOBS when a batch this drain worked on (those with work at its start, and
+        today's) has failed jobs or jobs left queued, else EXIT_OK; each batch is logged. It
+        looked at today's batch only: a drain crossing midnight exited 0 over yesterday's
+        failures (issue 12)."""
+        code = EXIT_OK
+        for key in sorted(self._drained_batches | {utc_batch_key()}):
+            counts = insights.batch_overview(self.engine, key)
+            unfinished = counts.get(JobStatus.FAILED) + counts.get(JobStatus.QUEUED)
+            log.log(
+                logging.WARNING if unfinished else logging.INFO,
+                "drained batch %s: %s",
+                key,
+                counts.counts,
+                extra={"action": "runner_drained", "batch_key": key},
+            )
+            if unfinished:
+                code = EXIT_FAILED_JOBS
+        return code
