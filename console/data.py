@@ -157,3 +157,9 @@ def models(url: str) -> list[catalog.ModelRow]:
 @st.cache_data(ttl=LIVE_TTL, show_spinner=False)
 def paused_models(url: str) -> list[insights.PausedModel]:
     return insights.paused_models(engine_for(url))
+
+
+@st.cache_data(ttl=LIVE_TTL, show_spinner=False)
+def missed_batches(url: str) -> list[str]:
+    """Batch keys the scheduler found not enqueued on their day, last 30 days (audit log)."""
+    return insights.missed_batches(engine_for(url))

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     openrouter_title: str = "promptbatch"
 
     batch_time: str = "00:00"  # HH:MM, UTC: when the daily batch is enqueued
+    # Days the runner was down (or frozen) are always reported; those within this many days
+    # before today are also enqueued late, when it starts or its timer next fires. 0: reported
+    # only (a late batch costs its calls; its day's figures are then measured a day late).
+    catch_up_days: int = Field(0, ge=0, le=30)
     processes: int = Field(2, ge=1, le=64)  # worker processes per runner
     # Model calls in flight per worker process: each is a task on the process's event loop, not
     # a thread (issue 11), so hundreds per process cost little CPU or memory.

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, select
 from streamlit.testing.v1 import AppTest
 
 from console.actions import PendingAction
-from db import catalog
+from db import catalog, queue
 from db.engine import read_tx
 from db.models import PromptJob
 from db.types import JobStatus
@@ -385,6 +385,15 @@ def test_a_paused_model_is_shown_and_resumed_with_one_click(monkeypatch, db_url,
     at.selectbox(key="model_pick").set_value(model_id).run()
     at.button(key=f"model_pause_{model_id}").click().run()
     assert catalog.list_models(engine)[0].paused_reason == "paused in the console"
+
+
+def test_missed_batches_are_shown_on_the_overview(monkeypatch, db_url, engine, seeded):
+    """Issue 12: the days the runner was down or frozen at batch time are on the Overview, not
+    only in `status`."""
+    queue.record_missed_batches(engine, ["2026-11-02", "2026-11-03"])
+    overview = open_page(app(monkeypatch, db_url), "overview")
+    shown = [w.value.replace("\\", "") for w in overview.warning]
+    assert any("not enqueued on their day" in w and "2026-11-02, 2026-11-03" in w for w in shown)
 
 
 # --- mentions and workers -----------------------------------

@@ -165,3 +165,31 @@ def test_a_drain_exit_code_covers_every_batch_it_drained(engine: Engine) -> None
     assert supervisor._drain_exit_code() == EXIT_FAILED_JOBS  # today's batch is empty
     f.set_jobs(engine, [second], status="succeeded")
     assert supervisor._drain_exit_code() == EXIT_OK
+
+
+def test_a_runner_frozen_across_two_midnights_reports_and_catches_up_the_middle_day(engine):
+    """Issue 12: frozen from D 23:00 to D+2 00:30, the timer fires once when the runner wakes:
+    D+1 was never enqueued nor reported. Now it is reported (log + audit) whenever the timer
+    fires, and enqueued late within catch_up_days (here 2: D+1 is; 0 would only report it)."""
+    start = datetime(2026, 11, 1, 23, 0, tzinfo=UTC)
+    with time_machine.travel(start, tick=False) as traveller:
+        enqueue = Recorder()
+        scheduler = BatchScheduler(
+            enqueue,
+            "00:00",
+            catch_up_days=2,
+            on_missed=lambda keys: queue.record_missed_batches(engine, keys),
+        )
+        scheduler.catch_up(latest_batch="2026-11-01")
+        traveller.move_to(datetime(2026, 11, 3, 0, 30, tzinfo=UTC))
+        scheduler.tick()
+        assert insights.missed_batches(engine) == ["2026-11-02"]
+    assert [k for k, _ in enqueue.calls] == ["2026-11-02", "2026-11-03"]
+
+
+def test_missed_days_outside_the_catch_up_window_are_only_reported():
+    with time_machine.travel(datetime(2026, 11, 5, 10, 0, tzinfo=UTC), tick=False):
+        enqueue = Recorder()
+        missed = BatchScheduler(enqueue, "00:00", catch_up_days=1).catch_up("2026-11-01")
+    assert missed == ["2026-11-02", "2026-11-03", "2026-11-04"]
+    assert [k for k, _ in enqueue.calls] == ["2026-11-04", "2026-11-05"]

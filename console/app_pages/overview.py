@@ -42,12 +42,23 @@ def paused_banner(url: str) -> None:
         )
 
 
+def missed_banner(url: str) -> None:
+    """One warning naming the days the runner was down or frozen at their batch time."""
+    if missed := data.missed_batches(url):
+        st.warning(
+            md_escape(f"Batches not enqueued on their day (runner down): {', '.join(missed)}")
+            + " — PROMPTBATCH_CATCH_UP_DAYS enqueues recent ones late",
+            icon="📅",
+        )
+
+
 def live_section(url: str, batch_key: str, every: int | None) -> None:
     @st.fragment(run_every=every)
     def live() -> None:
         with data.database_banner():
             overview = data.overview(url, batch_key)
             paused_banner(url)
+            missed_banner(url)
             kpis(overview)
             st.caption(
                 f"{overview.total:,} jobs · {overview.rate_per_minute:.1f} ended/min · "

@@ -1,9 +1,11 @@
 """The daily enqueue on a `schedule` timer, in UTC whatever the host's time zone (case C1).
 
 `schedule.every().day.at(BATCH_TIME, "UTC")` fires once per UTC day. At start-up, today's batch is
-enqueued if it is due and missing (catch-up after downtime, case C2) and the days the runner missed
-are reported. A failed enqueue is logged and retried until it succeeds; it never stops the timer
-(case C3).
+enqueued if it is due and missing (catch-up after downtime, case C2), and at start-up and at every
+firing the days missed since the latest batch are reported (a runner frozen across two midnights
+fires once when it wakes: the day between was missed, issue 12); those within `catch_up_days`
+before today are enqueued late, oldest first. A failed enqueue is logged and retried until it
+succeeds; it never stops the timer (case C3).
 """
 
 from __future__ import annotations
@@ -46,10 +48,16 @@ class BatchScheduler:
         enqueue: Callable[[str], EnqueueResult],
         batch_time: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        catch_up_days: int = 0,
+        on_missed: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._enqueue = enqueue
         self._clock = clock
         self._batch_time = batch_time
+        self._catch_up_days = catch_up_days
+        self._on_missed = on_missed  # records missed days (the audit log), may raise
+        self._latest: str | None = None  # the newest batch known to exist
         self._schedule = schedule.Scheduler()
         self._schedule.every().day.at(batch_time, "UTC").do(self._fire)
         self._pending: str | None = None
@@ -58,19 +66,37 @@ class BatchScheduler:
         self.enqueued: list[str] = []
 
     def catch_up(self, latest_batch: str | None) -> list[str]:
-        """At start-up: report missed days and enqueue today's batch if due and missing."""
+        """At start-up: report missed days (enqueueing those in the catch-up window) and enqueue
+        today's batch if due and missing. Returns the missed days."""
         now = self._clock()
         today = utc_batch_key(now)
-        missed = missed_days(latest_batch, today)
-        if missed:
-            log.warning(
-                "runner was down: batches %s were never enqueued",
-                ", ".join(missed),
-                extra={"action": "batch_missed", "batches": missed},
-            )
+        self._latest = max(self._latest or "", latest_batch or "") or None
+        missed = self._missed_before(today)
         due = now.strftime("%H:%M") >= self._batch_time
-        if due and (latest_batch is None or latest_batch < today):
+        if due and (self._latest is None or self._latest < today):
             self._try(today)
+        return missed
+
+    def _missed_before(self, today: str) -> list[str]:
+        """Report the days between the latest batch and `today`; enqueue those in the window."""
+        missed = missed_days(self._latest, today)
+        if not missed:
+            return []
+        log.warning(
+            "runner was down or frozen: batches %s were not enqueued on their day",
+            ", ".join(missed),
+            extra={"action": "batch_missed", "batches": missed},
+        )
+        if self._on_missed is not None:
+            try:
+                self._on_missed(missed)
+            except Exception:  # the log line above stands; the timer must live on (C3)
+                log.exception("could not record missed batches", extra={"action": "batch_missed"})
+        window = date.fromisoformat(today) - timedelta(days=self._catch_up_days)
+        for key in missed:
+            if date.fromisoformat(key) >= window:
+                self._try(key)
+        self._latest = max(self._latest or "", missed[-1])
         return missed
 
     def tick(self) -> None:
@@ -80,7 +106,9 @@ class BatchScheduler:
             self._try(self._pending)
 
     def _fire(self) -> None:
-        self._try(utc_batch_key(self._clock()))
+        today = utc_batch_key(self._clock())
+        self._missed_before(today)
+        self._try(today)
 
     def _try(self, batch_key: str) -> None:
         try:
@@ -90,6 +118,7 @@ class BatchScheduler:
             return
         self._pending, self._failures, self._retry_at = None, 0, None
         self.enqueued.append(batch_key)
+        self._latest = max(self._latest or "", batch_key)
         log.info(
             "batch %s enqueued: %d created, %d existing",
             batch_key,

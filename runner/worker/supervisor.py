@@ -66,7 +66,12 @@ class Supervisor:
         self._signals = 0
         self._signum = 0
         self._children: list[Child] = []
-        self._scheduler = BatchScheduler(self._enqueue, self.settings.batch_time)
+        self._scheduler = BatchScheduler(
+            self._enqueue,
+            self.settings.batch_time,
+            catch_up_days=self.settings.catch_up_days,
+            on_missed=lambda keys: queue.record_missed_batches(self.engine, keys),
+        )
         self._sched_thread: threading.Thread | None = None
         self._next_reap = 0.0
         self._drained_batches: set[str] = set()  # batch keys a drain works on
@@ -267,9 +272,7 @@ class Supervisor:
         )
 
     def _catch_up(self) -> None:
-        missed = self._scheduler.catch_up(insights.latest_batch_key(self.engine))
-        if missed:
-            queue.record_missed_batches(self.engine, missed)
+        self._scheduler.catch_up(insights.latest_batch_key(self.engine))
 
     def _scheduler_loop(self) -> None:
         try:
