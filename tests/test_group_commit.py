@@ -272,3 +272,30 @@ def test_a_stale_attempt_beside_the_current_one_is_told_it_was_dropped(engine: E
     assert f.count(engine, Response) == 1
     with read_tx(engine) as conn:
         assert conn.scalars(select(Entity.name).join(Mention)).all() == ["Pipedrive"]
+
+
+def test_a_stopping_worker_keeps_a_failure_through_a_database_blip(
+    engine: Engine, db_url: str
+) -> None:
+    """Issue 12: after the claim loop ends (close with retry_seconds, as a stopping worker
+    does), a lone write that finds the database away is retried until it comes back: the
+    failure is recorded (its attempt kept), not raised and left to the lease."""
+    f.make_batch(engine, prompts=1, models=1)
+    [job] = f.claim_all(engine, "w1")
+    own = make_engine(db_url)
+    group = GroupCommit(own, threading.Event())
+
+    def refuse(*_: Any) -> None:
+        raise own.dialect.loaded_dbapi.OperationalError("connection refused (test)")
+
+    event.listen(own, "do_connect", refuse)
+    group.close(retry_seconds=30)
+    failure = Failure(job, FailureRecord(ErrorKind.SERVER_ERROR, "HTTP 500"), 0.0)
+    with ThreadPoolExecutor(1) as pool:
+        written = pool.submit(group.record, failure)
+        threading.Event().wait(1.2)  # two tries refused
+        assert not written.done()
+        event.remove(own, "do_connect", refuse)
+        assert written.result(timeout=20) is Recorded.RETRY
+    assert [a.outcome for a in f.attempts(engine, job.id)] == ["retry"]
+    own.dispose()
