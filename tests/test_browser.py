@@ -174,3 +174,52 @@ def test_console_stops_on_sigterm_and_leaves_no_process(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert _processes_mentioning(f"--server.port {port}") == []
+
+
+EVIL_BRAND = '<a href="https://evil.test/x">EvilCRM</a><b style="font-size:80px">Big</b>'
+
+
+def test_markup_a_model_or_a_user_wrote_shows_as_text(console):
+    """Issue 12: a brand name a model invented with markup in it was rendered by Plotly as a live
+    outside link and restyled text in the Mentions charts. With such a brand in an answer, plus
+    the seed's hostile prompt (<script>, Markdown), answer and error (<b>), no page has an
+    element the data made: no link to evil.test, no <b> or <script> from it; the markup shows
+    as its own text in the charts."""
+    missing = _missing()
+    if missing:
+        if REQUIRE:
+            pytest.fail(f"PROMPTBATCH_TEST_REQUIRE_BROWSER=1 but {missing}")
+        pytest.skip(missing)
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests import factories as f
+    from tests.test_console_helpers import answer, claim_all
+
+    url, db_url = console
+    engine = make_engine(db_url)
+    (queued,) = claim_all(engine)  # the seed's one queued job answers with the evil brand
+    f.complete_all(engine, [f.completion(queued, answer((EVIL_BRAND,)), 0.0005)])
+    engine.dispose()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        for path, ready in (("mentions", "Share of voice: the brand's mentions"), ("", None)):
+            page.goto(f"{url}/{path}")
+            if ready:
+                expect(page.get_by_text(ready).first).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+            expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+            expect(page.locator("a[href*='evil.test']")).to_have_count(0)
+            expect(page.locator("b", has_text="Big")).to_have_count(0)
+        page.goto(f"{url}/mentions")
+        shown = page.locator(".js-plotly-plot text", has_text="EvilCRM").first
+        expect(shown).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+        assert "<a href" in shown.text_content()  # the markup as text, not as an element
+        for name in ("jobs", "failures", "prompts_models"):
+            path, texts = PAGES[name]
+            page.goto(f"{url}/{path}")
+            for text in texts:  # drawn to its last section before counting what is not there
+                expect(page.get_by_text(text).first).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+            expect(page.locator("[data-testid='stException']")).to_have_count(0)
+            expect(page.locator("script", has_text="alert")).to_have_count(0)
+            expect(page.locator("b", has_text="x")).to_have_count(0)
+        browser.close()
