@@ -460,8 +460,9 @@ def run(
 ) -> None:
     """Run the scheduler and workers (long-lived), or drain what is due and exit (--drain).
 
-    Exit code with --drain: 0 when every job of today's batch ended, 1 when some failed or are
-    left queued (behind a paused model, or waiting past the drain's horizon).
+    Exit code with --drain: 0 when every job ended well, 1 when some failed or are left queued
+    (behind a paused model, or waiting past the drain's horizon), over today's batch and every
+    batch with work when the drain started.
     """
     from runner.logs import configure_logging
     from runner.worker.supervisor import Supervisor
