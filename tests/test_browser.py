@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -192,11 +193,14 @@ def test_markup_a_model_or_a_user_wrote_shows_as_text(console):
         pytest.skip(missing)
     from playwright.sync_api import expect, sync_playwright
 
+    from db.models import utcnow
     from tests import factories as f
     from tests.test_console_helpers import answer, claim_all
 
     url, db_url = console
     engine = make_engine(db_url)
+    waiting = [i for i, status in statuses(engine).items() if status == "queued"]
+    f.set_jobs(engine, waiting, scheduled_for=utcnow() - timedelta(minutes=1))  # due now
     (queued,) = claim_all(engine)  # the seed's one queued job answers with the evil brand
     f.complete_all(engine, [f.completion(queued, answer((EVIL_BRAND,)), 0.0005)])
     engine.dispose()
