@@ -49,6 +49,15 @@ def _missing() -> str | None:
     return None
 
 
+def _require_browser() -> None:
+    """Skip without Chromium or Playwright; fail instead under PROMPTBATCH_TEST_REQUIRE_BROWSER."""
+    missing = _missing()
+    if missing:
+        if REQUIRE:
+            pytest.fail(f"PROMPTBATCH_TEST_REQUIRE_BROWSER=1 but {missing}")
+        pytest.skip(missing)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -118,11 +127,7 @@ def console(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 
 def test_requeue_a_failed_job_in_a_real_browser(console, tmp_path):
-    missing = _missing()
-    if missing:
-        if REQUIRE:
-            pytest.fail(f"PROMPTBATCH_TEST_REQUIRE_BROWSER=1 but {missing}")
-        pytest.skip(missing)
+    _require_browser()
     from playwright.sync_api import expect, sync_playwright
 
     url, db_url = console
@@ -186,11 +191,7 @@ def test_markup_a_model_or_a_user_wrote_shows_as_text(console):
     the seed's hostile prompt (<script>, Markdown), answer and error (<b>), no page has an
     element the data made: no link to evil.test, no <b> or <script> from it; the markup shows
     as its own text in the charts."""
-    missing = _missing()
-    if missing:
-        if REQUIRE:
-            pytest.fail(f"PROMPTBATCH_TEST_REQUIRE_BROWSER=1 but {missing}")
-        pytest.skip(missing)
+    _require_browser()
     from playwright.sync_api import expect, sync_playwright
 
     from db.models import utcnow

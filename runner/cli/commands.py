@@ -81,6 +81,13 @@ def load_settings(**overrides: object) -> Settings:
     return settings
 
 
+ConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option("--concurrency", "-c", min=1, max=4096, help="Model calls in flight per process."),
+]
+ThreadsOpt = Annotated[int | None, typer.Option(hidden=True, help="Deprecated: --concurrency.")]
+
+
 def _concurrency(concurrency: int | None, threads: int | None) -> int | None:
     """--concurrency, or the deprecated --threads (one release) with a warning."""
     if threads is not None and concurrency is None:
@@ -444,15 +451,8 @@ def enqueue(batch_key: BatchOpt = None, json_out: JsonOpt = False) -> None:
 def run(
     drain: Annotated[bool, typer.Option(help="Exit when nothing is due (cron mode).")] = False,
     processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    concurrency: Annotated[
-        int | None,
-        typer.Option(
-            "--concurrency", "-c", min=1, max=4096, help="Model calls in flight per process."
-        ),
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(hidden=True, help="Deprecated: --concurrency.")
-    ] = None,
+    concurrency: ConcurrencyOpt = None,
+    threads: ThreadsOpt = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(min=1, max=65535, help="Serve Prometheus /metrics on this port."),
@@ -788,15 +788,8 @@ def simulator(
 @app.command()
 def demo(
     processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    concurrency: Annotated[
-        int | None,
-        typer.Option(
-            "--concurrency", "-c", min=1, max=4096, help="Model calls in flight per process."
-        ),
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(hidden=True, help="Deprecated: --concurrency.")
-    ] = None,
+    concurrency: ConcurrencyOpt = None,
+    threads: ThreadsOpt = None,
     open_console: Annotated[
         bool,
         typer.Option(

@@ -224,8 +224,8 @@ _HTTP_RESPONSE: Any = importlib.import_module(
 
 def _wire_body(arguments: dict[str, Any]) -> dict[str, Any]:
     """create()'s arguments as the JSON body it would send: extra_body merged in."""
-    extra = arguments.pop("extra_body", None)
-    return {**arguments, **extra} if extra else arguments
+    body = {k: v for k, v in arguments.items() if k != "extra_body"}
+    return {**body, **arguments.get("extra_body", {})}
 
 
 _NOT_SENT = (ConnectionRefusedError, socket.gaierror, aiohttp.ClientConnectorError)

@@ -66,31 +66,29 @@ class GroupCommit:
         """Hand `outcome` over and block until it is written (from a thread). Recorded.DROPPED when
         the worker no longer held the job (nothing was written). Raises what its lone write
         raised, e.g. DatabaseUnavailable."""
-        done: Future[Recorded] = Future()
-        with self._lock:
-            alone = self._closed
-            if not alone:
-                self._waiting.append((outcome, done))
-        if alone:
-            return self._write_alone(outcome)
-        assert self._wake is not None
-        self._wake.set()
-        return done.result()
+        done = self._hand_over(outcome)
+        return self._write_alone(outcome) if done is None else done.result()
 
     async def submit(self, outcome: Outcome) -> Recorded:
         """`record` for a job coroutine: hand `outcome` over and await its write without blocking
         the event loop (a lone write runs on the executor). Returns and raises as `record`."""
-        done: Future[Recorded] = Future()
-        with self._lock:
-            alone = self._closed
-            if not alone:
-                self._waiting.append((outcome, done))
-        if alone:
+        done = self._hand_over(outcome)
+        if done is None:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, self._write_alone, outcome)
+        return await asyncio.wrap_future(done)
+
+    def _hand_over(self, outcome: Outcome) -> Future[Recorded] | None:
+        """Queue `outcome` for the claim loop's next turn and wake it; None once closed (the
+        caller writes it alone)."""
+        done: Future[Recorded] = Future()
+        with self._lock:
+            if self._closed:
+                return None
+            self._waiting.append((outcome, done))
         assert self._wake is not None
         self._wake.set()
-        return await asyncio.wrap_future(done)
+        return done
 
     def commit_and_claim(
         self, worker_id: str, free: int, *, lease_seconds: float
