@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint pytest openai2 console bench clean
+.PHONY: install demo test test-fast lint pytest openai2 console bench soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "promptbatch needs Python 3.11+")'
@@ -65,6 +65,11 @@ console: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run
+
+# The full soak (kill -9 rounds, a PostgreSQL crash, a freeze, an outage; bench/soak.py): ~10 min.
+soak: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) $(VENV2) data .pytest_cache .mypy_cache .ruff_cache

@@ -28,7 +28,17 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [f"## {title}", "", "| measure | value | goal |", "| --- | --- | --- |"]
         lines += [f"| {m} | {v} | {g} |" for m, v, g in rows]
         lines.append("")
-    return "\n".join([*lines, *_claim_plan(r["postgresql"]["growth"])])
+    return "\n".join([*lines, *_soak(r.get("soak", {})), *_claim_plan(r["postgresql"]["growth"])])
+
+
+def _soak(soak: dict[str, Any]) -> list[str]:
+    """Item 9, the soak: the full one (`make soak`) and the small one (`make bench`) if run."""
+    lines = []
+    for size, how in (("full", "make soak"), ("small", "make bench")):
+        if size in soak:
+            lines += [f"## 9. Soak, {size} (`{how}`, {soak[size]['date']})", ""]
+            lines += [*soak_table(soak[size]["plans"]), ""]
+    return lines
 
 
 def _claim_plan(g: dict[str, Any]) -> list[str]:
@@ -275,3 +285,46 @@ def _growth_rows(g: dict[str, Any]) -> list[tuple[str, str, str]]:
         )
     )
     return rows
+
+
+SOAK_ROWS: tuple[tuple[str, str | tuple[str, str], str], ...] = (
+    ("jobs", "jobs", ""),
+    ("faults injected", "faults", ""),
+    ("jobs not succeeded (lost)", "jobs_not_succeeded", "0"),
+    ("jobs completed twice", "jobs_completed_twice", "0"),
+    ("succeeded jobs without 1 response", "succeeded_jobs_without_exactly_one_response", "0"),
+    ("attempt rows / sum of attempt_count", ("attempt_rows", "attempt_count_sum"), "equal"),
+    ("paid calls (simulator 200s)", "paid_calls", ""),
+    ("paid calls never stored", "paid_calls_never_stored", ""),
+    ("... answered to a worker killed during its call", "answered_to_a_killed_client", ""),
+    ("... delivered to a live worker", "delivered_calls_never_stored", ""),
+    ("... delivered, of paid calls", "delivered_never_stored_fraction", "<= 0.5%"),
+    ("a killed worker's jobs claimable again, max s", "killed_worker_jobs_back_max_s", "<= 2"),
+    ("orphaned workers stopped within, max s", "orphan_stop_max_s", ""),
+    ("orphans left", "orphans_left", "0"),
+    ("wall s / fault-free s", ("wall_s", "fault_free_wall_s"), ""),
+    ("wall vs fault-free", "wall_vs_fault_free", "<= 1.5x"),
+)
+
+
+def soak_table(plans: dict[str, Any]) -> list[str]:
+    """The soak's Markdown table: one column per plan, and the issue's goal."""
+    names = list(plans)
+    lines = ["| | " + " | ".join(names) + " | goal |", "|---" * (len(names) + 2) + "|"]
+    for label, key, goal in SOAK_ROWS:
+        cells = [_cell(plans[n], key) for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {goal} |")
+    return lines
+
+
+def _cell(figures: dict[str, Any], key: str | tuple[str, str]) -> str:
+    if isinstance(key, tuple):
+        return " / ".join(_cell(figures, k) for k in key)
+    value = figures.get(key)
+    if key.endswith("fraction"):
+        return f"{value:.2%}"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+    return "-" if value is None else str(value)

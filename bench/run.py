@@ -20,6 +20,7 @@ from bench import (
     machine,
     peers,
     report,
+    soak,
     startup,
     throughput,
 )
@@ -48,8 +49,9 @@ def main() -> None:
     results["postgresql"]["growth"] = _step("growth", growth.run)
     results["startup"] = _step("start-up", startup.run)
     results["calls"] = _step("model calls", calls.run)
+    results["soak"] = {**_last().get("soak", {}), "small": _step("soak", _small_soak)}
     if sys.argv[1:] == ["--without", "limits"]:  # keep item 8's last figures (40 minutes)
-        results["limits"] = json.loads((report.HERE / "results.json").read_text())["limits"]
+        results["limits"] = _last()["limits"]
     else:
         results["limits"] = _step("limits", limits.run)
     results["seconds"] = round(time.perf_counter() - started)
@@ -72,6 +74,15 @@ def _only_revoked() -> None:
     with running_simulator() as sim:
         results["limits"]["revoked"] = _step("limits: revoked key", limits.revoked, sim)
     report.write(results)
+
+
+def _last() -> dict[str, Any]:
+    """The results of the last run (figures a partial run keeps)."""
+    return dict(json.loads((report.HERE / "results.json").read_text()))
+
+
+def _small_soak() -> dict[str, Any]:
+    return {"date": time.strftime("%Y-%m-%d"), "plans": soak.run(small=True)}
 
 
 def _peers() -> dict[str, float]:

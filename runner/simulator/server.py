@@ -263,6 +263,8 @@ class SimulatorServer(ThreadingHTTPServer):
         self._request_count = 0
         self._answering = 0  # chat calls being answered now (after admission, before the reply)
         self._peak_answering = 0
+        self._paid = 0  # chat calls answered 200: what a provider bills
+        self._undelivered = 0  # of those, answered to a client already gone (killed mid-call)
         self._captured: deque[CapturedRequest] = deque(maxlen=CAPTURE_LIMIT)
         self.limits = ProviderLimits()  # the provider's rate limits, credits and revocations
 
@@ -333,6 +335,19 @@ class SimulatorServer(ThreadingHTTPServer):
             with self._lock:
                 self._answering -= 1
 
+    @property
+    def paid_calls(self) -> tuple[int, int]:
+        """(chat calls answered 200, of those the ones whose client had hung up before the
+        answer): a provider bills both, since the answer was generated (bench/soak.py)."""
+        with self._lock:
+            return self._paid, self._undelivered
+
+    def count_paid(self, *, delivered: bool) -> None:
+        """Count one chat call answered 200."""
+        with self._lock:
+            self._paid += 1
+            self._undelivered += not delivered
+
     def next_call_number(self, key: CallKey) -> int:
         """Count a call for ``key`` and return its number, starting at 1."""
         with self._lock:
@@ -345,6 +360,7 @@ class SimulatorServer(ThreadingHTTPServer):
             self._calls.clear()
             self._request_count = 0
             self._peak_answering = self._answering
+            self._paid = self._undelivered = 0
             self._captured.clear()
             self.limits = ProviderLimits()
 
@@ -432,6 +448,8 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             self._hang()
             return
         reply = self._reply(request, faults)
+        if reply.status == 200:
+            self.server.count_paid(delivered=not self._client_gone())
         self.server.limits.spend(request.model, reply_cost(reply))
         limited = self.server.limits.headers(request.model)
         self._send(replace(reply, headers=reply.headers + limited), faults)
