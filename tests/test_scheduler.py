@@ -193,3 +193,19 @@ def test_missed_days_outside_the_catch_up_window_are_only_reported():
         missed = BatchScheduler(enqueue, "00:00", catch_up_days=1).catch_up("2026-11-01")
     assert missed == ["2026-11-02", "2026-11-03", "2026-11-04"]
     assert [k for k, _ in enqueue.calls] == ["2026-11-04", "2026-11-05"]
+
+
+def test_a_missed_days_failed_late_enqueue_is_retried_beside_todays():
+    """Issue 12: the timer fires after a missed day with the database away: the missed day's
+    late enqueue and today's both fail. Both stay pending and are enqueued, oldest first, once it
+    is back (today's retry no longer replaces the missed day's)."""
+    start = datetime(2026, 11, 1, 23, 0, tzinfo=UTC)
+    with time_machine.travel(start, tick=False) as traveller:
+        enqueue = Recorder()
+        scheduler = BatchScheduler(enqueue, "00:00", catch_up_days=2)
+        scheduler.catch_up(latest_batch="2026-11-01")
+        traveller.move_to(datetime(2026, 11, 3, 0, 0, 30, tzinfo=UTC))
+        enqueue.failures = 3  # both at the fire, then the first retry
+        scheduler.tick()
+        run_minutes(traveller, scheduler, 10)
+    assert [k for k, _ in enqueue.calls] == ["2026-11-02", "2026-11-03"]

@@ -60,7 +60,9 @@ class BatchScheduler:
         self._latest: str | None = None  # the newest batch known to exist
         self._schedule = schedule.Scheduler()
         self._schedule.every().day.at(batch_time, "UTC").do(self._fire)
-        self._pending: str | None = None
+        # Batches whose enqueue failed, oldest first, retried in order: a missed day's late
+        # enqueue failing (the database away) must not be superseded by today's (issue 12)
+        self._pending: list[str] = []
         self._failures = 0
         self._retry_at: datetime | None = None
         self.enqueued: list[str] = []
@@ -103,20 +105,26 @@ class BatchScheduler:
         """Run what is due: the daily timer and any enqueue retry."""
         self._schedule.run_pending()
         if self._pending and self._retry_at and self._clock() >= self._retry_at:
-            self._try(self._pending)
+            for batch_key in list(self._pending):
+                if not self._try(batch_key):
+                    break  # still failing: the rest wait for the next retry
 
     def _fire(self) -> None:
         today = utc_batch_key(self._clock())
         self._missed_before(today)
         self._try(today)
 
-    def _try(self, batch_key: str) -> None:
+    def _try(self, batch_key: str) -> bool:
+        """Enqueue `batch_key`; on failure keep it pending for a retry. Whether it was enqueued."""
         try:
             result = self._enqueue(batch_key)
         except Exception as exc:  # the timer must outlive any enqueue failure (case C3)
             self._schedule_retry(batch_key, exc)
-            return
-        self._pending, self._failures, self._retry_at = None, 0, None
+            return False
+        if batch_key in self._pending:
+            self._pending.remove(batch_key)
+        if not self._pending:
+            self._failures, self._retry_at = 0, None
         self.enqueued.append(batch_key)
         self._latest = max(self._latest or "", batch_key)
         log.info(
@@ -130,11 +138,13 @@ class BatchScheduler:
                 "jobs_created": result.created,
             },
         )
+        return True
 
     def _schedule_retry(self, batch_key: str, exc: Exception) -> None:
         wait = RETRY_SECONDS[min(self._failures, len(RETRY_SECONDS) - 1)]
         self._failures += 1
-        self._pending = batch_key
+        if batch_key not in self._pending:
+            self._pending = sorted([*self._pending, batch_key])
         self._retry_at = self._clock() + timedelta(seconds=wait)
         log.error(
             "enqueue of batch %s failed (attempt %d), retrying in %ds: %s",
