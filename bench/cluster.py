@@ -1,6 +1,7 @@
-"""A PostgreSQL cluster of the soak's own (bench/soak.py): made with initdb in a temporary
-directory on a free port, so it can be restarted, crashed and stopped without touching the
-machine's server. Run as the `postgres` user when this process is root (initdb refuses root)."""
+"""A PostgreSQL cluster of its own for the soak (bench/soak.py) and the tests' outages
+(tests/test_runner_process.py): made with initdb in a temporary directory on a free port, so it
+can be restarted, crashed and stopped without touching the machine's server. Run as the
+`postgres` user when this process is root (initdb refuses root)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,11 @@ class Cluster:
     @property
     def url(self) -> str:
         """SQLAlchemy URL of the soak's database."""
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{DATABASE}"
+        return self.url_of(DATABASE)
+
+    def url_of(self, database: str) -> str:
+        """SQLAlchemy URL of `database` on this cluster."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
     def _ctl(self, *args: str) -> None:
         command = [str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-w", *args]

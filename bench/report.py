@@ -218,7 +218,8 @@ def _concurrency_sections(
             f"in flight ({c['processes']} processes x {c['concurrency']}, {backend})",
             _concurrency_rows(c),
         )
-        for c in scenarios.values()
+        # in the order they run (results.json sorts its keys by name)
+        for c in sorted(scenarios.values(), key=lambda c: (c["in_flight"], c["jitter"]))
     ]
 
 
@@ -296,6 +297,7 @@ SOAK_ROWS: tuple[tuple[str, str | tuple[str, str], str], ...] = (
     ("attempt rows / sum of attempt_count", ("attempt_rows", "attempt_count_sum"), "equal"),
     ("paid calls (simulator 200s)", "paid_calls", ""),
     ("paid calls never stored", "paid_calls_never_stored", ""),
+    ("... of paid calls", "paid_calls_never_stored_fraction", ""),
     ("... answered to a worker killed during its call", "answered_to_a_killed_client", ""),
     ("... delivered to a live worker", "delivered_calls_never_stored", ""),
     ("... delivered, of paid calls", "delivered_never_stored_fraction", "<= 0.5%"),

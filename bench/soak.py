@@ -162,6 +162,7 @@ class Slot:
     index: int
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    started_at: float = 0.0  # time.monotonic() of its latest start
     restart_at: float | None = None  # when a killed runner is started again
     done: bool = False
     exit_codes: list[int] = field(default_factory=list)
@@ -231,6 +232,7 @@ class Chaos:
                 start_new_session=True,
             )
         slot.starts += 1
+        slot.started_at = time.monotonic()
         slot.restart_at = None
 
     def _tend(self, now: float) -> None:
@@ -275,12 +277,13 @@ class Chaos:
             return "postgresql"
         if not live:
             return None
-        slot = self.random.choice(live)
-        assert slot.proc is not None
-        if fault == "freeze":
+        if fault == "freeze":  # the runner up longest: one started a moment ago holds no job yet
+            slot = min(live, key=lambda s: s.started_at)
             self._signal_group(slot, signal.SIGSTOP)
             self.frozen = (slot, now + FREEZE_S)
             return f"runner {slot.index}"
+        slot = self.random.choice(live)
+        assert slot.proc is not None
         workers = _workers(slot)
         if fault == "kill-worker" and workers:
             victim = self.random.choice(workers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +17,12 @@ import psutil
 import pytest
 from sqlalchemy import Engine, func, select
 
+from bench.cluster import Cluster, own_cluster
 from db import catalog, operations, queue
 from db.catalog import NewPrompt
-from db.engine import read_tx
+from db.engine import make_engine, read_tx
 from db.filters import JobQuery
+from db.migrate import upgrade
 from db.models import JobAttempt, Prompt, PromptJob, Response, Worker
 from db.types import JobStatus
 from runner.simulator.server import SimulatorServer, running_simulator
@@ -204,13 +207,15 @@ def test_hundreds_of_calls_in_flight_on_a_few_threads_and_two_connections(engine
 
 
 def test_json_logs_are_json_lines_only_progress_included(engine, db_url, sim):
-    """Issue 12: with PROMPTBATCH_LOG_JSON the drain's progress is a log record, not a text
-    line between the JSON ones: every stderr line parses."""
+    """Issue 12: with PROMPTBATCH_LOG_JSON the drain's progress, and the warning about a
+    deprecated setting (PROMPTBATCH_THREADS), are log records, not text lines between the JSON
+    ones: every stderr line parses."""
     seed(engine, "sim-gpt-4o-mini", sim.base_url, prompts=2, runs=1)
-    code, err = finish(start_runner(db_url, "--drain", processes=1, concurrency=2, log_json=1))
+    code, err = finish(start_runner(db_url, "--drain", processes=1, threads=2, log_json=1))
     assert code == 0, err[-3000:]
     records = [json.loads(line) for line in err.splitlines() if line.strip()]
     assert any(r.get("action") == "batch_progress" for r in records), records
+    assert any(r.get("action") == "setting_deprecated" for r in records), records
     assert any(r.get("action") == "job_succeeded" for r in records)
 
 
@@ -467,3 +472,68 @@ def test_two_runners_share_one_rate_limit(engine, db_url, sim):
     with read_tx(engine) as conn:
         workers = set(conn.scalars(select(JobAttempt.worker_id)))
     assert len({w.split(":")[1] for w in workers if w}) >= 2  # calls from several processes
+
+
+# --- PostgreSQL really stopped (a cluster of the test's own, bench/cluster.py) ------------------
+
+
+@pytest.fixture
+def own_pg() -> Iterator[tuple[Cluster, Engine]]:
+    """A PostgreSQL cluster of this test's own, migrated, that the test may stop and start."""
+    if shutil.which("pg_config") is None:
+        pytest.skip("PostgreSQL's server programs (pg_config, initdb) are not installed")
+    with own_cluster() as cluster:
+        eng = make_engine(cluster.url)
+        upgrade(eng)
+        yield cluster, eng
+        eng.dispose()
+
+
+def _stored_calls(engine: Engine) -> int:
+    with read_tx(engine) as conn:
+        return int(conn.scalar(select(func.coalesce(func.sum(JobAttempt.calls), 0))) or 0)
+
+
+def test_drain_survives_postgresql_stopped_mid_batch_and_keeps_every_paid_answer(own_pg):
+    """Issue 12: PostgreSQL stopped (a crash: `pg_ctl stop -m immediate`) while calls are in
+    flight, started 4 s later: the drain ends 0, every job succeeded once, and every answer the
+    simulator was paid for is stored (the outcomes waited in the group commit)."""
+    cluster, engine = own_pg
+    with running_simulator() as own_sim:
+        total = seed(engine, "sim-gpt-4o-mini@latency=700", own_sim.base_url, prompts=12, runs=3)
+        proc = start_runner(cluster.url, "--drain", processes=1, concurrency=6)
+        wait_for(lambda: count(engine, PromptJob.status == "succeeded") >= 6, 120, "6 answers")
+        cluster.stop("immediate")
+        time.sleep(4)  # calls in flight answer into the outage
+        cluster.start()
+        code, err = finish(proc)
+        paid, _ = own_sim.paid_calls
+    assert code == 0, err[-3000:]
+    assert count(engine, PromptJob.status == "succeeded") == total
+    assert count(engine, table=Response) == total
+    assert _stored_calls(engine) == paid  # no paid answer dropped
+
+
+def test_shutdown_with_postgresql_away_finishes_its_bookkeeping_when_it_returns(own_pg):
+    """Issue 12: SIGTERM while PostgreSQL is stopped, and the grace period over before it is
+    back: the answered calls' outcomes are still written, the prefetched jobs handed back
+    unstarted and the worker marked stopped once it returns (within BOOKKEEPING_SECONDS), not
+    dropped and left to lease expiry."""
+    cluster, engine = own_pg
+    with running_simulator() as own_sim:
+        seed(engine, "sim-gpt-4o-mini@latency=1500", own_sim.base_url, prompts=10, runs=1)
+        proc = start_runner(cluster.url, processes=1, concurrency=2, grace_seconds=2)
+        held = 2 + prefetch(2)
+        wait_for(lambda: count(engine, PromptJob.status == "processing") == held, 120, "held jobs")
+        time.sleep(0.3)  # the two running calls are under way
+        cluster.stop("immediate")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(5)  # the calls answer, and the grace period ends, while it is away
+        cluster.start()
+        code, err = finish(proc)
+        paid, _ = own_sim.paid_calls
+    assert code == 0, err[-3000:]
+    assert count(engine, PromptJob.status == "succeeded") == 2 == paid
+    assert count(engine, PromptJob.status == "processing") == 0
+    assert count(engine, PromptJob.status == "queued", PromptJob.attempt_count == 0) == 8
+    assert count(engine, Worker.stopped_at.is_(None), table=Worker) == 0

@@ -7,6 +7,7 @@ own: `enqueue` runs from cron and skips Alembic, the catalog and the CSV and bra
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from db.engine import Engine
     from db.filters import JobQuery
     from runner.settings import Settings
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -58,8 +61,10 @@ _UNPREFIXED = frozenset(
 )
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment plus CLI overrides; a bad value is a one-line ConfigError."""
+def load_settings(*, warn: bool = True, **overrides: object) -> Settings:
+    """Settings from the environment plus CLI overrides; a bad value is a one-line ConfigError.
+    Deprecated settings in use are printed as warnings (`warn=False`: the caller logs them, after
+    configuring logging, so JSON logs stay JSON lines: `log_deprecations`)."""
     from pydantic import ValidationError
 
     from runner.settings import Settings
@@ -76,9 +81,17 @@ def load_settings(**overrides: object) -> Settings:
             else f"PROMPTBATCH_{field}"
         )
         raise ConfigError(f"invalid setting {name}: {err['msg']}") from exc
-    for line in settings.deprecations:
-        typer.echo(f"warning: {line}", err=True)
+    if warn:
+        for line in settings.deprecations:
+            typer.echo(f"warning: {line}", err=True)
     return settings
+
+
+def log_deprecations(lines: list[str]) -> None:
+    """Each deprecation as a WARNING record (action setting_deprecated), for the commands that
+    log: in the log's format, JSON included, not as a text line among JSON ones (issue 12)."""
+    for line in lines:
+        log.warning(line, extra={"action": "setting_deprecated"})
 
 
 ConcurrencyOpt = Annotated[
@@ -88,12 +101,11 @@ ConcurrencyOpt = Annotated[
 ThreadsOpt = Annotated[int | None, typer.Option(hidden=True, help="Deprecated: --concurrency.")]
 
 
-def _concurrency(concurrency: int | None, threads: int | None) -> int | None:
-    """--concurrency, or the deprecated --threads (one release) with a warning."""
+def _concurrency(concurrency: int | None, threads: int | None) -> tuple[int | None, list[str]]:
+    """--concurrency, or the deprecated --threads (one release) and its warning line."""
     if threads is not None and concurrency is None:
-        typer.echo("warning: --threads is deprecated: use --concurrency", err=True)
-        return threads
-    return concurrency
+        return threads, ["--threads is deprecated: use --concurrency"]
+    return concurrency, []
 
 
 # Engines a command opened; `main` disposes them when the command ends, so a command run in
@@ -467,10 +479,12 @@ def run(
     from runner.logs import configure_logging
     from runner.worker.supervisor import Supervisor
 
-    settings = load_settings(processes=processes, concurrency=_concurrency(concurrency, threads))
+    calls, notes = _concurrency(concurrency, threads)
+    settings = load_settings(warn=False, processes=processes, concurrency=calls)
+    configure_logging(settings)
+    log_deprecations([*notes, *settings.deprecations])
     engine = open_engine(settings)
     check_api_keys(engine, settings)
-    configure_logging(settings)
     if metrics_port is not None:
         from runner.worker.metrics import serve_metrics
 
@@ -802,10 +816,12 @@ def demo(
     from runner.logs import configure_logging
 
     # Job-by-job INFO lines would bury the progress line and the summary: warnings only.
+    calls, notes = _concurrency(concurrency, threads)
     settings = load_settings(
-        processes=processes, concurrency=_concurrency(concurrency, threads), log_level="WARNING"
+        warn=False, processes=processes, concurrency=calls, log_level="WARNING"
     )
     configure_logging(settings)
+    log_deprecations([*notes, *settings.deprecations])
     code = run_demo(settings)
     if open_console:
         typer.echo("\nopening the console on the demo database (Ctrl-C to stop)")
