@@ -537,3 +537,29 @@ def test_shutdown_with_postgresql_away_finishes_its_bookkeeping_when_it_returns(
     assert count(engine, PromptJob.status == "processing") == 0
     assert count(engine, PromptJob.status == "queued", PromptJob.attempt_count == 0) == 8
     assert count(engine, Worker.stopped_at.is_(None), table=Worker) == 0
+
+
+def test_a_worker_killed_while_postgresql_is_away_is_rescued_when_it_returns(own_pg):
+    """Issue 12 (found by the soak): a worker killed during a PostgreSQL crash-restart had its
+    jobs back only at lease expiry, the supervisor's one rescue having failed. The rescue is
+    retried each tick: with a 60 s lease its jobs are back seconds after the database is."""
+    cluster, engine = own_pg
+    with running_simulator() as own_sim:
+        seed(engine, "sim-gpt-4o-mini@latency=30000", own_sim.base_url, prompts=4, runs=1)
+        proc = start_runner(cluster.url, processes=1, concurrency=4, lease_seconds=60)
+        wait_for(lambda: count(engine, PromptJob.status == "processing") == 4, 120, "4 jobs held")
+        (victim,) = processing_pids(engine)
+        cluster.stop("immediate")
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(2)  # the supervisor sees the death and fails to rescue
+        cluster.start()
+        back = time.monotonic()
+        wait_for(lambda: victim not in processing_pids(engine), 20, "the dead worker's jobs back")
+        assert time.monotonic() - back < 20  # not the 60 s lease
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=60)
+    with read_tx(engine) as conn:
+        lost = conn.scalars(
+            select(JobAttempt.error_message).where(JobAttempt.outcome == "lost")
+        ).all()
+    assert len(lost) == 4 and all("died (exit code -9)" in m for m in lost), lost

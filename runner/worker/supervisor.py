@@ -75,6 +75,11 @@ class Supervisor:
         self._sched_thread: threading.Thread | None = None
         self._next_reap = 0.0
         self._drained_batches: set[str] = set()  # batch keys a drain works on
+        # Dead workers whose jobs could not be taken back yet (the database away): retried each
+        # tick, so a worker killed during a database restart is rescued when it is back, not
+        # at lease expiry (bench/soak.py: 10 s, the lease, before this)
+        self._unrescued: dict[str, str] = {}  # worker id -> why
+        self._rescue_warned: set[str] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -116,6 +121,7 @@ class Supervisor:
                 log.error("scheduler thread died; exiting", extra={"action": "scheduler_died"})
                 return EXIT_SCHEDULER_DIED
             self._respawn_dead()
+            self._rescue_pending()
             self._maintain()
             if reporter:
                 reporter.maybe_report()
@@ -187,39 +193,42 @@ class Supervisor:
                 extra={"action": "worker_died", "exitcode": child.process.exitcode},
             )
             child.process.join(0)
-            self._rescue(child)
+            if child.worker_id is not None:
+                self._unrescued[child.worker_id] = f"died (exit code {child.process.exitcode})"
             fresh = self._spawn(child.index)
             fresh.restarts = child.restarts + 1
             self._children[slot] = fresh
 
-    def _rescue(self, child: Child) -> None:
-        """Take the dead worker's jobs back now, not at lease expiry; the lease stays the safety
-        net (a dead host, or the database away now: the reaper takes them later)."""
-        worker_id = child.worker_id
-        if worker_id is None:
-            return
-        try:
-            rescued = queue.rescue_worker(
-                self.engine,
-                worker_id,
-                why=f"died (exit code {child.process.exitcode})",
-                max_interruptions=self.settings.max_interruptions,
-            )
-            workers.stop_worker(self.engine, worker_id)
-        except DatabaseUnavailable as exc:
-            log.warning(
-                "could not take back the dead worker's jobs (the reaper will): %s",
-                exc,
-                extra={"action": "rescue_failed", "worker_id": worker_id},
-            )
-            return
-        if rescued:
-            log.warning(
-                "took back %d jobs of dead worker %s",
-                len(rescued),
-                worker_id,
-                extra={"action": "jobs_rescued", "worker_id": worker_id, "count": len(rescued)},
-            )
+    def _rescue_pending(self) -> None:
+        """Take the dead workers' jobs back now, not at lease expiry; one that fails (the
+        database away) is tried again next tick. The lease stays the safety net (a dead host)."""
+        for worker_id, why in list(self._unrescued.items()):
+            try:
+                rescued = queue.rescue_worker(
+                    self.engine,
+                    worker_id,
+                    why=why,
+                    max_interruptions=self.settings.max_interruptions,
+                )
+                workers.stop_worker(self.engine, worker_id)
+            except DatabaseUnavailable as exc:
+                if worker_id not in self._rescue_warned:  # once per worker, not every tick
+                    self._rescue_warned.add(worker_id)
+                    log.warning(
+                        "could not take back the dead worker's jobs yet, will retry: %s",
+                        exc,
+                        extra={"action": "rescue_failed", "worker_id": worker_id},
+                    )
+                return  # the database is away: the rest wait for the next tick too
+            del self._unrescued[worker_id]
+            self._rescue_warned.discard(worker_id)
+            if rescued:
+                log.warning(
+                    "took back %d jobs of dead worker %s",
+                    len(rescued),
+                    worker_id,
+                    extra={"action": "jobs_rescued", "worker_id": worker_id, "count": len(rescued)},
+                )
 
     # --- periodic work -----------------------------------------------------------------------
 
