@@ -3,6 +3,8 @@ failure, for many jobs in ONE transaction (a worker's group commit, runner.worke
 
 Every write for a job runs its fenced status update first; when the fence matches nothing (lease
 lost, job cancelled) nothing is written for that job and the caller is told (Recorded.DROPPED).
+One exception keeps a paid answer: a late answer whose lease was taken back (its attempt row
+`lost`) while nobody has claimed the job since is saved as that attempt's success (`_adopt_late`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from db import budgets, pacing
 from db.budgets import BudgetPolicy
 from db.engine import is_sqlite, write_operation
-from db.models import Entity, Mention, Model, PromptJob, Response, utcnow
-from db.queue import claim_jobs_in, fence, record_attempt
+from db.models import Entity, JobAttempt, Mention, Model, PromptJob, Response, utcnow
+from db.queue import claim_jobs_in, fence, record_attempt, usage_columns
 from db.types import (
     AttemptOutcome,
     CallUsage,
@@ -116,6 +118,8 @@ def _complete_in(conn: Connection, completions: Sequence[Completion], now: datet
         if is_sqlite(conn)
         else _complete_pg(conn, completions, now)
     )
+    if late := [c for c in completions if (c.job.id, c.job.attempt) not in saved]:
+        saved.update(_adopt_late(conn, late, now))
     keys = [(c.job.id, c.job.attempt) for c in completions]  # a stale attempt of a job can sit
     # Only a job claimed while its model was failing (a probe) tells that the key works now: an
     # older call may have been admitted before the key was revoked.
@@ -251,6 +255,69 @@ def _complete_sqlite(
             error_message=None,
             latency_ms=answer.latency_ms,
             usage=c.usage,
+        )
+    return saved
+
+
+def _adopt_late(
+    conn: Connection, completions: Sequence[Completion], now: datetime
+) -> dict[tuple[int, int], int]:
+    """Response id by (job id, attempt) for the late answers kept: their lease was taken back
+    (expired, the worker frozen or cut off from the database past it: the attempt row says
+    `lost`) and the job is still queued with nobody's claim since (attempt_count unchanged).
+    The answer is paid and still the job's, so the job succeeds with it and the lost attempt
+    becomes its success, instead of paying for the call again (bench/soak.py: a runner frozen
+    past its lease lost every answer it held). A cancelled, failed or re-claimed job is not
+    touched. Per job (rare): the batch statements above cover the fenced common case."""
+    saved = {}
+    for c in completions:
+        job = c.job
+        taken_back = (
+            select(JobAttempt.id)
+            .where(
+                JobAttempt.job_id == job.id,
+                JobAttempt.attempt == job.attempt,
+                JobAttempt.outcome == AttemptOutcome.LOST.value,
+            )
+            .exists()
+        )
+        done = conn.execute(
+            update(J)
+            .where(
+                J.id == job.id,
+                J.status == JobStatus.QUEUED.value,
+                J.locked_by.is_(None),
+                J.attempt_count == job.attempt,
+                taken_back,
+            )
+            .values(
+                status=JobStatus.SUCCEEDED.value,
+                finished_at=now,
+                updated_at=now,
+                error_kind=None,
+                error_message=None,
+            )
+        )
+        if done.rowcount != 1:
+            continue
+        conn.execute(
+            update(JobAttempt)
+            .where(JobAttempt.job_id == job.id, JobAttempt.attempt == job.attempt)
+            .values(
+                worker_id=job.worker_id,
+                finished_at=now,
+                outcome=AttemptOutcome.SUCCEEDED.value,
+                error_kind=None,
+                error_message=None,
+                latency_ms=c.answer.latency_ms,
+                **usage_columns(c.usage),
+            )
+        )
+        saved[(job.id, job.attempt)] = _insert_response(conn, c, now)
+        log.warning(
+            "job %d: a late answer kept (its lease had been taken back, nobody claimed it since)",
+            job.id,
+            extra={"action": "late_answer_kept", "job_id": job.id},
         )
     return saved
 

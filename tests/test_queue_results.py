@@ -110,6 +110,36 @@ def test_late_complete_after_lease_takeover_dropped(engine: Engine) -> None:
     ]
 
 
+def test_a_late_answer_is_kept_when_nobody_claimed_the_job_since(engine: Engine) -> None:
+    """Issue 12 (the soak): A is frozen past its lease, the reaper takes the job back, and A's
+    answer lands before anyone claims it again: the paid answer is the job's, so it is saved and
+    the lost attempt becomes its success (one response, one attempt row, no second call)."""
+    f.make_batch(engine, prompts=1, models=1)
+    [job] = f.claim_all(engine, "A")
+    f.expire_lease(engine, [job.id])
+    assert queue.reap_expired(engine) == [(job.id, "queued")]
+    assert f.complete(engine, job, f.answer(["HubSpot"]), None)
+    assert f.job(engine, job.id).status == "succeeded"
+    assert f.count(engine, Response) == 1
+    assert f.count(engine, Mention) == 1
+    assert [(a.attempt, a.outcome, a.worker_id) for a in f.attempts(engine, job.id)] == [
+        (1, "succeeded", "A"),
+    ]
+    assert f.claim_all(engine, "B") == []
+
+
+def test_a_late_answer_of_a_cancelled_job_is_not_kept(engine: Engine) -> None:
+    """Only a lease taken back is undone by a late answer: an operator's cancel (even re-queued
+    since) is a decision, and its in-flight answer stays dropped."""
+    f.make_batch(engine, prompts=1, models=1)
+    [job] = f.claim_all(engine, "A")
+    operations.cancel_jobs(engine, job_ids=[job.id], actor="test")
+    operations.requeue_jobs(engine, job_ids=[job.id], fresh_attempts=1, actor="test")
+    assert not f.complete(engine, job, f.answer(["HubSpot"]), None)
+    assert f.job(engine, job.id).status == "queued"
+    assert f.count(engine, Response) == 0
+
+
 def test_same_worker_reclaim_fences_on_attempt(engine: Engine) -> None:
     """Fencing: the same worker id re-claiming the job (another thread) gets a new attempt; the
     stale holder of attempt 1 cannot write."""
