@@ -58,7 +58,7 @@ def _sqlite_target(name: str) -> Iterator[Target]:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     target = Target(f"sqlite:///{path}", "sqlite")
-    _migrate(target)
+    migrate(target)
     yield target
 
 
@@ -71,7 +71,7 @@ def _postgres_target() -> Iterator[Target]:
         make_url(ADMIN_URL).set(database=BENCH_DB).render_as_string(False), "postgresql"
     )
     try:
-        _migrate(target)
+        migrate(target)
         yield target
     finally:
         with admin.connect() as conn:
@@ -79,7 +79,8 @@ def _postgres_target() -> Iterator[Target]:
         admin.dispose()
 
 
-def _migrate(target: Target) -> None:
+def migrate(target: Target) -> None:
+    """Run every migration on `target`."""
     engine = target.engine()
     upgrade(engine)
     engine.dispose()

@@ -32,7 +32,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -41,10 +40,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bench import report
 from bench.cluster import Cluster, own_cluster
-from bench.databases import OUT, Target, command_env, seed_catalog
+from bench.databases import OUT, Target, command_env, fresh_target, migrate, seed_catalog
 from db import queue
-from db.engine import make_engine
-from db.migrate import upgrade
 from runner.simulator.server import SimulatorServer, running_simulator
 from runner.worker.scheduler import utc_batch_key
 
@@ -134,25 +131,15 @@ def _one_run(plan: Plan, *, faults: bool, duration: float = 0.0) -> dict[str, An
 
 @contextmanager
 def _database(backend: str) -> Iterator[tuple[Target, Cluster | None]]:
+    """A migrated empty database: a SQLite file, or PostgreSQL on a cluster of the soak's own."""
     if backend == "sqlite":
-        OUT.mkdir(exist_ok=True)
-        path = OUT / "soak.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        target = Target(f"sqlite:///{path}", "sqlite")
-        _migrate(target)
-        yield target, None
+        with fresh_target("sqlite", "soak") as target:
+            yield target, None
         return
     with own_cluster() as cluster:
         target = Target(cluster.url, "postgresql")
-        _migrate(target)
+        migrate(target)
         yield target, cluster
-
-
-def _migrate(target: Target) -> None:
-    engine = make_engine(target.url)
-    upgrade(engine)
-    engine.dispose()
 
 
 @dataclass
