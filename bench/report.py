@@ -205,6 +205,11 @@ def _throughput_rows(pg: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{t['pgbench_floor_jobs_per_s']:.0f} jobs/s (ours x{t['ours_over_floor']:.2f})",
             ">= x0.5",
         ),
+        (
+            "group commit CPU per job, real-size answers (32 written + 32 claimed per transaction)",
+            f"{t['commit_cpu_ms_per_job']:.3f} ms" if "commit_cpu_ms_per_job" in t else "-",
+            "",
+        ),
     ]
 
 

@@ -9,15 +9,18 @@ the same concurrency.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import re
 import subprocess
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bench.databases import OUT, Target, fresh_target, psql, seed_catalog, sql_scalar
 from bench.drain_clock import time_drain
-from db import queue
+from db import queue, results
 from db.types import AnswerRecord, ClaimedJob, Completion, OutputMode
 from runner.settings import Settings
 from runner.worker import process as worker
@@ -87,7 +90,44 @@ def run(backend: str) -> dict[str, Any]:
         "ours_jobs_per_s": ours,
         "pgbench_floor_jobs_per_s": floor,
         "ours_over_floor": ours / floor,
+        "commit_cpu_ms_per_job": commit_cpu_ms_per_job(),
     }
+
+
+COMMIT_ROUNDS, COMMIT_BATCH = 300, 32
+# An answer of a real answer's size: ~1.5 KB of text in a ~2.5 KB body, with quotes and a
+# backslash (what psycopg's text arrays must escape)
+REAL_SIZE_ANSWER = replace(
+    NOOP_ANSWER,
+    answer="HubSpot, Pipedrive and Zoho are good picks. " * 34 + '"quoted" \\ back',
+    raw_body=json.dumps({"choices": [{"message": {"content": 'a "CRM" answer ' * 160}}]}),
+)
+
+
+def commit_cpu_ms_per_job() -> float:
+    """CPU ms per job of the group commit's transaction alone (write COMMIT_BATCH real-size
+    answers and claim as many, in this process, after a warm-up): the database path of a job
+    without the model call (issue 11)."""
+    with fresh_target("postgresql", "commit") as target:
+        enqueue_jobs(target)
+        engine = target.engine()
+        jobs: list[ClaimedJob] = []
+
+        def turn() -> None:
+            nonlocal jobs
+            done = [Completion(job, REAL_SIZE_ANSWER) for job in jobs]
+            _, jobs = results.write_outcomes_and_claim(
+                engine, done, "bench:commit", COMMIT_BATCH, lease_seconds=60
+            )
+
+        for _ in range(20):
+            turn()
+        started = time.process_time()
+        for _ in range(COMMIT_ROUNDS):
+            turn()
+        cpu = time.process_time() - started
+        engine.dispose()
+    return cpu * 1000 / (COMMIT_ROUNDS * COMMIT_BATCH)
 
 
 def enqueue_jobs(target: Target) -> None:
