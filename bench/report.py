@@ -328,7 +328,7 @@ def _cell(figures: dict[str, Any], key: str | tuple[str, str]) -> str:
     if isinstance(key, tuple):
         return " / ".join(_cell(figures, k) for k in key)
     value = figures.get(key)
-    if key.endswith("fraction"):
+    if isinstance(value, float) and key.endswith("fraction"):
         return f"{value:.2%}"
     if isinstance(value, float):
         return f"{value:.2f}"

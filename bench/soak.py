@@ -192,7 +192,7 @@ class Chaos:
             self._tend(now)
             if not self.wall_s and pending == [] and self._all_terminal():
                 self.wall_s = now
-            if self.wall_s and all(s.done for s in self.slots) and not self._orphans_alive():
+            if self.wall_s and all(s.done for s in self.slots) and not self.orphans:
                 break
             time.sleep(TICK_S)
         else:
@@ -308,12 +308,9 @@ class Chaos:
 
     def _time_orphans(self) -> None:
         for pid, since in list(self.orphans.items()):
-            if not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie":
+            if not _running(pid):
                 self.orphan_exit_s.append(time.monotonic() - since)
                 del self.orphans[pid]
-
-    def _orphans_alive(self) -> bool:
-        return bool(self.orphans)
 
     def _all_terminal(self) -> bool:
         left = self._scalar(
@@ -359,6 +356,14 @@ def _workers(slot: Slot) -> list[psutil.Process]:
         return [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
     except psutil.NoSuchProcess:
         return []
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (an exited orphan is gone or a zombie)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # also when it exits between the lookup and the read
+        return False
 
 
 def _kill(pid: int) -> None:

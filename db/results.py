@@ -13,8 +13,9 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, and_, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db import budgets, pacing
@@ -227,20 +228,7 @@ def _complete_sqlite(
     saved = {}
     for c in completions:
         job, answer = c.job, c.answer
-        done = conn.execute(
-            update(J)
-            .where(fence(job.id, job.worker_id, job.attempt))
-            .values(
-                status=JobStatus.SUCCEEDED.value,
-                finished_at=now,
-                updated_at=now,
-                error_kind=None,
-                error_message=None,
-                locked_by=None,
-                lease_expires_at=None,
-            )
-        )
-        if done.rowcount != 1:
+        if not _succeed(conn, fence(job.id, job.worker_id, job.attempt), now):
             continue
         saved[(job.id, job.attempt)] = _insert_response(conn, c, now)
         record_attempt(
@@ -257,6 +245,24 @@ def _complete_sqlite(
             usage=c.usage,
         )
     return saved
+
+
+def _succeed(conn: Connection, where: Any, now: datetime) -> bool:
+    """Mark the one job matching `where` succeeded (its claim released); whether it matched."""
+    done = conn.execute(
+        update(J)
+        .where(where)
+        .values(
+            status=JobStatus.SUCCEEDED.value,
+            finished_at=now,
+            updated_at=now,
+            error_kind=None,
+            error_message=None,
+            locked_by=None,
+            lease_expires_at=None,
+        )
+    )
+    return done.rowcount == 1
 
 
 def _adopt_late(
@@ -281,24 +287,13 @@ def _adopt_late(
             )
             .exists()
         )
-        done = conn.execute(
-            update(J)
-            .where(
-                J.id == job.id,
-                J.status == JobStatus.QUEUED.value,
-                J.locked_by.is_(None),
-                J.attempt_count == job.attempt,
-                taken_back,
-            )
-            .values(
-                status=JobStatus.SUCCEEDED.value,
-                finished_at=now,
-                updated_at=now,
-                error_kind=None,
-                error_message=None,
-            )
+        unclaimed = and_(
+            J.id == job.id,
+            J.status == JobStatus.QUEUED.value,
+            J.locked_by.is_(None),
+            J.attempt_count == job.attempt,
         )
-        if done.rowcount != 1:
+        if not _succeed(conn, and_(unclaimed, taken_back), now):
             continue
         conn.execute(
             update(JobAttempt)
