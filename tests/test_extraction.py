@@ -209,7 +209,7 @@ def test_matching_key(display: str, key: str) -> None:
     ],
 )
 def test_candidate_keys(display: str, keys: list[str]) -> None:
-    assert candidate_keys(display) == keys
+    assert candidate_keys(display) == tuple(keys)
 
 
 # --- catalog ------------------------------------------------------------------------------------

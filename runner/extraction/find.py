@@ -25,7 +25,6 @@ from runner.extraction.resolve import (
 _QUOTE_FOLDS = str.maketrans("\u2018\u2019\u201b\u201c\u201d\u201e", "'''\"\"\"")
 
 
-@functools.lru_cache(maxsize=4096)
 def _fold_char(ch: str) -> str:
     """Fold one character to exactly one character: accents dropped, lower case."""
     base = strip_marks(ch.translate(_QUOTE_FOLDS))
@@ -37,26 +36,58 @@ def _fold_char(ch: str) -> str:
     return base
 
 
+class _FoldTable(dict[int, str]):
+    """str.translate's table for _fold_char, filled as characters are first seen: a hit is a
+    C-level dict lookup, so folding non-ASCII text costs no Python call per character."""
+
+    def __missing__(self, code: int) -> str:
+        folded = self[code] = _fold_char(chr(code))
+        return folded
+
+
+_FOLD_TABLE = _FoldTable()
+
+
 def _fold(text: str) -> str:
     """Fold text char by char so that offsets in the result are offsets in the original.
 
-    ASCII text folds to its lower case in one call; other text goes char by char through a cache
-    (folding every char afresh was the runner's largest CPU cost per job, bench/RESULTS.md).
+    ASCII text folds to its lower case in one call; other text through a table of every
+    character seen so far (folding every char afresh was the runner's largest CPU cost per job,
+    bench/RESULTS.md).
     """
     if text.isascii():
         return text.lower()
-    return "".join(map(_fold_char, text))
+    return text.translate(_FOLD_TABLE)
 
 
-@functools.lru_cache(maxsize=8192)
-def _name_pattern(name: str) -> re.Pattern[str] | None:
+@dataclass(frozen=True)
+class _NamePattern:
+    """A name's whole-word pattern over folded text, and its first folded word: every match
+    starts with that word, so a text without it needs no regex search (a substring test is ~50x
+    cheaper than a search, and most names are absent from most answers)."""
+
+    first_word: str
+    regex: re.Pattern[str]
+
+    def first(self, folded_text: str) -> re.Match[str] | None:
+        start = folded_text.find(self.first_word)
+        return None if start < 0 else self.regex.search(folded_text, start)
+
+    def every(self, folded_text: str) -> Iterator[re.Match[str]]:
+        start = folded_text.find(self.first_word)
+        return iter(()) if start < 0 else self.regex.finditer(folded_text, start)
+
+
+@functools.lru_cache(maxsize=65536)
+def _name_pattern(name: str) -> _NamePattern | None:
     """Compile a whole-word pattern for a name over folded text; spaces are optional
-    ('Proton VPN' finds 'ProtonVPN'). None for a name with no characters."""
+    ('Proton VPN' finds 'ProtonVPN'). None for a name with no characters. A search from an
+    offset still sees the character before it, so the word-boundary lookbehind holds."""
     words = _fold(name).split()
     if not words:
         return None
     body = r"\s*".join(map(re.escape, words))
-    return re.compile(rf"(?<![^\W_]){body}(?![^\W_])")
+    return _NamePattern(words[0], re.compile(rf"(?<![^\W_]){body}(?![^\W_])"))
 
 
 def _spans(folded_text: str, names: Iterable[str]) -> Iterator[tuple[int, int]]:
@@ -64,7 +95,7 @@ def _spans(folded_text: str, names: Iterable[str]) -> Iterator[tuple[int, int]]:
     for name in names:
         pattern = _name_pattern(name)
         if pattern is not None:
-            yield from (match.span() for match in pattern.finditer(folded_text))
+            yield from (match.span() for match in pattern.every(folded_text))
 
 
 def _first_span(folded_text: str, names: Iterable[str]) -> tuple[int, int] | None:
@@ -74,7 +105,7 @@ def _first_span(folded_text: str, names: Iterable[str]) -> tuple[int, int] | Non
     spans = (
         match.span()
         for pattern in map(_name_pattern, names)
-        if pattern is not None and (match := pattern.search(folded_text)) is not None
+        if pattern is not None and (match := pattern.first(folded_text)) is not None
     )
     return min(spans, key=lambda span: (span[0], -span[1]), default=None)
 

@@ -5,6 +5,7 @@ Pure functions, no database and no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 
 # --- polish -------------------------------------------------------------------------------------
@@ -41,6 +42,7 @@ _POLISH_STEPS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+@functools.lru_cache(maxsize=65536)  # brand names repeat across answers: each polished once
 def polish(raw: str) -> str:
     """Return the display form of a raw brand name, or "" when nothing name-like is left.
 

@@ -4,6 +4,7 @@ catalog's longest leading key (DESIGN.md, "Entities"). Pure, no database and no 
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,7 @@ from runner.extraction.polish import polish
 _DOT_COM = re.compile(r"\.com\Z")
 
 
+@functools.lru_cache(maxsize=65536)  # pure, and names repeat across answers
 def matching_key(display: str) -> str:
     """Return the matching key: NFKC, accents folded, casefolded, '.com' dropped, alnum only.
 
@@ -34,7 +36,8 @@ def strip_marks(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
-def candidate_keys(display: str) -> list[str]:
+@functools.lru_cache(maxsize=65536)
+def candidate_keys(display: str) -> tuple[str, ...]:
     """Return lookup keys, longest first: the whole polished name, then its leading word runs.
 
     'Brooks Ghost 16' -> ['brooksghost16', 'brooksghost', 'brooks']. Cutting only at spaces is
@@ -42,7 +45,7 @@ def candidate_keys(display: str) -> list[str]:
     """
     words = polish(display).split(" ")
     keys = (matching_key(" ".join(words[:n])) for n in range(len(words), 0, -1))
-    return [key for key in dict.fromkeys(keys) if key]
+    return tuple(key for key in dict.fromkeys(keys) if key)
 
 
 def leading_phrases(display: str) -> list[str]:
@@ -64,8 +67,13 @@ class CatalogEntry:
 
     def surface_forms(self) -> tuple[str, ...]:
         """Return the name, the aliases and their polished forms, deduplicated, none empty."""
-        forms = (*self.aliases, *map(polish, self.aliases))
-        return tuple(f for f in dict.fromkeys((self.name, polish(self.name), *forms)) if f)
+        return _surface_forms(self)
+
+
+@functools.lru_cache(maxsize=65536)  # asked for every listed name of every answer
+def _surface_forms(entry: CatalogEntry) -> tuple[str, ...]:
+    forms = (*entry.aliases, *map(polish, entry.aliases))
+    return tuple(f for f in dict.fromkeys((entry.name, polish(entry.name), *forms)) if f)
 
 
 class Catalog:
