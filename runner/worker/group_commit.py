@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 0.5  # between a closed group commit's tries of a lone write
 MAX_BATCH = 64  # outcomes per transaction; bounds one statement's arrays and its lock set
 
-_Waiting = tuple[Outcome, Future[Recorded]]
+# Where an outcome's write result goes: a thread's future (`record`), or a job coroutine's
+# future on its event loop (`submit`), all of a batch's set in one hand-over to that loop.
+_Done = Future[Recorded] | asyncio.Future[Recorded]
+_Waiting = tuple[Outcome, _Done]
 
 
 class GroupCommit:
@@ -66,29 +69,28 @@ class GroupCommit:
         """Hand `outcome` over and block until it is written (from a thread). Recorded.DROPPED when
         the worker no longer held the job (nothing was written). Raises what its lone write
         raised, e.g. DatabaseUnavailable."""
-        done = self._hand_over(outcome)
-        return self._write_alone(outcome) if done is None else done.result()
+        done: Future[Recorded] = Future()
+        return self._write_alone(outcome) if not self._hand_over(outcome, done) else done.result()
 
     async def submit(self, outcome: Outcome) -> Recorded:
         """`record` for a job coroutine: hand `outcome` over and await its write without blocking
         the event loop (a lone write runs on the executor). Returns and raises as `record`."""
-        done = self._hand_over(outcome)
-        if done is None:
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Recorded] = loop.create_future()
+        if not self._hand_over(outcome, done):
             return await loop.run_in_executor(self._executor, self._write_alone, outcome)
-        return await asyncio.wrap_future(done)
+        return await done
 
-    def _hand_over(self, outcome: Outcome) -> Future[Recorded] | None:
-        """Queue `outcome` for the claim loop's next turn and wake it; None once closed (the
+    def _hand_over(self, outcome: Outcome, done: _Done) -> bool:
+        """Queue `outcome` for the claim loop's next turn and wake it; False once closed (the
         caller writes it alone)."""
-        done: Future[Recorded] = Future()
         with self._lock:
             if self._closed:
-                return None
+                return False
             self._waiting.append((outcome, done))
         assert self._wake is not None
         self._wake.set()
-        return done
+        return True
 
     def commit_and_claim(
         self, worker_id: str, free: int, *, lease_seconds: float
@@ -151,8 +153,7 @@ class GroupCommit:
             )
             self._write_each(batch)
             return []
-        for (_, done), result in zip(batch, recorded, strict=True):
-            done.set_result(result)
+        _settle([(done, result) for (_, done), result in zip(batch, recorded, strict=True)])
         return claimed
 
     def close(self, retry_seconds: float = 0.0) -> None:
@@ -197,6 +198,36 @@ class GroupCommit:
     def _write_each(self, batch: list[_Waiting]) -> None:
         for outcome, done in batch:
             try:
-                done.set_result(self._write_alone(outcome))
-            except Exception as exc:  # handed to the job thread, which reports it
-                done.set_exception(exc)
+                result: Recorded | BaseException = self._write_alone(outcome)
+            except Exception as exc:  # handed to the job, which reports it
+                result = exc
+            _settle([(done, result)])
+
+
+def _settle(results: list[tuple[_Done, Recorded | BaseException]]) -> None:
+    """Give each waiting job its write's result (or error): a thread's future at once, the
+    futures of an event loop in one call on that loop (from the claim loop's thread)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Done, Recorded | BaseException]]] = {}
+    for done, result in results:
+        if isinstance(done, asyncio.Future):
+            by_loop.setdefault(done.get_loop(), []).append((done, result))
+        else:
+            _set(done, result)
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_all, settled)
+        except RuntimeError:  # the loop is closed: its jobs are gone with it
+            log.debug("event loop closed; %d outcomes written unawaited", len(settled))
+
+
+def _set_all(settled: list[tuple[_Done, Recorded | BaseException]]) -> None:
+    for done, result in settled:
+        if not done.done():  # an awaiting job may have been cancelled
+            _set(done, result)
+
+
+def _set(done: _Done, result: Recorded | BaseException) -> None:
+    if isinstance(result, BaseException):
+        done.set_exception(result)
+    else:
+        done.set_result(result)

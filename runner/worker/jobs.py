@@ -49,6 +49,7 @@ from runner.worker.catalog_cache import CatalogCache
 from runner.worker.group_commit import GroupCommit
 from runner.worker.learned import LearnedLimits
 from runner.worker.outcome import JobOutcome
+from runner.worker.spacing import StartSpacing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,6 +81,8 @@ class JobContext:
     # job id -> time.monotonic() its lease runs out, as its claim and the heartbeats set it (0: a
     # heartbeat found it lost: cancelled or taken over); a job past it is not called (issue 12)
     leases: dict[int, float] = field(default_factory=dict)
+    # Spaces this process's call starts by what a job costs it (None: start at once)
+    spacing: StartSpacing | None = None
 
     async def db(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` (a blocking database call) on the database executor."""
@@ -105,6 +108,8 @@ async def run_job(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
             return JobOutcome.NOT_STARTED
         if (held := await admission.pace(ctx, job) or await admission.gate(ctx, job)) is not None:
             return held
+        if ctx.spacing is not None:
+            await ctx.spacing.wait()
         if ctx.draining is not None and ctx.draining.is_set():  # no await from here to the add
             return JobOutcome.NOT_STARTED
         if ctx.leases.get(job.id, math.inf) <= time.monotonic():

@@ -21,9 +21,11 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from functools import partial
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -39,6 +41,7 @@ from runner.worker.catalog_cache import CatalogCache
 from runner.worker.group_commit import MAX_BATCH, GroupCommit
 from runner.worker.jobs import JobContext, JobOutcome, run_job
 from runner.worker.learned import LearnedLimits
+from runner.worker.spacing import StartSpacing
 from runner.worker.spawn import STOP_POLL_SECONDS, StopFlag, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -69,12 +72,24 @@ def prefetch(concurrency: int) -> int:
     return max(2, concurrency // 4)
 
 
-def _unfinished(future: Future[Any]) -> bool:
-    """Whether a job's future left it held but not run to an outcome: still running past the
-    grace period, cancelled before it started, or handed back uncalled."""
-    if not future.done() or future.cancelled():
-        return True
-    return future.exception() is None and future.result() is JobOutcome.NOT_STARTED
+@dataclass(eq=False)
+class HeldJob:
+    """A claimed job this process holds, and its coroutine's task on the event loop. The claim
+    loop creates it; `task` and `done` are set on the loop thread (a task per job started in
+    one hand-over per claim, not a thread-safe future per job: their locks were a twentieth of a
+    worker's CPU at 1,024 in flight, bench/ item 3)."""
+
+    job: ClaimedJob
+    task: asyncio.Task[JobOutcome] | None = None
+    done: bool = False  # its task has ended (returned, raised or was cancelled)
+
+    def unfinished(self) -> bool:
+        """Whether the job is held but not run to an outcome: still running past the grace
+        period, cancelled before it started, or handed back uncalled."""
+        task = self.task
+        if not self.done or task is None or task.cancelled():
+            return True
+        return task.exception() is None and task.result() is JobOutcome.NOT_STARTED
 
 
 def worker_main(spec: WorkerSpec, stop: StopFlag) -> None:
@@ -117,6 +132,7 @@ class Worker:
             executor=self._db,
         )
         self._draining = threading.Event()
+        self.spacing = StartSpacing()
         self.ctx = JobContext(
             settings,
             self.engine,
@@ -128,9 +144,12 @@ class Worker:
             LearnedLimits(self.control),
             control_engine=self.control,
             db_executor=self._db,
+            spacing=self.spacing,
         )
-        self.in_flight: dict[Future[Any], ClaimedJob] = {}
-        self._lock = threading.Lock()
+        self._finished = 0  # jobs whose coroutine has returned
+        self.in_flight: dict[int, HeldJob] = {}  # by job id; claim loop thread only
+        self._ended: deque[HeldJob] = deque()  # appended on the loop, taken by the claim loop
+        self._lock = threading.Lock()  # in_flight: changed by the claim loop, read by others
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         """First SIGTERM/SIGINT: stop claiming and drain; second: exit at once (leases expire)."""
@@ -171,8 +190,8 @@ class Worker:
             self._retrying("mark the worker stopped", workers.stop_worker, self.engine, self.id)
         finally:
             with self._lock:
-                for future in self.in_flight:  # handed back already: end their tasks
-                    future.cancel()
+                held = list(self.in_flight.values())  # handed back already: end their tasks
+            self.ctx.client.call_soon(lambda: [h.task.cancel() for h in held if h.task])
             self.ctx.client.close()
             self._db.shutdown(wait=True, cancel_futures=True)
             self.control.dispose()
@@ -202,6 +221,7 @@ class Worker:
         while not self.stopping():
             self._wake.clear()  # before the turn: a hand-over from now on ends the wait below
             self._reap_done()
+            self.spacing.measure(self._finished)
             self._gather()
             # A job whose outcome is handed over leaves its place: claim for it now
             free = self.capacity - len(self.in_flight) + len(self.outcomes)
@@ -216,12 +236,27 @@ class Worker:
                 self._wake.wait(self.settings.poll_interval)
 
     def _start(self, claimed: list[ClaimedJob], lease_until: float) -> None:
-        for job in claimed:
-            self.ctx.leases[job.id] = lease_until
-            future = self.ctx.client.submit(run_job(self.ctx, job))
-            with self._lock:
-                self.in_flight[future] = job
-            future.add_done_callback(lambda _: self._wake.set())
+        held = [HeldJob(job) for job in claimed]
+        with self._lock:
+            for h in held:
+                self.ctx.leases[h.job.id] = lease_until
+                self.in_flight[h.job.id] = h
+        if held:
+            self.ctx.client.call_soon(partial(self._spawn, held))
+
+    def _spawn(self, held: list[HeldJob]) -> None:
+        """Start the jobs' tasks (on the event loop)."""
+        loop = asyncio.get_running_loop()
+        for h in held:
+            h.task = loop.create_task(run_job(self.ctx, h.job))
+            h.task.add_done_callback(partial(self._on_ended, h))
+
+    def _on_ended(self, held: HeldJob, _task: object) -> None:
+        """A job's task ended (on the event loop): the claim loop reaps it next turn."""
+        held.done = True
+        self._ended.append(held)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _gather(self) -> None:
         """Let a busy worker's outcomes gather for one turn (COMMIT_DELAY_S). Counted by calls
@@ -246,13 +281,16 @@ class Worker:
             return []
 
     def _reap_done(self) -> None:
-        """Forget the jobs whose coroutine has returned; log one that raised."""
+        """Forget the jobs whose coroutine has ended; log one that raised."""
+        ended = [self._ended.popleft() for _ in range(len(self._ended))]
         with self._lock:
-            done = [future for future in self.in_flight if future.done()]
-            for future in done:
-                self.ctx.leases.pop(self.in_flight.pop(future).id, None)
-        for future in done:
-            if not future.cancelled() and (exc := future.exception()) is not None:
+            for held in ended:
+                self.in_flight.pop(held.job.id, None)
+                self.ctx.leases.pop(held.job.id, None)
+        self._finished += len(ended)
+        for held in ended:
+            task = held.task
+            if task is not None and not task.cancelled() and (exc := task.exception()):
                 log.error("job raised", exc_info=exc, extra={"action": "job_crashed"})
 
     def _drain(self) -> None:
@@ -274,7 +312,7 @@ class Worker:
         # Outcomes handed over by now are saved, not handed back and lost: also through a blip
         self.outcomes.close(retry_seconds=BOOKKEEPING_SECONDS)
         with self._lock:
-            back = [job.id for future, job in self.in_flight.items() if _unfinished(future)]
+            back = [job_id for job_id, held in self.in_flight.items() if held.unfinished()]
         if back:
             released = self._retrying(
                 "hand back unfinished jobs", queue.release_jobs, self.engine, self.id, back
@@ -309,9 +347,10 @@ class Worker:
         """Cancel the jobs that have not started their call (prefetched, waiting for a slot or a
         pacing place): they are handed back. Runs on the event loop."""
         with self._lock:
-            for future, job in self.in_flight.items():
-                if job.id not in self.ctx.calling:
-                    future.cancel()
+            uncalled = [h for i, h in self.in_flight.items() if i not in self.ctx.calling]
+        for held in uncalled:
+            if held.task is not None:
+                held.task.cancel()
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval):
@@ -344,4 +383,4 @@ class Worker:
         """Ids of the jobs whose coroutine has not returned yet (a finished one is still in
         in_flight until the claim loop reaps it)."""
         with self._lock:
-            return [job.id for future, job in self.in_flight.items() if not future.done()]
+            return [job_id for job_id, held in self.in_flight.items() if not held.done]
