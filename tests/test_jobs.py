@@ -3,6 +3,7 @@ answer paths (structured, fenced JSON, fallback, refusal) and failure kinds (ret
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy import Engine
 from db import catalog
 from db.types import ErrorKind, JobStatus
 from runner.cli.inputs import brand
+from runner.logs import configure_logging
 from runner.worker.jobs import JobOutcome
 from tests.helpers import (
     attempts,
@@ -223,3 +225,20 @@ def test_status_reports_job_status(engine, db_url, sim):
     counts = batch_overview(engine, "2026-11-30")
     succeeded, queued = counts.get(JobStatus.SUCCEEDED), counts.get(JobStatus.QUEUED)
     assert (succeeded, queued, counts.total) == (1, 1, 2)
+
+
+def test_a_call_at_info_logs_the_job_not_each_http_request(engine, db_url, sim, capfd):
+    """The SDK's HTTP stack (httpx on openai 2.x, httpx2 on 3.x) logs every request at INFO:
+    a line per call, half a millisecond of a worker's CPU per job at 1,024 in flight."""
+    settings = fast_settings(db_url, log_level="INFO")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging(settings)
+    try:
+        one_job(engine, "sim-gpt-4o-mini", sim.base_url)
+        assert run_once(engine, settings) is JobOutcome.SUCCEEDED
+    finally:
+        root.handlers[:], root.level = handlers, level
+    err = capfd.readouterr().err
+    assert "job succeeded" in err
+    assert "HTTP Request" not in err

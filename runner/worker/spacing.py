@@ -34,7 +34,7 @@ class StartSpacing:
     def __init__(self) -> None:
         self.spacing_s = INITIAL_SPACING_S  # seconds between two starts
         self._next = 0.0  # time.monotonic() of the next free start
-        self._last_measure = (time.monotonic(), time.process_time(), 0)
+        self._last_measure: tuple[float, float, int] | None = None  # (monotonic, CPU, finished)
 
     async def wait(self) -> None:
         """Take the next start place and sleep until it comes (now, when the process is not
@@ -48,8 +48,14 @@ class StartSpacing:
     def measure(self, finished: int) -> None:
         """Update the spacing from the process's CPU seconds per job finished since the last
         measure (`finished`: jobs finished since the process started). At most every
-        MEASURE_EVERY_S; no change while no job finished."""
+        MEASURE_EVERY_S; no change while no job finished. The first job's end only starts the
+        measure: the CPU before it (start-up, the first calls' starts) would count against a
+        handful of jobs."""
         now, cpu = time.monotonic(), time.process_time()
+        if self._last_measure is None:
+            if finished > 0:
+                self._last_measure = (now, cpu, finished)
+            return
         then, cpu_then, finished_then = self._last_measure
         if now - then < MEASURE_EVERY_S or finished <= finished_then:
             return
