@@ -217,9 +217,8 @@ async def _post(
 # returns the response as received. The SDK's generic `post` is its documented way to a raw
 # call ("Undocumented endpoints"); `chat.completions.create` first walks the whole body
 # against its TypedDicts, an eighth of a worker's CPU at 1,024 in flight (bench/ item 3).
-_HTTP_RESPONSE: Any = importlib.import_module(
-    "httpx" if openai.__version__.startswith("2.") else "httpx2"
-).Response
+_HTTP: Any = importlib.import_module("httpx" if openai.__version__.startswith("2.") else "httpx2")
+_HTTP_RESPONSE: Any = _HTTP.Response
 
 
 def _wire_body(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -303,7 +302,12 @@ def build_sdk_client(
         timeout=timeout,
         # aiohttp as the transport (the SDK's `aiohttp` extra): under 32 concurrent calls it cost
         # 3.1 ms of CPU per call here, httpx's own async transport 4.8 ms (bench/RESULTS.md).
-        http_client=openai.DefaultAioHttpClient(timeout=timeout),
+        # A connection per call in flight (HTTP/1.1): the SDK's default pool of 1,000 would
+        # queue the calls of a process past that (PROMPTBATCH_CONCURRENCY goes to 4,096).
+        http_client=openai.DefaultAioHttpClient(
+            timeout=timeout,
+            limits=_HTTP.Limits(max_connections=max(settings.concurrency, 100)),
+        ),
         default_headers=_attribution(settings) if provider == Provider.OPENROUTER else None,
     )
     # The SDK reads OPENAI_ORG_ID / OPENAI_PROJECT_ID itself: set them for OpenAI, clear them
