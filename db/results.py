@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from db import budgets, pacing
 from db.budgets import BudgetPolicy
 from db.engine import is_sqlite, write_operation
-from db.models import Entity, JobAttempt, Mention, Model, PromptJob, Response, utcnow
+from db.models import Entity, JobAttempt, Model, PromptJob, Response, utcnow
 from db.queue import claim_jobs_in, fence, record_attempt, usage_columns
 from db.types import (
     AttemptOutcome,
@@ -469,14 +469,18 @@ def _insert_mentions(
         for response_id, mentions in saved
         for m in mentions
     ]
-    if is_sqlite(conn):
-        conn.execute(insert(Mention), [dict(zip(_MENTION_COLUMNS, row)) for row in rows])
+    if is_sqlite(conn):  # the driver's executemany over plain tuples
+        conn.exec_driver_sql(_INSERT_MENTIONS_SQLITE, rows)
         return
-    columns = zip(*rows)
-    conn.execute(_INSERT_MENTIONS_PG, dict(zip(_MENTION_COLUMNS, map(list, columns))))
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    conn.execute(_INSERT_MENTIONS_PG, dict(zip(_MENTION_COLUMNS, columns, strict=True)))
 
 
 _MENTION_COLUMNS = ("response_id", "entity_id", "raw_name", "position", "char_offset")
+_INSERT_MENTIONS_SQLITE = (
+    "INSERT INTO mentions (response_id, entity_id, raw_name, position, char_offset) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
 # One fixed text over unnest()ed arrays, as _COMPLETE_PG: SQLAlchemy's multi-row insert built its
 # parameters row by row, an eighth of a worker's CPU at 1,024 in flight (py-spy, bench/ item 3).
 _INSERT_MENTIONS_PG = text("""
