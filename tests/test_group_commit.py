@@ -47,6 +47,14 @@ def test_complete_jobs_writes_each_held_job_and_skips_the_rest(engine: Engine) -
     with read_tx(engine) as conn:
         saved = conn.execute(select(Response.job_id, Response.cost).order_by(Response.job_id))
         named = conn.execute(select(Entity.name, Mention.response_id).join(Entity)).all()
+        brand_of_job = conn.execute(
+            select(Response.job_id, Entity.name)
+            .join(Mention, Mention.response_id == Response.id)
+            .join(Entity)
+            .where(Entity.name.like("Brand%"))
+        ).all()
+    # each answer's mentions hang on its own job's response (one statement for the batch)
+    assert sorted(map(tuple, brand_of_job)) == [(jobs[n].id, f"Brand{n}") for n in (0, 2, 3)]
     assert [tuple(r) for r in saved] == [
         (jobs[0].id, 0.0),
         (jobs[2].id, 0.002),
