@@ -38,11 +38,17 @@ def _fold_char(ch: str) -> str:
 
 class _FoldTable(dict[int, str]):
     """str.translate's table for _fold_char, filled as characters are first seen: a hit is a
-    C-level dict lookup, so folding non-ASCII text costs no Python call per character."""
+    C-level dict lookup, so folding non-ASCII text costs no Python call per character. Emptied
+    past _FOLD_TABLE_MAX characters (answers in many scripts), so it stays a few MiB at most."""
 
     def __missing__(self, code: int) -> str:
+        if len(self) >= _FOLD_TABLE_MAX:
+            self.clear()
         folded = self[code] = _fold_char(chr(code))
         return folded
+
+
+_FOLD_TABLE_MAX = 65_536
 
 
 _FOLD_TABLE = _FoldTable()
