@@ -147,7 +147,9 @@ class Worker:
             spacing=self.spacing,
         )
         self._finished = 0  # jobs whose coroutine has returned
-        self.in_flight: dict[int, HeldJob] = {}  # by job id; claim loop thread only
+        # By (job id, attempt): a worker woken from a freeze may claim again a job whose first
+        # attempt it still runs (the reaper took it back meanwhile); both are held until they end
+        self.in_flight: dict[tuple[int, int], HeldJob] = {}
         self._ended: deque[HeldJob] = deque()  # appended on the loop, taken by the claim loop
         self._lock = threading.Lock()  # in_flight: changed by the claim loop, read by others
 
@@ -240,7 +242,7 @@ class Worker:
         with self._lock:
             for h in held:
                 self.ctx.leases[h.job.id] = lease_until
-                self.in_flight[h.job.id] = h
+                self.in_flight[(h.job.id, h.job.attempt)] = h
         if held:
             self.ctx.client.call_soon(partial(self._spawn, held))
 
@@ -285,7 +287,7 @@ class Worker:
         ended = [self._ended.popleft() for _ in range(len(self._ended))]
         with self._lock:
             for held in ended:
-                self.in_flight.pop(held.job.id, None)
+                self.in_flight.pop((held.job.id, held.job.attempt), None)
                 self.ctx.leases.pop(held.job.id, None)
         self._finished += len(ended)
         for held in ended:
@@ -312,7 +314,7 @@ class Worker:
         # Outcomes handed over by now are saved, not handed back and lost: also through a blip
         self.outcomes.close(retry_seconds=BOOKKEEPING_SECONDS)
         with self._lock:
-            back = [job_id for job_id, held in self.in_flight.items() if held.unfinished()]
+            back = [held.job.id for held in self.in_flight.values() if held.unfinished()]
         if back:
             released = self._retrying(
                 "hand back unfinished jobs", queue.release_jobs, self.engine, self.id, back
@@ -347,7 +349,7 @@ class Worker:
         """Cancel the jobs that have not started their call (prefetched, waiting for a slot or a
         pacing place): they are handed back. Runs on the event loop."""
         with self._lock:
-            uncalled = [h for i, h in self.in_flight.items() if i not in self.ctx.calling]
+            uncalled = [h for h in self.in_flight.values() if h.job.id not in self.ctx.calling]
         for held in uncalled:
             if held.task is not None:
                 held.task.cancel()
@@ -383,4 +385,4 @@ class Worker:
         """Ids of the jobs whose coroutine has not returned yet (a finished one is still in
         in_flight until the claim loop reaps it)."""
         with self._lock:
-            return [job_id for job_id, held in self.in_flight.items() if not held.done]
+            return [held.job.id for held in self.in_flight.values() if not held.done]
