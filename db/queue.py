@@ -742,30 +742,60 @@ def record_attempt(
 ) -> None:
     """Append a job_attempts row in the caller's transaction; `usage` is what the attempt's paid
     calls used (tokens, USD, request ids), `raw_body` a failed attempt's last body."""
-    conn.execute(
-        insert(JobAttempt).values(
-            job_id=job_id,
-            attempt=attempt,
-            worker_id=worker_id,
-            started_at=started_at,
-            finished_at=finished_at,
-            outcome=outcome.value,
-            error_kind=error_kind,
-            error_message=error_message,
-            latency_ms=latency_ms,
-            **usage_columns(usage),
-            raw_body=raw_body[:MAX_RAW_BODY_CHARS] if raw_body is not None else None,
-        )
+    row = attempt_row(
+        job_id,
+        attempt,
+        worker_id=worker_id,
+        started_at=started_at,
+        finished_at=finished_at,
+        outcome=outcome,
+        error_kind=error_kind,
+        error_message=error_message,
+        latency_ms=latency_ms,
+        usage=usage,
+        raw_body=raw_body,
     )
+    conn.execute(insert(JobAttempt).values(row))
+
+
+def attempt_row(
+    job_id: int,
+    attempt: int,
+    *,
+    worker_id: str | None,
+    started_at: datetime | None,
+    finished_at: datetime,
+    outcome: AttemptOutcome,
+    error_kind: str | None,
+    error_message: str | None,
+    latency_ms: int | None = None,
+    usage: CallUsage | None = None,
+    raw_body: str | None = None,
+) -> dict[str, Any]:
+    """A job_attempts row as record_attempt writes it, every column named (so many rows can
+    go in one statement: the SQLite group commit)."""
+    return {
+        "job_id": job_id,
+        "attempt": attempt,
+        "worker_id": worker_id,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "outcome": outcome.value,
+        "error_kind": error_kind,
+        "error_message": error_message,
+        "latency_ms": latency_ms,
+        **usage_columns(usage),
+        "raw_body": raw_body[:MAX_RAW_BODY_CHARS] if raw_body is not None else None,
+    }
 
 
 MAX_RAW_BODY_CHARS = 20_000  # a failed attempt's body kept for diagnosis
 
 
 def usage_columns(usage: CallUsage | None) -> dict[str, Any]:
-    """job_attempts' request_id, calls, tokens and cost columns for `usage`."""
+    """job_attempts' request_id, calls, tokens and cost columns for `usage` (all None without)."""
     if usage is None:
-        return {"request_id": None}
+        return dict.fromkeys(usage_columns(CallUsage()))
     return {
         "request_id": usage.request_id,
         "calls": usage.calls,

@@ -22,7 +22,7 @@ from db import budgets, pacing
 from db.budgets import BudgetPolicy
 from db.engine import is_sqlite, write_operation
 from db.models import Entity, JobAttempt, Model, PromptJob, Response, utcnow
-from db.queue import claim_jobs_in, fence, record_attempt, usage_columns
+from db.queue import attempt_row, claim_jobs_in, fence, record_attempt, usage_columns
 from db.types import (
     AttemptOutcome,
     CallUsage,
@@ -234,7 +234,7 @@ def _complete_sqlite(
             J.status == JobStatus.PROCESSING.value,
             tuple_(J.id, J.locked_by, J.attempt_count).in_(fences),
         )
-        .values(_SUCCEEDED_COLUMNS | {"finished_at": now, "updated_at": now})
+        .values(_succeeded(now))
         .returning(J.id, J.attempt_count)
     ).all()
     matched = {(row.id, row.attempt_count) for row in done}
@@ -250,47 +250,38 @@ def _complete_sqlite(
     return {(c.job.id, c.job.attempt): response_ids[c.job.id] for c in kept}
 
 
-_SUCCEEDED_COLUMNS: dict[str, Any] = {
-    "status": JobStatus.SUCCEEDED.value,
-    "error_kind": None,
-    "error_message": None,
-    "locked_by": None,
-    "lease_expires_at": None,
-}
-
-
-def _attempt_row(c: Completion, now: datetime) -> dict[str, Any]:
-    """A success's job_attempts row, every column named (one statement for many rows)."""
+def _succeeded(now: datetime) -> dict[str, Any]:
+    """The columns of a job that succeeded `now` (its claim released)."""
     return {
-        "job_id": c.job.id,
-        "attempt": c.job.attempt,
-        "worker_id": c.job.worker_id,
-        "started_at": c.job.started_at,
+        "status": JobStatus.SUCCEEDED.value,
         "finished_at": now,
-        "outcome": AttemptOutcome.SUCCEEDED.value,
+        "updated_at": now,
         "error_kind": None,
         "error_message": None,
-        "latency_ms": c.answer.latency_ms,
-        "raw_body": None,
-        **dict.fromkeys(_USAGE_COLUMNS),
-        **usage_columns(c.usage),
+        "locked_by": None,
+        "lease_expires_at": None,
     }
 
 
-_USAGE_COLUMNS = (
-    "request_id",
-    "calls",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost",
-    "cost_source",
-)
+def _attempt_row(c: Completion, now: datetime) -> dict[str, Any]:
+    job = c.job
+    return attempt_row(
+        job.id,
+        job.attempt,
+        worker_id=job.worker_id,
+        started_at=job.started_at,
+        finished_at=now,
+        outcome=AttemptOutcome.SUCCEEDED,
+        error_kind=None,
+        error_message=None,
+        latency_ms=c.answer.latency_ms,
+        usage=c.usage,
+    )
 
 
 def _succeed(conn: Connection, where: Any, now: datetime) -> bool:
     """Mark the one job matching `where` succeeded (its claim released); whether it matched."""
-    values = _SUCCEEDED_COLUMNS | {"finished_at": now, "updated_at": now}
-    return conn.execute(update(J).where(where).values(values)).rowcount == 1
+    return conn.execute(update(J).where(where).values(_succeeded(now))).rowcount == 1
 
 
 def _adopt_late(

@@ -69,10 +69,10 @@ def test_spacing_follows_the_cpu_per_finished_job(monkeypatch: pytest.MonkeyPatc
     starts.measure(10)  # the first ends start the measure; the start-up CPU is not counted
     assert starts.spacing_s == spacing.INITIAL_SPACING_S
     _burn(0.04)
-    starts.measure(20)  # ~4 ms of CPU per job over the last 10
+    starts.measure(10)  # ~4 ms of CPU per job over the last 10
     assert 0.003 <= starts.spacing_s <= 0.0055
     _burn(0.2)
-    starts.measure(21)  # 200 ms for one job: held at the most
+    starts.measure(1)  # 200 ms for one job: held at the most
     assert starts.spacing_s == spacing.MAX_SPACING_S
-    starts.measure(21)  # no job finished since: unchanged
+    starts.measure(0)  # no job finished since: unchanged
     assert starts.spacing_s == spacing.MAX_SPACING_S

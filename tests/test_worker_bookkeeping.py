@@ -6,6 +6,7 @@ import asyncio
 import multiprocessing as mp
 import time
 from dataclasses import replace
+from functools import partial
 
 import pytest
 from sqlalchemy import Engine
@@ -13,7 +14,7 @@ from sqlalchemy import Engine
 from db.types import ClaimedJob
 from runner.worker import process
 from runner.worker.jobs import JobContext, JobOutcome
-from runner.worker.process import Worker
+from runner.worker.process import Worker, cancel_tasks
 from runner.worker.spawn import StopFlag, WorkerSpec
 from tests import factories as f
 from tests.helpers import fast_settings, wait_for
@@ -46,7 +47,7 @@ def test_two_attempts_of_one_job_are_held_until_each_ends(
         assert worker._running_ids() == [first.id]  # the second attempt, still running
         assert len(worker.in_flight) == 1
     finally:
-        worker.ctx.client.call_soon(lambda: [h.task.cancel() for h in worker.in_flight.values()])
+        worker.ctx.client.call_soon(partial(cancel_tasks, list(worker.in_flight.values())))
         worker.ctx.client.close()
         worker.control.dispose()
         worker.engine.dispose()

@@ -36,6 +36,9 @@ def _fold_char(ch: str) -> str:
     return base
 
 
+_FOLD_TABLE_MAX = 65_536
+
+
 class _FoldTable(dict[int, str]):
     """str.translate's table for _fold_char, filled as characters are first seen: a hit is a
     C-level dict lookup, so folding non-ASCII text costs no Python call per character. Emptied
@@ -46,9 +49,6 @@ class _FoldTable(dict[int, str]):
             self.clear()
         folded = self[code] = _fold_char(chr(code))
         return folded
-
-
-_FOLD_TABLE_MAX = 65_536
 
 
 _FOLD_TABLE = _FoldTable()

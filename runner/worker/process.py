@@ -92,6 +92,13 @@ class HeldJob:
         return task.exception() is None and task.result() is JobOutcome.NOT_STARTED
 
 
+def cancel_tasks(held: list[HeldJob]) -> None:
+    """Cancel the held jobs' tasks (on the event loop)."""
+    for h in held:
+        if h.task is not None:
+            h.task.cancel()
+
+
 def worker_main(spec: WorkerSpec, stop: StopFlag) -> None:
     """Entry point of a worker process; `stop` is the supervisor's StopFlag."""
     settings = Settings.model_validate(spec.settings)
@@ -146,7 +153,6 @@ class Worker:
             db_executor=self._db,
             spacing=self.spacing,
         )
-        self._finished = 0  # jobs whose coroutine has returned
         # By (job id, attempt): a worker woken from a freeze may claim again a job whose first
         # attempt it still runs (the reaper took it back meanwhile); both are held until they end
         self.in_flight: dict[tuple[int, int], HeldJob] = {}
@@ -193,7 +199,7 @@ class Worker:
         finally:
             with self._lock:
                 held = list(self.in_flight.values())  # handed back already: end their tasks
-            self.ctx.client.call_soon(lambda: [h.task.cancel() for h in held if h.task])
+            self.ctx.client.call_soon(partial(cancel_tasks, held))
             self.ctx.client.close()
             self._db.shutdown(wait=True, cancel_futures=True)
             self.control.dispose()
@@ -222,8 +228,7 @@ class Worker:
         next_claim = 0.0  # time.monotonic() before which no claim is tried
         while not self.stopping():
             self._wake.clear()  # before the turn: a hand-over from now on ends the wait below
-            self._reap_done()
-            self.spacing.measure(self._finished)
+            self.spacing.measure(self._reap_done())
             self._gather()
             # A job whose outcome is handed over leaves its place: claim for it now
             free = self.capacity - len(self.in_flight) + len(self.outcomes)
@@ -282,18 +287,18 @@ class Worker:
             time.sleep(self.settings.poll_interval)  # no hot loop while it is away (drain too)
             return []
 
-    def _reap_done(self) -> None:
-        """Forget the jobs whose coroutine has ended; log one that raised."""
+    def _reap_done(self) -> int:
+        """Forget the jobs whose coroutine has ended, log one that raised; how many ended."""
         ended = [self._ended.popleft() for _ in range(len(self._ended))]
         with self._lock:
             for held in ended:
                 self.in_flight.pop((held.job.id, held.job.attempt), None)
                 self.ctx.leases.pop(held.job.id, None)
-        self._finished += len(ended)
         for held in ended:
             task = held.task
             if task is not None and not task.cancelled() and (exc := task.exception()):
                 log.error("job raised", exc_info=exc, extra={"action": "job_crashed"})
+        return len(ended)
 
     def _drain(self) -> None:
         """Start no more model calls; let the running ones finish within the grace period (still
@@ -350,9 +355,7 @@ class Worker:
         pacing place): they are handed back. Runs on the event loop."""
         with self._lock:
             uncalled = [h for h in self.in_flight.values() if h.job.id not in self.ctx.calling]
-        for held in uncalled:
-            if held.task is not None:
-                held.task.cancel()
+        cancel_tasks(uncalled)
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval):

@@ -29,11 +29,12 @@ WEIGHT = 0.5  # of a new measure in the running average
 
 class StartSpacing:
     """When this process's next call may start: `wait` runs on the event loop; `measure` on any
-    thread (the claim loop calls it each turn, with the count of jobs finished so far)."""
+    thread (the claim loop calls it each turn, with the jobs that ended since its last turn)."""
 
     def __init__(self) -> None:
         self.spacing_s = INITIAL_SPACING_S  # seconds between two starts
         self._next = 0.0  # time.monotonic() of the next free start
+        self._finished = 0  # jobs finished since the process started
         self._last_measure: tuple[float, float, int] | None = None  # (monotonic, CPU, finished)
 
     async def wait(self) -> None:
@@ -45,20 +46,22 @@ class StartSpacing:
         if at > now:
             await asyncio.sleep(at - now)
 
-    def measure(self, finished: int) -> None:
-        """Update the spacing from the process's CPU seconds per job finished since the last
-        measure (`finished`: jobs finished since the process started). At most every
-        MEASURE_EVERY_S; no change while no job finished. The first job's end only starts the
-        measure: the CPU before it (start-up, the first calls' starts) would count against a
-        handful of jobs."""
-        now, cpu = time.monotonic(), time.process_time()
+    def measure(self, ended: int) -> None:
+        """Count `ended` more finished jobs, and update the spacing from the process's CPU
+        seconds per job finished since the last measure: at most every MEASURE_EVERY_S (the
+        CPU clock is a system call, read only then), not while no job finished. The first job's
+        end only starts the measure: the CPU before it (start-up, the first calls' starts) would
+        count against a handful of jobs."""
+        self._finished += ended
+        finished, now = self._finished, time.monotonic()
         if self._last_measure is None:
             if finished > 0:
-                self._last_measure = (now, cpu, finished)
+                self._last_measure = (now, time.process_time(), finished)
             return
         then, cpu_then, finished_then = self._last_measure
         if now - then < MEASURE_EVERY_S or finished <= finished_then:
             return
+        cpu = time.process_time()
         self._last_measure = (now, cpu, finished)
         per_job = (cpu - cpu_then) / (finished - finished_then)
         average = WEIGHT * per_job + (1 - WEIGHT) * self.spacing_s
