@@ -18,7 +18,7 @@ from db.engine import write_operation
 from db.errors import InvalidInput
 from db.filters import JobQuery
 from db.models import PromptJob, utcnow
-from db.queue import record_attempt, write_audit
+from db.queue import attempt_row, record_attempt, write_audit
 from db.types import (
     CANCELLABLE_STATUSES,
     REQUEUEABLE_STATUSES,
@@ -147,14 +147,16 @@ def _update_jobs(
         for job in held:
             record_attempt(
                 conn,
-                job.id,
-                job.attempt_count,
-                worker_id=job.locked_by,
-                started_at=job.started_at,
-                finished_at=utcnow(),
-                outcome=AttemptOutcome.CANCELLED,
-                error_kind=None,
-                error_message=f"cancelled by {actor}",
+                attempt_row(
+                    job.id,
+                    job.attempt_count,
+                    worker_id=job.locked_by,
+                    started_at=job.started_at,
+                    finished_at=utcnow(),
+                    outcome=AttemptOutcome.CANCELLED,
+                    error_kind=None,
+                    error_message=f"cancelled by {actor}",
+                ),
             )
     if changed:
         audited = {"job_ids": changed} if detail is None else detail

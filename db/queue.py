@@ -671,14 +671,16 @@ def _take_back(
     for r in rows:
         record_attempt(
             conn,
-            r.id,
-            r.attempt_count,
-            worker_id=None,
-            started_at=r.started_at,
-            finished_at=now,
-            outcome=AttemptOutcome.LOST,
-            error_kind=ErrorKind.LEASE_EXPIRED.value,
-            error_message=r.error_message,
+            attempt_row(
+                r.id,
+                r.attempt_count,
+                worker_id=None,
+                started_at=r.started_at,
+                finished_at=now,
+                outcome=AttemptOutcome.LOST,
+                error_kind=ErrorKind.LEASE_EXPIRED.value,
+                error_message=r.error_message,
+            ),
         )
     return [(r.id, r.status) for r in rows]
 
@@ -725,36 +727,8 @@ def skip_inactive(conn: Connection) -> int:
 # --- shared writers --------------------------------------------------------------------------
 
 
-def record_attempt(
-    conn: Connection,
-    job_id: int,
-    attempt: int,
-    *,
-    worker_id: str | None,
-    started_at: datetime | None,
-    finished_at: datetime,
-    outcome: AttemptOutcome,
-    error_kind: str | None,
-    error_message: str | None,
-    latency_ms: int | None = None,
-    usage: CallUsage | None = None,
-    raw_body: str | None = None,
-) -> None:
-    """Append a job_attempts row in the caller's transaction; `usage` is what the attempt's paid
-    calls used (tokens, USD, request ids), `raw_body` a failed attempt's last body."""
-    row = attempt_row(
-        job_id,
-        attempt,
-        worker_id=worker_id,
-        started_at=started_at,
-        finished_at=finished_at,
-        outcome=outcome,
-        error_kind=error_kind,
-        error_message=error_message,
-        latency_ms=latency_ms,
-        usage=usage,
-        raw_body=raw_body,
-    )
+def record_attempt(conn: Connection, row: dict[str, Any]) -> None:
+    """Append a job_attempts row (`attempt_row`) in the caller's transaction."""
     conn.execute(insert(JobAttempt).values(row))
 
 
@@ -772,8 +746,9 @@ def attempt_row(
     usage: CallUsage | None = None,
     raw_body: str | None = None,
 ) -> dict[str, Any]:
-    """A job_attempts row as record_attempt writes it, every column named (so many rows can
-    go in one statement: the SQLite group commit)."""
+    """A job_attempts row, every column named (so many rows can go in one statement: the SQLite
+    group commit); `usage` is what the attempt's paid calls used (tokens, USD, request ids),
+    `raw_body` a failed attempt's last body."""
     return {
         "job_id": job_id,
         "attempt": attempt,

@@ -377,17 +377,19 @@ def _record_failure(conn: Connection, outcome: Failure, now: datetime) -> Record
     )
     record_attempt(
         conn,
-        job.id,
-        job.attempt,
-        worker_id=job.worker_id,
-        started_at=job.started_at,
-        finished_at=now,
-        outcome=attempt,
-        error_kind=kind.value,
-        error_message=message,
-        latency_ms=failure.latency_ms,
-        usage=failure.usage or CallUsage(request_ids=_ids(failure.request_id)),
-        raw_body=failure.raw_body,
+        attempt_row(
+            job.id,
+            job.attempt,
+            worker_id=job.worker_id,
+            started_at=job.started_at,
+            finished_at=now,
+            outcome=attempt,
+            error_kind=kind.value,
+            error_message=message,
+            latency_ms=failure.latency_ms,
+            usage=failure.usage or CallUsage(request_ids=_ids(failure.request_id)),
+            raw_body=failure.raw_body,
+        ),
     )
     if kind is ErrorKind.RATE_LIMITED:
         pacing.concurrency_after_429(conn, job.model_id, now)
