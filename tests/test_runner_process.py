@@ -217,6 +217,8 @@ def test_json_logs_are_json_lines_only_progress_included(engine, db_url, sim):
     assert any(r.get("action") == "batch_progress" for r in records), records
     assert any(r.get("action") == "setting_deprecated" for r in records), records
     assert any(r.get("action") == "job_succeeded" for r in records)
+    stopped = [r for r in records if r.get("action") == "worker_stopped"]
+    assert stopped and stopped[0]["gc_frozen"] > 0, stopped  # issue 11: collector.tune() ran
 
 
 def test_drain_enqueues_todays_missing_batch_itself(engine, db_url, sim):

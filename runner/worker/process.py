@@ -37,6 +37,7 @@ from db.types import ClaimedJob
 from runner.llm.client import ModelClient
 from runner.logs import configure_logging
 from runner.settings import Settings
+from runner.worker import collector
 from runner.worker.catalog_cache import CatalogCache
 from runner.worker.group_commit import MAX_BATCH, GroupCommit
 from runner.worker.jobs import JobContext, JobOutcome, run_job
@@ -184,6 +185,7 @@ class Worker:
             ),
         )
         self.ctx.catalog.get()  # loaded before the first call: a later refresh may fail safely
+        collector.tune()  # after start-up: what is alive now stays (issue 11)
         log.info("worker started", extra={"action": "worker_started", "worker_id": self.id})
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
@@ -204,7 +206,10 @@ class Worker:
             self._db.shutdown(wait=True, cancel_futures=True)
             self.control.dispose()
             self.engine.dispose()
-        log.info("worker stopped", extra={"action": "worker_stopped", "worker_id": self.id})
+        log.info(
+            "worker stopped",
+            extra={"action": "worker_stopped", "worker_id": self.id, **collector.stats()},
+        )
 
     def _work(self) -> None:
         try:
