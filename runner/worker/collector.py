@@ -10,9 +10,9 @@ one machine, 2026-12-07). A job's request build and answer parse allocate thousa
 and free them soon after; the default threshold collected in the middle of each such burst.
 
 `gc.freeze()` once the worker has imported and built everything it runs with moves those objects
-to the permanent generation, which no collection walks (the Python docs' advice for long-lived
-processes); cyclic garbage is still found, later: at exit after 4,000 jobs a full collection
-freed ~2,000 objects, the same as at the default.
+to a permanent generation that no collection walks (the gc module's docs: "to speed up
+collection"). Cyclic garbage is still found, later: at a worker's exit after 4,000 jobs a full
+collection freed ~2,100 objects (425 at the default threshold), and peak RSS was the same.
 """
 
 from __future__ import annotations
