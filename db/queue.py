@@ -31,6 +31,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -549,27 +550,33 @@ def model_gate(engine: Engine, model_id: int) -> tuple[int, bool]:
 
 
 def heartbeat(
-    engine: Engine, worker_id: str, job_ids: Sequence[int], *, lease_seconds: float
-) -> set[int]:
-    """Extend the leases of a worker's in-flight jobs in one statement; returns the ids still held.
+    engine: Engine, worker_id: str, held: Sequence[tuple[int, int]], *, lease_seconds: float
+) -> set[tuple[int, int]]:
+    """Extend the leases of a worker's attempts in flight, (job id, attempt) pairs, in one
+    statement; returns the pairs it still holds.
 
-    An id missing from the result was cancelled or taken over: its result will be dropped.
-    """
-    return _extend_leases(engine, worker_id, job_ids, lease_seconds) if job_ids else set()
+    A pair missing from the result was cancelled or taken over, or is an earlier attempt of a
+    job the worker claimed again (a freeze past its lease, the reaper, a new claim): its result
+    will be dropped, so it must not call its model."""
+    return _extend_leases(engine, worker_id, held, lease_seconds) if held else set()
 
 
 @write_operation
 def _extend_leases(
-    conn: Connection, worker_id: str, job_ids: Sequence[int], lease_seconds: float
-) -> set[int]:
+    conn: Connection, worker_id: str, held: Sequence[tuple[int, int]], lease_seconds: float
+) -> set[tuple[int, int]]:
     now = utcnow()
     stmt = (
         update(J)
-        .where(_held_by(worker_id, job_ids))
+        .where(
+            tuple_(J.id, J.attempt_count).in_(held),
+            J.locked_by == worker_id,
+            J.status == JobStatus.PROCESSING.value,
+        )
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-        .returning(J.id)
+        .returning(J.id, J.attempt_count)
     )
-    return set(conn.scalars(stmt))
+    return {(job_id, attempt) for job_id, attempt in conn.execute(stmt)}
 
 
 def _held_by(worker_id: str, job_ids: Sequence[int]) -> Any:

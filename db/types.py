@@ -185,6 +185,11 @@ class ClaimedJob:
     deferrals: int = 0  # earlier claims the provider did not serve (they spent no attempt)
     deadline_at: datetime | None = None  # its batch's deadline: no retry or deferral past it
 
+    @property
+    def key(self) -> tuple[int, int]:
+        """(id, attempt): this claim of the job (a worker may hold two attempts of one job)."""
+        return (self.id, self.attempt)
+
 
 @dataclass(frozen=True)
 class CallUsage:

@@ -15,16 +15,30 @@ from tests import factories as f
 
 
 def test_heartbeat_extends_only_own_processing_jobs(engine: Engine) -> None:
-    """Heartbeat extends the worker's leases in one statement and reports the ids it still holds."""
+    """Heartbeat extends the worker's leases in one statement and reports the (job id, attempt)
+    pairs it still holds."""
     f.make_batch(engine, prompts=3, models=1)
     a, b, c = f.job_ids(engine)
     queue.claim_jobs(engine, "w1", 2, lease_seconds=5)
     queue.claim_jobs(engine, "w2", 1, lease_seconds=5)
-    held = queue.heartbeat(engine, "w1", [a, b, c], lease_seconds=120)
-    assert held == {a, b}
+    held = queue.heartbeat(engine, "w1", [(a, 1), (b, 1), (c, 1)], lease_seconds=120)
+    assert held == {(a, 1), (b, 1)}
     assert f.job(engine, a).lease_expires_at - utcnow() > timedelta(seconds=100)
     assert f.job(engine, c).lease_expires_at - utcnow() < timedelta(seconds=10)
     assert queue.heartbeat(engine, "w1", [], lease_seconds=120) == set()
+
+
+def test_heartbeat_renews_only_the_attempt_the_worker_holds_now(engine: Engine) -> None:
+    """A worker frozen past its lease, then claiming the job again (the reaper re-queued it),
+    holds two attempts of it: the heartbeat renews the later and reports the earlier lost, so
+    that one is not called."""
+    f.make_batch(engine, prompts=1, models=1)
+    [first] = f.claim_all(engine, "w")
+    f.expire_lease(engine, [first.id])
+    assert queue.reap_expired(engine) == [(first.id, "queued")]
+    [again] = f.claim_all(engine, "w")
+    held = queue.heartbeat(engine, "w", [first.key, again.key], lease_seconds=60)
+    assert held == {(first.id, 2)} == {again.key}
 
 
 def test_heartbeat_keeps_job_from_reaper(engine: Engine) -> None:
@@ -33,7 +47,7 @@ def test_heartbeat_keeps_job_from_reaper(engine: Engine) -> None:
     alive, dead = f.job_ids(engine)
     f.claim_all(engine, "w")
     f.expire_lease(engine, [alive, dead])
-    assert queue.heartbeat(engine, "w", [alive], lease_seconds=60) == {alive}
+    assert queue.heartbeat(engine, "w", [(alive, 1)], lease_seconds=60) == {(alive, 1)}
     assert queue.reap_expired(engine) == [(dead, "queued")]
     assert f.job(engine, alive).status == "processing"
 

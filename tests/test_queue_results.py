@@ -74,7 +74,7 @@ def test_complete_after_cancel_writes_nothing(engine: Engine) -> None:
     f.make_batch(engine, prompts=1, models=1)
     [job] = f.claim_all(engine, "w1")
     assert operations.cancel_jobs(engine, job_ids=[job.id], actor="op") == [job.id]
-    assert queue.heartbeat(engine, "w1", [job.id], lease_seconds=30) == set()
+    assert queue.heartbeat(engine, "w1", [job.key], lease_seconds=30) == set()
     assert not f.complete(engine, job, f.answer(["HubSpot"]), None)
     failure = FailureRecord(ErrorKind.SERVER_ERROR, "HTTP 500")
     assert f.fail(engine, job, failure, 1) is Recorded.DROPPED
@@ -97,7 +97,7 @@ def test_late_complete_after_lease_takeover_dropped(engine: Engine) -> None:
     assert queue.reap_expired(engine) == [(first.id, "queued")]
     [second] = f.claim_all(engine, "B")
     assert (second.id, second.attempt) == (first.id, 2)
-    assert queue.heartbeat(engine, "A", [first.id], lease_seconds=30) == set()
+    assert queue.heartbeat(engine, "A", [first.key], lease_seconds=30) == set()
     assert not f.complete(engine, first, f.answer(["HubSpot"]), None)
     assert f.complete(engine, second, f.answer(["Salesforce"]), None)
     assert not f.complete(engine, second, f.answer(["Salesforce"]), None)

@@ -38,7 +38,7 @@ def tune() -> None:
 def stats() -> dict[str, int]:
     """Collections per generation since tune() (start-up's imports run hundreds) and the frozen
     object count: {"gc_young": n, "gc_middle": n, "gc_oldest": n, "gc_frozen": n}."""
-    young, middle, oldest = (now - then for now, then in zip(_collections(), _at_tune))
+    young, middle, oldest = (now - then for now, then in zip(_collections(), _at_tune, strict=True))
     return {
         "gc_young": young,
         "gc_middle": middle,

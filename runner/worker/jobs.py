@@ -74,13 +74,15 @@ class JobContext:
     control_engine: Engine | None = None
     # Runs the jobs' blocking statements off the event loop (None: the loop's default executor)
     db_executor: Executor | None = None
-    # Ids of the jobs whose model call has started: a stopping worker lets these finish and
-    # cancels the others (prefetched, waiting for a slot or their pacing place) uncalled.
-    calling: set[int] = field(default_factory=set)
+    # (job id, attempt) of the attempts whose model call has started: a stopping worker lets
+    # these finish and cancels the others (prefetched, waiting for a slot or a pacing place).
+    calling: set[tuple[int, int]] = field(default_factory=set)
     gates: admission.GateReads = field(default_factory=admission.GateReads)
-    # job id -> time.monotonic() its lease runs out, as its claim and the heartbeats set it (0: a
-    # heartbeat found it lost: cancelled or taken over); a job past it is not called (issue 12)
-    leases: dict[int, float] = field(default_factory=dict)
+    # (job id, attempt) -> time.monotonic() its lease runs out, as its claim and the heartbeats
+    # set it (0: a heartbeat found it lost: cancelled, taken over, or claimed again by this
+    # worker after a freeze); an attempt past it is not called (issue 12). By attempt, since
+    # one worker may hold two attempts of a job (the earlier must not call, the later must).
+    leases: dict[tuple[int, int], float] = field(default_factory=dict)
     # Spaces this process's call starts by what a job costs it (None: start at once)
     spacing: StartSpacing | None = None
 
@@ -112,14 +114,14 @@ async def run_job(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
             await ctx.spacing.wait()
         if ctx.draining is not None and ctx.draining.is_set():  # no await from here to the add
             return JobOutcome.NOT_STARTED
-        if ctx.leases.get(job.id, math.inf) <= time.monotonic():
+        if ctx.leases.get(job.key, math.inf) <= time.monotonic():
             _log_lost_before_call(job)
             return JobOutcome.DROPPED
-        ctx.calling.add(job.id)  # from here on the job runs to its outcome, a stop or not
+        ctx.calling.add(job.key)  # from here on the job runs to its outcome, a stop or not
         try:
             return await _call_and_record(ctx, job, slot)
         finally:
-            ctx.calling.discard(job.id)
+            ctx.calling.discard(job.key)
 
 
 async def _call_and_record(ctx: JobContext, job: ClaimedJob, slot: AsyncExitStack) -> JobOutcome:

@@ -251,8 +251,8 @@ class Worker:
         held = [HeldJob(job) for job in claimed]
         with self._lock:
             for h in held:
-                self.ctx.leases[h.job.id] = lease_until
-                self.in_flight[(h.job.id, h.job.attempt)] = h
+                self.ctx.leases[h.job.key] = lease_until
+                self.in_flight[h.job.key] = h
         if held:
             self.ctx.client.call_soon(partial(self._spawn, held))
 
@@ -297,8 +297,8 @@ class Worker:
         ended = [self._ended.popleft() for _ in range(len(self._ended))]
         with self._lock:
             for held in ended:
-                self.in_flight.pop((held.job.id, held.job.attempt), None)
-                self.ctx.leases.pop(held.job.id, None)
+                self.in_flight.pop(held.job.key, None)
+                self.ctx.leases.pop(held.job.key, None)
         for held in ended:
             task = held.task
             if task is not None and not task.cancelled() and (exc := task.exception()):
@@ -313,7 +313,7 @@ class Worker:
         # flag as it starts its call), so cancelling it stops no call in flight.
         self.ctx.client.call_soon(self._cancel_uncalled)
         deadline = time.monotonic() + self.settings.grace_seconds
-        while self._running_ids() and time.monotonic() < deadline:
+        while self._running() and time.monotonic() < deadline:
             self._wake.clear()
             if self.outcomes:
                 self._turn(None)
@@ -359,7 +359,7 @@ class Worker:
         """Cancel the jobs that have not started their call (prefetched, waiting for a slot or a
         pacing place): they are handed back. Runs on the event loop."""
         with self._lock:
-            uncalled = [h for h in self.in_flight.values() if h.job.id not in self.ctx.calling]
+            uncalled = [h for h in self.in_flight.values() if h.job.key not in self.ctx.calling]
         cancel_tasks(uncalled)
 
     def _heartbeat_loop(self) -> None:
@@ -370,27 +370,27 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
 
     def _heartbeat(self) -> None:
-        ids = self._running_ids()
+        running = self._running()
         asked = time.monotonic()
         held = queue.heartbeat(
-            self.control, self.id, ids, lease_seconds=self.settings.lease_seconds
+            self.control, self.id, running, lease_seconds=self.settings.lease_seconds
         )
         leases = self.ctx.leases
-        for job_id in held:  # assignments of floats: safe beside the loop thread's reads
-            if job_id in leases:  # not a job the claim loop has just forgotten
-                leases[job_id] = asked + self.settings.lease_seconds
-        # A job that ended since the snapshot left 'processing' itself: its lease was not lost.
-        for job_id in (set(ids) - held) & set(self._running_ids()):
-            if job_id in leases:
-                leases[job_id] = 0.0  # not called if it has not started its call
+        for key in held:  # assignments of floats: safe beside the loop thread's reads
+            if key in leases:  # not an attempt the claim loop has just forgotten
+                leases[key] = asked + self.settings.lease_seconds
+        # An attempt that ended since the snapshot left 'processing' itself: not a lost lease.
+        for key in (set(running) - held) & set(self._running()):
+            if key in leases:
+                leases[key] = 0.0  # not called if it has not started its call
             log.warning(
                 "lease lost (cancelled or taken over)",
-                extra={"action": "lease_lost", "job_id": job_id},
+                extra={"action": "lease_lost", "job_id": key[0], "attempt": key[1]},
             )
-        workers.touch_worker(self.control, self.id, len(ids))
+        workers.touch_worker(self.control, self.id, len(running))
 
-    def _running_ids(self) -> list[int]:
-        """Ids of the jobs whose coroutine has not returned yet (a finished one is still in
-        in_flight until the claim loop reaps it)."""
+    def _running(self) -> list[tuple[int, int]]:
+        """(job id, attempt) of the attempts whose coroutine has not returned yet (a finished
+        one is still in in_flight until the claim loop reaps it)."""
         with self._lock:
-            return [held.job.id for held in self.in_flight.values() if not held.done]
+            return [key for key, held in self.in_flight.items() if not held.done]
