@@ -77,6 +77,9 @@ class JobContext:
     # (job id, attempt) of the attempts whose model call has started: a stopping worker lets
     # these finish and cancels the others (prefetched, waiting for a slot or a pacing place).
     calling: set[tuple[int, int]] = field(default_factory=set)
+    # (job id, attempt) of the held jobs waiting for a call slot: at a batch's tail the worker
+    # hands these back for a process with a free slot (Worker._hand_back_waiting)
+    awaiting_slot: set[tuple[int, int]] = field(default_factory=set)
     gates: admission.GateReads = field(default_factory=admission.GateReads)
     # (job id, attempt) -> time.monotonic() its lease runs out, as its claim and the heartbeats
     # set it (0: a heartbeat found it lost: cancelled, taken over, or claimed again by this
@@ -105,7 +108,11 @@ async def run_job(ctx: JobContext, job: ClaimedJob) -> JobOutcome:
     job's own failure."""
     async with AsyncExitStack() as slot:
         if ctx.call_slots is not None:
-            await slot.enter_async_context(ctx.call_slots)
+            ctx.awaiting_slot.add(job.key)
+            try:
+                await slot.enter_async_context(ctx.call_slots)
+            finally:
+                ctx.awaiting_slot.discard(job.key)
         if ctx.draining is not None and ctx.draining.is_set():
             return JobOutcome.NOT_STARTED
         if (held := await admission.pace(ctx, job) or await admission.gate(ctx, job)) is not None:
