@@ -320,7 +320,11 @@ class Worker:
     def _release_handed_back(self) -> None:
         """Hand the jobs cancelled by _hand_back_waiting (ended and reaped by now) back to the
         queue, uncalled and without spending an attempt; kept for the next turn while the
-        database is away (their leases are no longer renewed: the reaper is the fallback)."""
+        database is away (their leases are no longer renewed: the reaper is the fallback). A job
+        this process holds again was taken back by the reaper meanwhile: its new claim stays."""
+        with self._lock:
+            held = {job_id for job_id, _attempt in self.in_flight}
+        self._to_release = [job_id for job_id in self._to_release if job_id not in held]
         if not self._to_release:
             return
         try:
