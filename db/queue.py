@@ -568,36 +568,45 @@ def _extend_leases(
     now = utcnow()
     stmt = (
         update(J)
-        .where(
-            tuple_(J.id, J.attempt_count).in_(held),
-            J.locked_by == worker_id,
-            J.status == JobStatus.PROCESSING.value,
-        )
+        .where(_held_by(worker_id, held))
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
         .returning(J.id, J.attempt_count)
     )
     return {(job_id, attempt) for job_id, attempt in conn.execute(stmt)}
 
 
-def _held_by(worker_id: str, job_ids: Sequence[int]) -> Any:
-    """Those of `job_ids` that `worker_id` holds (processing, locked by it), whatever attempt."""
-    return and_(J.id.in_(job_ids), J.locked_by == worker_id, J.status == JobStatus.PROCESSING.value)
+def _held_by(worker_id: str, held: Sequence[tuple[int, int]]) -> Any:
+    """Those of the (job id, attempt) pairs that `worker_id` holds now (processing, locked by it,
+    at that attempt): not an earlier attempt of a job it claimed again."""
+    return and_(
+        tuple_(J.id, J.attempt_count).in_(held),
+        J.locked_by == worker_id,
+        J.status == JobStatus.PROCESSING.value,
+    )
 
 
 def release_jobs(
-    engine: Engine, worker_id: str, job_ids: Sequence[int], *, delay_seconds: float = 0.0
+    engine: Engine,
+    worker_id: str,
+    held: Sequence[tuple[int, int]],
+    *,
+    delay_seconds: float = 0.0,
 ) -> int:
-    """Hand held jobs back to 'queued' uncalled, without spending their attempt, due again in
-    `delay_seconds` (graceful shutdown: 0; a model's rate limit taken: until its place)."""
-    return _release(engine, worker_id, job_ids, delay_seconds) if job_ids else 0
+    """Hand held attempts, (job id, attempt) pairs, back to 'queued' uncalled, without spending
+    their attempt, due again in `delay_seconds` (graceful shutdown and a batch's tail: 0; a
+    model's rate limit taken: until its place); how many were released. By attempt: an earlier
+    attempt of a job its worker claimed again must not release the later claim."""
+    return _release(engine, worker_id, held, delay_seconds) if held else 0
 
 
 @write_operation
-def _release(conn: Connection, worker_id: str, job_ids: Sequence[int], delay_seconds: float) -> int:
+def _release(
+    conn: Connection, worker_id: str, held: Sequence[tuple[int, int]], delay_seconds: float
+) -> int:
     now = utcnow()
     stmt = (
         update(J)
-        .where(_held_by(worker_id, job_ids))
+        .where(_held_by(worker_id, held))
         .values(
             status=JobStatus.QUEUED.value,
             attempt_count=J.attempt_count - 1,

@@ -158,7 +158,7 @@ def test_a_429_halves_the_concurrency_once_a_second_and_answers_grow_it(engine: 
     f.make_batch(engine, prompts=12, models=1)
     claimed = f.claim_all(engine, "w")
     held = claimed[:4]
-    queue.release_jobs(engine, "w", [j.id for j in claimed[4:]])
+    queue.release_jobs(engine, "w", [j.key for j in claimed[4:]])
     limited = FailureRecord(ErrorKind.RATE_LIMITED, "HTTP 429")
     f.fail(engine, held[0], limited, 0)  # 3 still in flight + this one: 4 -> 2
     f.fail(engine, held[1], limited, 0)  # within the second: not halved again

@@ -111,7 +111,7 @@ def test_after_one_model_level_failure_the_model_is_probed_one_call_at_a_time(
     f.make_batch(engine, prompts=6, models=1)
     first, *rest = f.claim_all(engine, "w")
     for job in rest:  # hand the others back uncalled, as a stopping worker does
-        queue.release_jobs(engine, "w", [job.id])
+        queue.release_jobs(engine, "w", [job.key])
     assert f.fail(engine, first, BAD_KEY, 0) is Recorded.DEFERRED
     [probe] = f.claim_all(engine, "w", now=utcnow() + LATER)
     assert f.claim_all(engine, "w", now=utcnow() + LATER) == []  # one at a time

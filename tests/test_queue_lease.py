@@ -41,6 +41,20 @@ def test_heartbeat_renews_only_the_attempt_the_worker_holds_now(engine: Engine) 
     assert held == {(first.id, 2)} == {again.key}
 
 
+def test_release_by_an_earlier_attempt_leaves_the_later_claim(engine: Engine) -> None:
+    """A worker frozen past its lease that claimed the job again holds two attempts of it: a
+    release of the earlier one (its pacing hand-back, say) must not release the later claim."""
+    f.make_batch(engine, prompts=1, models=1)
+    [first] = f.claim_all(engine, "w")
+    f.expire_lease(engine, [first.id])
+    queue.reap_expired(engine)
+    [again] = f.claim_all(engine, "w")
+    assert queue.release_jobs(engine, "w", [first.key]) == 0
+    assert f.job(engine, first.id).status == "processing"
+    assert queue.release_jobs(engine, "w", [again.key]) == 1
+    assert (f.job(engine, first.id).status, f.job(engine, first.id).attempt_count) == ("queued", 1)
+
+
 def test_heartbeat_keeps_job_from_reaper(engine: Engine) -> None:
     """A job whose lease was renewed is not reaped; one whose lease lapsed is."""
     f.make_batch(engine, prompts=2, models=1)
@@ -59,8 +73,8 @@ def test_release_returns_jobs_without_spending_attempt(engine: Engine) -> None:
     mine = queue.claim_jobs(engine, "w1", 2, lease_seconds=60)
     [theirs] = queue.claim_jobs(engine, "w2", 1, lease_seconds=60)
     ids = [j.id for j in mine]
-    assert queue.release_jobs(engine, "w1", [*ids, theirs.id]) == 2
-    assert queue.release_jobs(engine, "w1", ids) == 0
+    assert queue.release_jobs(engine, "w1", [*(j.key for j in mine), theirs.key]) == 2
+    assert queue.release_jobs(engine, "w1", [j.key for j in mine]) == 0
     for job_id in ids:
         row = f.job(engine, job_id)
         assert (row.status, row.attempt_count, row.locked_by, row.lease_expires_at) == (

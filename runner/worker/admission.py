@@ -136,7 +136,7 @@ async def _hand_back(
     """Give the job back to the queue uncalled, due again in `delay` seconds."""
     try:
         await ctx.db(
-            queue.release_jobs, ctx.control, job.worker_id, [job.id], delay_seconds=max(delay, 0)
+            queue.release_jobs, ctx.control, job.worker_id, [job.key], delay_seconds=max(delay, 0)
         )
     except DatabaseUnavailable:
         return JobOutcome.NOT_STARTED  # the worker hands it back when it stops, or the lease ends

@@ -132,7 +132,7 @@ class Worker:
         self._signals = 0
         self.capacity = settings.concurrency + prefetch(settings.concurrency)  # jobs held
         self._dry = False  # the last claim found fewer due jobs than it asked for
-        self._to_release: list[int] = []  # ids of jobs handed back, not released yet
+        self._to_release: list[tuple[int, int]] = []  # attempts handed back, not released yet
         # One connection each, whatever the concurrency: the claim loop's, and the heartbeat's
         # shared with the jobs' database thread (pacing, the model gate, the catalog).
         url = settings.database_url
@@ -312,7 +312,7 @@ class Worker:
         another process's slots were free (bench/ item 3: 43 jobs ended 2 s after the rest of a
         1,024 x 4 s batch). Jobs waiting for their pacing place or start spacing keep their slot."""
         with self._lock:
-            waiting = [self.in_flight[key] for key in self.ctx.awaiting_slot]
+            waiting = [h for key in self.ctx.awaiting_slot if (h := self.in_flight.get(key))]
         for held in waiting:
             held.handed_back = True
         cancel_tasks(waiting)
@@ -320,11 +320,9 @@ class Worker:
     def _release_handed_back(self) -> None:
         """Hand the jobs cancelled by _hand_back_waiting (ended and reaped by now) back to the
         queue, uncalled and without spending an attempt; kept for the next turn while the
-        database is away (their leases are no longer renewed: the reaper is the fallback). A job
-        this process holds again was taken back by the reaper meanwhile: its new claim stays."""
-        with self._lock:
-            held = {job_id for job_id, _attempt in self.in_flight}
-        self._to_release = [job_id for job_id in self._to_release if job_id not in held]
+        database is away (their leases are no longer renewed: the reaper is the fallback). By
+        attempt: a job the reaper took back meanwhile and this process claimed again is not
+        released."""
         if not self._to_release:
             return
         try:
@@ -343,14 +341,16 @@ class Worker:
 
     def _reap_done(self) -> int:
         """Forget the jobs whose coroutine has ended, log one that raised; how many ended.
-        Those cancelled to be handed back wait in _to_release, no longer held, so this process
-        may claim them again under the same (id, attempt) without mixing the two."""
+        Those cancelled to be handed back wait in _to_release, no longer held. A released job
+        claimed again gets its (id, attempt) again: an entry is forgotten only if it is still
+        this ended job's, not the new claim's."""
         ended = [self._ended.popleft() for _ in range(len(self._ended))]
         with self._lock:
             for held in ended:
-                self.in_flight.pop(held.job.key, None)
-                self.ctx.leases.pop(held.job.key, None)
-        self._to_release += [h.job.id for h in ended if h.handed_back and _cancelled(h)]
+                if self.in_flight.get(held.job.key) is held:
+                    del self.in_flight[held.job.key]
+                    self.ctx.leases.pop(held.job.key, None)
+        self._to_release += [h.job.key for h in ended if h.handed_back and _cancelled(h)]
         for held in ended:
             task = held.task
             if task is not None and not task.cancelled() and (exc := task.exception()):
@@ -376,7 +376,7 @@ class Worker:
         # Outcomes handed over by now are saved, not handed back and lost: also through a blip
         self.outcomes.close(retry_seconds=BOOKKEEPING_SECONDS)
         with self._lock:
-            back = [held.job.id for held in self.in_flight.values() if held.unfinished()]
+            back = [key for key, held in self.in_flight.items() if held.unfinished()]
         back += self._to_release  # handed back at the tail, not released yet
         if back:
             released = self._retrying(
@@ -423,27 +423,34 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
 
     def _heartbeat(self) -> None:
-        running = self._running()
+        running = self._running_held()
         asked = time.monotonic()
         held = queue.heartbeat(
-            self.control, self.id, running, lease_seconds=self.settings.lease_seconds
+            self.control, self.id, list(running), lease_seconds=self.settings.lease_seconds
         )
         leases = self.ctx.leases
         for key in held:  # assignments of floats: safe beside the loop thread's reads
             if key in leases:  # not an attempt the claim loop has just forgotten
                 leases[key] = asked + self.settings.lease_seconds
-        # An attempt that ended since the snapshot left 'processing' itself: not a lost lease.
-        for key in (set(running) - held) & set(self._running()):
-            if key in leases:
-                leases[key] = 0.0  # not called if it has not started its call
-            log.warning(
-                "lease lost (cancelled or taken over)",
-                extra={"action": "lease_lost", "job_id": key[0], "attempt": key[1]},
-            )
+        for key in running.keys() - held:
+            with self._lock:  # the same claim, still running: one that ended since the
+                # snapshot left 'processing' itself, and one handed back and claimed again
+                # under the same key is a new claim the statement did not see
+                lost = self.in_flight.get(key) is running[key] and not running[key].done
+                if lost:
+                    leases[key] = 0.0  # not called if it has not started its call
+            if lost:
+                log.warning(
+                    "lease lost (cancelled or taken over)",
+                    extra={"action": "lease_lost", "job_id": key[0], "attempt": key[1]},
+                )
         workers.touch_worker(self.control, self.id, len(running))
 
     def _running(self) -> list[tuple[int, int]]:
         """(job id, attempt) of the attempts whose coroutine has not returned yet (a finished
         one is still in in_flight until the claim loop reaps it)."""
+        return list(self._running_held())
+
+    def _running_held(self) -> dict[tuple[int, int], HeldJob]:
         with self._lock:
-            return [key for key, held in self.in_flight.items() if not held.done]
+            return {key: held for key, held in self.in_flight.items() if not held.done}
