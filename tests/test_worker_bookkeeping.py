@@ -22,6 +22,20 @@ from tests import factories as f
 from tests.helpers import fast_settings, one_job, wait_for
 
 
+def _worker(db_url: str, **overrides: object) -> Worker:
+    settings = fast_settings(db_url, **overrides)
+    return Worker(
+        settings, WorkerSpec(settings.model_dump(), "test", 0), StopFlag(mp.get_context("spawn"))
+    )
+
+
+def _close(worker: Worker) -> None:
+    worker.ctx.client.call_soon(partial(cancel_tasks, list(worker.in_flight.values())))
+    worker.ctx.client.close()
+    worker.control.dispose()
+    worker.engine.dispose()
+
+
 async def _answer_by_attempt(_ctx: JobContext, job: ClaimedJob) -> JobOutcome:
     """A job whose first attempt ends after a second and whose later ones run for a while."""
     await asyncio.sleep(1 if job.attempt == 1 else 30)
@@ -36,10 +50,7 @@ def test_two_attempts_of_one_job_are_held_until_each_ends(
     and marks the first's lost (it must not call its model); the first attempt's end must not
     drop the second from what the worker holds, or its lease would no longer be renewed."""
     monkeypatch.setattr(process, "run_job", _answer_by_attempt)
-    settings = fast_settings(db_url)
-    worker = Worker(
-        settings, WorkerSpec(settings.model_dump(), "test", 0), StopFlag(mp.get_context("spawn"))
-    )
+    worker = _worker(db_url)
     f.make_batch(engine, prompts=1, models=1)
     [first] = f.claim_all(engine, worker.id)
     f.expire_lease(engine, [first.id])
@@ -49,17 +60,14 @@ def test_two_attempts_of_one_job_are_held_until_each_ends(
         worker._start([first, again], time.monotonic() + 1)  # about to run out, locally
         worker._heartbeat()
         assert worker.ctx.leases[first.key] == 0.0
-        assert worker.ctx.leases[again.key] > time.monotonic() + settings.lease_seconds - 5
+        assert worker.ctx.leases[again.key] > time.monotonic() + worker.settings.lease_seconds - 5
         wait_for(lambda: len(worker._ended) == 1, 10, "the first attempt's end")
         worker._reap_done()
         assert worker._running() == [again.key] == [(first.id, 2)]
         assert list(worker.ctx.leases) == [again.key]
         assert len(worker.in_flight) == 1
     finally:
-        worker.ctx.client.call_soon(partial(cancel_tasks, list(worker.in_flight.values())))
-        worker.ctx.client.close()
-        worker.control.dispose()
-        worker.engine.dispose()
+        _close(worker)
 
 
 def test_jobs_waiting_for_a_call_slot_are_handed_back_uncalled(
@@ -69,10 +77,7 @@ def test_jobs_waiting_for_a_call_slot_are_handed_back_uncalled(
     that wait for one of its call slots, so a process with a free slot runs them instead of
     them waiting a round of answers here: back to 'queued' with their attempt unspent, no call
     made, no attempt row; the job that holds the slot keeps calling."""
-    settings = fast_settings(db_url, concurrency=1)
-    worker = Worker(
-        settings, WorkerSpec(settings.model_dump(), "test", 0), StopFlag(mp.get_context("spawn"))
-    )
+    worker = _worker(db_url, concurrency=1)
     one_job(engine, "sim-gpt-4o-mini@latency=20000", sim.base_url, runs=3)
     claimed = f.claim_all(engine, worker.id)
     before = sim.request_count
@@ -92,24 +97,7 @@ def test_jobs_waiting_for_a_call_slot_are_handed_back_uncalled(
         wait_for(lambda: sim.request_count == before + 1, 10, "the slot holder's call")
         assert worker._to_release == []
     finally:
-        worker.ctx.client.call_soon(partial(cancel_tasks, list(worker.in_flight.values())))
-        worker.ctx.client.close()
-        worker.control.dispose()
-        worker.engine.dispose()
-
-
-def _worker(db_url: str, **overrides: object) -> Worker:
-    settings = fast_settings(db_url, **overrides)
-    return Worker(
-        settings, WorkerSpec(settings.model_dump(), "test", 0), StopFlag(mp.get_context("spawn"))
-    )
-
-
-def _close(worker: Worker) -> None:
-    worker.ctx.client.call_soon(partial(cancel_tasks, list(worker.in_flight.values())))
-    worker.ctx.client.close()
-    worker.control.dispose()
-    worker.engine.dispose()
+        _close(worker)
 
 
 def test_a_later_attempt_handed_back_while_the_earlier_calls_is_released(
