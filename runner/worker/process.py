@@ -255,8 +255,9 @@ class Worker:
                     self._dry = len(claimed) < free
                     if self._dry:
                         next_claim = time.monotonic() + self.settings.poll_interval
-                        self.ctx.client.call_soon(self._hand_back_waiting)
                 self._start(claimed or [], asked + self.settings.lease_seconds)
+            if self._dry and self.ctx.awaiting_slot:  # also jobs prefetched before it ran dry
+                self.ctx.client.call_soon(self._hand_back_waiting)
             if not self.outcomes:
                 self._wake.wait(self.settings.poll_interval)
 
