@@ -433,18 +433,22 @@ class Worker:
         for key in held:  # assignments of floats: safe beside the loop thread's reads
             if key in leases:  # not an attempt the claim loop has just forgotten
                 leases[key] = asked + self.settings.lease_seconds
-        for key in running.keys() - held:
-            with self._lock:  # the same claim, still running: one that ended since the
-                # snapshot left 'processing' itself, and one handed back and claimed again
-                # under the same key is a new claim the statement did not see
-                lost = self.in_flight.get(key) is running[key] and not running[key].done
-                if lost:
-                    leases[key] = 0.0  # not called if it has not started its call
-            if lost:
-                log.warning(
-                    "lease lost (cancelled or taken over)",
-                    extra={"action": "lease_lost", "job_id": key[0], "attempt": key[1]},
-                )
+        # Lost: the same claim, still running. One that ended since the snapshot left
+        # 'processing' itself; one handed back and claimed again under the same key is a new
+        # claim the statement did not see.
+        with self._lock:
+            lost = [
+                key
+                for key in running.keys() - held
+                if self.in_flight.get(key) is running[key] and not running[key].done
+            ]
+            for key in lost:
+                leases[key] = 0.0  # not called if it has not started its call
+        for job_id, attempt in lost:
+            log.warning(
+                "lease lost (cancelled or taken over)",
+                extra={"action": "lease_lost", "job_id": job_id, "attempt": attempt},
+            )
         workers.touch_worker(self.control, self.id, len(running))
 
     def _running(self) -> list[tuple[int, int]]:
